@@ -1,0 +1,259 @@
+"""Verdicts for the retention and regression gates: on the same items, is the merged model
+non-inferior to a parent (pass), significantly worse (fail), or can this sample not tell?
+
+Each verdict carries its figures (effect, interval, p-values, the smallest detectable drop) for
+junit and a message; the tests themselves live in `mergeqa.stats`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import NamedTuple
+
+import numpy as np
+
+from mergeqa.stats import (
+    SignFlipNull,
+    adjust_pvalues,
+    discordant_counts,
+    mcnemar_pvalue,
+    minimum_detectable_effect,
+    minimum_detectable_shift,
+    paired_ttest,
+    tango_interval,
+    tango_pvalue,
+    ttest_interval,
+)
+from mergeqa.stats._base import (
+    check_alpha,
+    check_choice,
+    check_count,
+    check_margin,
+    check_open_interval,
+    is_binary,
+    paired_arrays,
+)
+
+METHODS = ("auto", "mcnemar", "mcnemar-midp", "permutation", "ttest")
+VERDICTS = ("pass", "fail", "inconclusive")
+_TEST_NAMES = {
+    "mcnemar": "exact McNemar",
+    "mcnemar-midp": "mid-p McNemar",
+    "permutation": "sign-flip",
+    "ttest": "paired t",
+}
+_HEADLINES = {
+    "pass": "non-inferior (drop within the margin shown)",
+    "fail": "significant regression (and not shown to be within the margin)",
+    "inconclusive": "inconclusive (neither a regression nor non-inferiority shown)",
+}
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """One merged-vs-reference comparison on the same items, and its verdict.
+
+    `effect` is mean(merged - reference) in metric units (accuracy difference for 0/1), `ci` its
+    two-sided (1 - 2 alpha) interval (90 % at alpha = 0.05: each side is a one-sided alpha test,
+    so pass <=> ci[0] > -margin). `p_regression` is one-sided for H1: effect < 0, and
+    `p_noninferiority` for H1: effect > -margin. `mde` is the smallest drop the regression test
+    detects with probability `power` at this n and spread.
+    """
+
+    verdict: str
+    effect: float
+    ci: tuple[float, float]
+    p_regression: float
+    p_noninferiority: float
+    mde: float
+    n: int
+    method: str
+    margin: float
+    alpha: float
+    power: float = 0.8
+    correction: str = "none"
+
+    def __post_init__(self):
+        check_choice("verdict", self.verdict, VERDICTS)
+
+    def figures(self) -> dict[str, float | str]:
+        """Flat figures for junit properties (`record_property(name, value)` for each)."""
+        return {
+            "verdict": self.verdict,
+            "effect": self.effect,
+            "ci_low": self.ci[0],
+            "ci_high": self.ci[1],
+            "p_regression": self.p_regression,
+            "p_noninferiority": self.p_noninferiority,
+            "mde": self.mde,
+            "n": self.n,
+            "method": self.method,
+            "margin": self.margin,
+            "alpha": self.alpha,
+            "power": self.power,
+            "correction": self.correction,
+        }
+
+    def describe(self, reference: str = "reference") -> str:
+        """Two lines for a failure message or report: verdict and effect, then tests and power."""
+        if self.n == 0:
+            return (f"inconclusive: no items were compared with {reference} (n=0); "
+                    "check that the task produced per-item results for both models")
+        points = self.method.startswith("mcnemar")
+
+        def show(x: float) -> str:
+            return f"{100 * x:.1f}" if points else f"{x:.4g}"
+
+        unit = " pts" if points else ""
+        level = f"{100 * (1 - 2 * self.alpha):g}%"
+        adjusted = "" if self.correction == "none" else f" ({self.correction}-adjusted)"
+        if math.isfinite(self.mde):
+            detects = f"detects only drops of {show(self.mde)}{' points' if points else ''} or more"
+        else:
+            detects = "is too few items to detect any drop"
+        return (
+            f"{_HEADLINES[self.verdict]}: merged - {reference} = {show(self.effect)}{unit} "
+            f"({level} CI {show(self.ci[0])}..{show(self.ci[1])}), "
+            f"margin {show(self.margin)}{unit}\n"
+            f"{_TEST_NAMES[self.method]} p(regression)={self.p_regression:.2g}{adjusted}, "
+            f"p(non-inferiority)={self.p_noninferiority:.2g}; n={self.n} {detects} "
+            f"(alpha={self.alpha:g}, power={self.power:g})"
+        )
+
+
+def decide(p_regression, p_noninferiority, alpha: float):
+    """'pass' if non-inferiority is shown (p_noninferiority <= alpha), else 'fail' if a
+    regression is (p_regression <= alpha), else 'inconclusive'. Vectorised over p-values.
+
+    Pass comes first: a significant drop smaller than the margin is what the margin tolerates.
+    With identical models a fail needs the regression test to reject, so false fails <= alpha.
+    """
+    verdict = np.where(
+        np.asarray(p_noninferiority) <= alpha,
+        "pass",
+        np.where(np.asarray(p_regression) <= alpha, "fail", "inconclusive"),
+    )
+    return str(verdict) if verdict.ndim == 0 else verdict
+
+
+class _Evidence(NamedTuple):
+    effect: float
+    ci: tuple[float, float]
+    p_regression: float
+    p_noninferiority: float
+    mde: float
+
+
+def _mcnemar_evidence(merged, reference, *, margin, alpha, power, mid_p, **_) -> _Evidence:
+    """Exact McNemar for the regression; Tango's score test and interval for non-inferiority."""
+    wins, losses, n = discordant_counts(merged, reference)
+    low, high = tango_interval(wins, losses, n, confidence=1 - 2 * alpha)
+    return _Evidence(
+        effect=(wins - losses) / n,
+        ci=(float(low), float(high)),
+        p_regression=float(mcnemar_pvalue(wins, losses, alternative="less", mid_p=mid_p)),
+        p_noninferiority=float(tango_pvalue(wins, losses, n, effect0=-margin)),
+        mde=minimum_detectable_effect(n, (wins + losses) / n, alpha=alpha, power=power),
+    )
+
+
+def _shift_mde(d: np.ndarray, alpha: float, power: float) -> float:
+    if d.size < 2:
+        return math.inf
+    return minimum_detectable_shift(d.size, float(d.std(ddof=1)), alpha=alpha, power=power)
+
+
+def _signflip_evidence(merged, reference, *, margin, alpha, power, n_resamples, seed) -> _Evidence:
+    """One set of sign flips for both tests and the interval, so they always agree."""
+    d = merged - reference
+    null = SignFlipNull(d, n_resamples=n_resamples, seed=seed)
+    return _Evidence(
+        effect=float(d.mean()),
+        ci=null.interval(1 - 2 * alpha),
+        p_regression=null.pvalue(0.0, "less"),
+        p_noninferiority=null.pvalue(-margin, "greater"),
+        mde=_shift_mde(d, alpha, power),
+    )
+
+
+def _ttest_evidence(merged, reference, *, margin, alpha, power, **_) -> _Evidence:
+    """The guide's paired t-test, shifted by the margin for non-inferiority."""
+    d = merged - reference
+    return _Evidence(
+        effect=float(d.mean()),
+        ci=ttest_interval(merged, reference, confidence=1 - 2 * alpha),
+        p_regression=paired_ttest(merged, reference, alternative="less").pvalue,
+        p_noninferiority=paired_ttest(
+            merged, reference, alternative="greater", null=-margin
+        ).pvalue,
+        mde=_shift_mde(d, alpha, power),
+    )
+
+
+_EVIDENCE = {
+    "mcnemar": partial(_mcnemar_evidence, mid_p=False),
+    "mcnemar-midp": partial(_mcnemar_evidence, mid_p=True),
+    "permutation": _signflip_evidence,
+    "ttest": _ttest_evidence,
+}
+
+
+def compare_paired(
+    merged,
+    reference,
+    *,
+    margin: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    method: str = "auto",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> PairedComparison:
+    """Compare per-item scores of the merged model and a reference on the same items.
+
+    `margin` is the tolerated drop in metric units (0.01 = one accuracy point for 0/1 outcomes).
+    method 'auto' is 'mcnemar' when both arrays are 0/1 (exact McNemar; Tango's score test and
+    interval for non-inferiority; deterministic) and 'permutation' otherwise (sign-flip test and
+    its inverted interval; `n_resamples` seeded flips, exact enumeration when that is smaller).
+    'mcnemar-midp' and 'ttest' are the alternatives. No items gives an inconclusive verdict.
+    """
+    margin, alpha = check_margin(margin), check_alpha(alpha)
+    power = check_open_interval("power", power, 0.0, 1.0, ", e.g. 0.8")
+    check_choice("method", method, METHODS)
+    check_count("n_resamples", n_resamples)
+    check_count("seed", seed, minimum=0)
+    merged, reference = paired_arrays(merged, reference)
+    binary = is_binary(merged, reference)
+    resolved = ("mcnemar" if binary else "permutation") if method == "auto" else method
+    if resolved.startswith("mcnemar"):
+        if not binary:
+            raise ValueError(f"method={method!r} needs 0/1 outcomes in both arrays; "
+                             "use method='permutation' (or 'auto') for graded scores")
+        if margin >= 1:
+            raise ValueError(f"margin={margin:g} is an accuracy difference for 0/1 outcomes "
+                             f"(0.01 = one point): did you mean {margin / 100:g}?")
+    if merged.size == 0:
+        return PairedComparison("inconclusive", math.nan, (-math.inf, math.inf), 1.0, 1.0,
+                                math.inf, 0, resolved, margin, alpha, power)
+    evidence = _EVIDENCE[resolved](merged, reference, margin=margin, alpha=alpha, power=power,
+                                   n_resamples=n_resamples, seed=seed)
+    verdict = decide(evidence.p_regression, evidence.p_noninferiority, alpha)
+    return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power)
+
+
+def adjust_comparisons(comparisons, method: str = "holm") -> list[PairedComparison]:
+    """Adjust `p_regression` across a family (tasks x parents) and decide again.
+
+    `p_noninferiority` is left as is: the gate passes only when every comparison passes, an
+    intersection-union test, which keeps its level without adjustment (Berger 1982). Intervals
+    and `mde` stay per-comparison.
+    """
+    comparisons = list(comparisons)
+    adjusted = adjust_pvalues([c.p_regression for c in comparisons], method)
+    return [
+        replace(c, p_regression=float(p), correction=method,
+                verdict=decide(p, c.p_noninferiority, c.alpha))
+        for c, p in zip(comparisons, adjusted)
+    ]
