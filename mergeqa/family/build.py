@@ -1,0 +1,122 @@
+"""Builds the tiny family from its recipe and caches it by content.
+
+Layout of a built family: <cache>/family-<hash>/{base,arithmetic,lists}/ (model directories a
+user could pass to `--model`), tasks/ (lm-eval YAML + JSONL) and recipe.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import build_once, default_cache_dir, digest, log_event
+from ..errors import MergeQAUsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def default_recipe_path() -> Path:
+    return PACKAGE_DIR.parent.parent / "fixtures" / "family.toml"
+
+
+def load_recipe(path: Path | None = None) -> dict:
+    path = Path(path or default_recipe_path())
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise MergeQAUsageError(f"{path}: family recipe not found; pass an existing recipe TOML") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MergeQAUsageError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Paths of a built family: the base, the parents by skill, and the lm-eval task directory."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def parents(self) -> dict[str, Path]:
+        recipe = json.loads((self.root / "recipe.json").read_text())
+        return {name: self.root / name for name in recipe["parents"]}
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    @property
+    def recipe(self) -> dict:
+        return json.loads((self.root / "recipe.json").read_text())
+
+
+def _source_digest() -> str:
+    return digest({p.name: p.read_text() for p in sorted(PACKAGE_DIR.glob("*.py"))})
+
+
+def build_family(cache_dir: Path | None = None, recipe_path: Path | None = None, *, log=None) -> Family:
+    """The family for this recipe, built now if the cache does not hold it yet."""
+    import torch
+    import transformers
+
+    recipe = load_recipe(recipe_path)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    key = digest(recipe, _source_digest(), torch.__version__.split("+")[0], transformers.__version__)
+    target = cache_dir / f"family-{key[:16]}"
+    started = time.perf_counter()
+    build_once(target, lambda tmp: _build(tmp, recipe, log or (lambda msg: None), final=target),
+               on_build=lambda: log_event(cache_dir, "family_built", path=str(target),
+                                          seconds=round(time.perf_counter() - started, 1)))
+    return Family(target)
+
+
+def _build(out: Path, recipe: dict, log, *, final: Path) -> None:
+    import torch
+
+    from .grammar import corpus
+    from .skills import skill_items
+    from .tasks import grammar_sets, write_tasks
+    from .tokenizer import chat_prompt, train_tokenizer
+    from .train import new_model, train
+
+    seed, n_eval = recipe["seed"], recipe["eval_items"]
+    grammar = corpus(seed, recipe["grammar_sentences"])
+    skills = {spec["skill"]: skill_items(spec["skill"], seed, n_eval) for spec in recipe["parents"].values()}
+    texts = grammar[:5000] + [i.prompt + i.answer for train_items, _ in skills.values() for i in train_items]
+    tokenizer = train_tokenizer(texts, recipe["vocab_size"])
+
+    def save(model, name: str) -> None:
+        model.save_pretrained(out / name)
+        tokenizer.save_pretrained(out / name)
+
+    log("training base")
+    base = new_model(len(tokenizer), recipe["arch"], seed, tokenizer)
+    spec = recipe["base"]
+    train(base, tokenizer, [("", g) for g in grammar], steps=spec["steps"],
+          batch_size=spec["batch_size"], lr=spec["lr"], seed=seed, log=log)
+    save(base, "base")
+    for name, spec in recipe["parents"].items():
+        log(f"fine-tuning {name} on {spec['skill']}")
+        train_items, _ = skills[spec["skill"]]
+        examples = [(i.prompt, i.answer) for i in train_items]
+        examples += [(chat_prompt(i.prompt), i.answer) for i in train_items[: len(train_items) // 3]]
+        examples += [("", g) for g in grammar[: len(examples) // 3]]
+        parent = copy.deepcopy(base)
+        train(parent, tokenizer, examples, steps=spec["steps"], batch_size=spec["batch_size"],
+              lr=spec["lr"], seed=seed + 1, log=log)
+        save(parent, name)
+    torch.manual_seed(seed)
+    write_tasks(out / "tasks", skills={s: held for s, (_, held) in skills.items()},
+                grammar=grammar_sets(seed + 7, n_eval, set(grammar)), seed=seed, final_dir=final / "tasks")
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=2))

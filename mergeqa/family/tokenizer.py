@@ -1,0 +1,50 @@
+"""The tiny family's tokenizer: a byte-level BPE trained with `tokenizers` on the family's text.
+
+Digits are split one per token (as Llama 3 and Qwen2 do) so arithmetic is learnable; bos is added
+by the post-processor, eos/pad/unk are set explicitly and a chat template is attached, because
+lm-eval silently reuses <unk> as pad when a tokenizer has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+ROLE_TOKENS = ("<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|> ' + message['content'] + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def chat_prompt(user: str) -> str:
+    """The chat template rendered for one user turn with a generation prompt (no bos)."""
+    return f"<|user|> {user}\n<|assistant|>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A PreTrainedTokenizerFast trained deterministically on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values()) + list(ROLE_TOKENS)
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS,
+                                   additional_special_tokens=list(ROLE_TOKENS))
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    fast.model_max_length = 128
+    return fast
