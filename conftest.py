@@ -1,0 +1,5 @@
+"""Root conftest of the mergeqa repository: settings for running its own test suite.
+
+The plugin itself is loaded through its pytest11 entry point (pyproject.toml), exactly as for a
+user who pip-installs mergeqa; nothing here is needed to gate a model.
+"""

@@ -1,0 +1,78 @@
+"""What a run reports beyond pass/fail: run metadata for junit and the comparison table.
+
+Reading only: metadata never builds a merge or the family; a model not built in this run is
+reported by name alone.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("mergeqa", "lm_eval", "mergekit", "torch", "transformers"):
+        try:
+            out[pkg] = version(pkg.replace("_", "-"))
+        except PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[pkg] = "not installed"
+    return out
+
+
+def run_metadata(gate) -> dict[str, str]:
+    """mergeqa.run.* properties: versions, device, and each model's path and content hash."""
+    from .models import resolve_device
+
+    meta = {f"mergeqa.run.version.{k}": v for k, v in package_versions().items()}
+    meta["mergeqa.run.device"] = resolve_device(gate.device)
+    meta["mergeqa.run.dtype"] = gate.dtype
+    refs = list(gate._merged.values()) + list(gate._refs.get("parents", [])) + [gate._refs.get("base")]
+    for ref in filter(None, refs):
+        meta[f"mergeqa.run.{ref.role}.{ref.name}.path"] = str(ref.path)
+        meta[f"mergeqa.run.{ref.role}.{ref.name}.content_hash"] = ref.content_hash
+        if ref.merge_config is not None:
+            meta[f"mergeqa.run.{ref.role}.{ref.name}.merge_config"] = str(ref.merge_config)
+    return meta
+
+
+def report_dir(config) -> Path:
+    """--report-dir; else the directory of --junitxml; else ./mergeqa-report."""
+    if config.option.report_dir:
+        return Path(config.option.report_dir)
+    xml = getattr(config.option, "xmlpath", None)
+    return Path(xml).resolve().parent if xml else Path("mergeqa-report")
+
+
+def comparison_table(gate, tasks: list[str], settings) -> str:
+    """Markdown: rows base, parents, merges; columns tasks and their average; best in bold.
+
+    Reads the result cache only (evaluate(..., cached_only=True)): it never evaluates.
+    """
+    from .engine import evaluate
+
+    refs = [r for r in [gate.base()] if r] + gate.parents() + gate.all_merged()
+    rows = []
+    for ref in refs:
+        result = evaluate(ref, tasks, settings, cached_only=True)
+        scores = []
+        for t in tasks:
+            try:
+                scores.append(result.score(t))
+            except KeyError:
+                scores.append(None)
+        known = [s for s in scores if s is not None]
+        avg = sum(known) / len(known) if len(known) == len(scores) and known else None
+        rows.append((f"{ref.name} ({ref.role})", scores + [avg]))
+    columns = tasks + ["average"]
+    best = [max((r[1][i] for r in rows if r[1][i] is not None), default=None) for i in range(len(columns))]
+
+    def cell(value, i):
+        if value is None:
+            return "-"
+        text = f"{value:.3f}"
+        return f"**{text}**" if best[i] is not None and value == best[i] else text
+
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(cell(v, i) for i, v in enumerate(vals)) + " |" for name, vals in rows]
+    return "\n".join(lines)

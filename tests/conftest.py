@@ -1,0 +1,35 @@
+"""Fixtures for mergeqa's own test suite: the embedded family, built once per cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """The shared mergeqa cache (family, merges, results): $MERGEQA_CACHE_DIR or ~/.cache/mergeqa."""
+    from mergeqa.cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def family(cache_dir):
+    """The tiny family (built on first use, ~2.5 min on 2 cores; then cached)."""
+    from mergeqa.family import build_family
+
+    return build_family(cache_dir)
+
+
+@pytest.fixture
+def private_cache(tmp_path, family) -> Path:
+    """A fresh cache that shares only the (expensive) family with the session cache."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(family.root, cache / family.root.name)
+    return cache
