@@ -119,14 +119,13 @@ def load_tasks(names: list[str], settings: EvalSettings, num_fewshot: dict[str, 
     groups: dict[str, list[str]] = {}
     for name in names:
         try:
-            tree = tm.load_task_or_group([name])
+            found = list(tm.load([name])["tasks"].values())
         except Exception as exc:  # datasets raises many types when offline
             raise MergeQAUsageError(
                 f"lm-eval task {name!r}: its dataset could not be loaded ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:160]}). This machine is offline: put the dataset in "
                 "HF_DATASETS_CACHE, or point the task's dataset_path/data_files at a local copy "
                 "(--tasks-path DIR with your YAML).") from None
-        found = _flatten(tree)
         for task in found:
             fewshot = (num_fewshot or {}).get(task.config.task, (num_fewshot or {}).get(name))
             if fewshot is not None:
@@ -139,13 +138,6 @@ def load_tasks(names: list[str], settings: EvalSettings, num_fewshot: dict[str, 
 
 def _is_bundled(name: str, settings: EvalSettings) -> bool:
     return any(Path(p, f"{name}.yaml").is_file() for p in settings.task_paths)
-
-
-def _flatten(tree) -> list:
-    out = []
-    for value in tree.values():
-        out += _flatten(value) if isinstance(value, dict) else [value]
-    return out
 
 
 def task_config_hash(task) -> str:

@@ -197,13 +197,15 @@ def evaluations(pytestconfig, eval_settings, thresholds):
 
 
 @pytest.fixture(scope="session")
-def retention_findings(merged_model, parent_models, evaluations, thresholds):
+def retention_findings(merged_model, parent_models, base_model, evaluations, thresholds):
     """{(task, kind): Finding} for one merge: retention and regression against the parents."""
     from .retention import assess
 
     suite = thresholds.suite(thresholds.get("retention", "suite"))
     parents = {p.name: evaluations(p) for p in parent_models}
-    return assess(merged_model.name, evaluations(merged_model), parents, suite["tasks"], thresholds)
+    base = evaluations(base_model) if base_model is not None else None
+    return assess(merged_model.name, evaluations(merged_model), parents, suite["tasks"], thresholds,
+                  base=base)
 
 
 @pytest.fixture

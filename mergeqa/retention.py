@@ -39,8 +39,11 @@ def _items(result: EvalResult, task: str) -> list[float]:
 
 
 def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks: list[str],
-           thresholds) -> dict[tuple[str, str], Finding]:
-    """Every retention and regression finding for one merge, keyed by (task, kind)."""
+           thresholds, *, base: EvalResult | None = None) -> dict[tuple[str, str], Finding]:
+    """Every retention and regression finding for one merge, keyed by (task, kind).
+
+    The base, when given, is reported (how much of a skill the merge owes to fine-tuning).
+    """
     get = lambda key: thresholds.get("retention", key)  # noqa: E731
     stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
     capabilities = get("capabilities")
@@ -54,6 +57,8 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
         common = {"expected_low": min(scores.values()), "expected_high": max(scores.values()),
                   "parents_mean": mean, "retention_vs_mean": m_score / mean if mean else float("nan"),
                   **{f"parent.{n}": s for n, s in scores.items()}}
+        if base is not None:
+            common["base"] = base.score(task)
         if owner in parents:
             ref_name, ref_score = owner, scores[owner]
         else:  # no parent owns the task: retention against the parents' mean, as the guide does
