@@ -113,8 +113,8 @@ def load_tasks(names: list[str], settings: EvalSettings, num_fewshot: dict[str, 
     if unknown:
         from .errors import did_you_mean
 
-        hint = did_you_mean(unknown[0], tm.all_tasks) if len(tm.all_tasks) < 60 else ""
-        raise MergeQAUsageError(f"lm-eval task {unknown[0]!r} is not known.{hint}")
+        raise MergeQAUsageError(f"lm-eval task {unknown[0]!r} is not known.{did_you_mean(unknown[0], tm.all_tasks)}"
+                                " (add its YAML directory with --tasks-path)")
     leaves: dict[str, Task] = {}
     groups: dict[str, list[str]] = {}
     for name in names:

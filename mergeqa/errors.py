@@ -15,9 +15,10 @@ class MergeQAUsageError(Exception):
     """Raised for input the user must fix; the message names the file and the fix."""
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """' Did you mean 'x'? Available: a, b, c' for an unknown name, as lm-eval's registry does."""
+def did_you_mean(name: str, choices: Iterable[str], *, list_at_most: int = 40) -> str:
+    """' Did you mean 'x'? Available: a, b, c' for an unknown name, as lm-eval's registry does
+    (the list only when it is short enough to read)."""
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Available: {', '.join(choices)}"
+    return hint + (f" Available: {', '.join(choices)}" if len(choices) <= list_at_most else "")

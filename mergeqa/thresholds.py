@@ -28,11 +28,17 @@ DEFAULTS: dict[str, dict] = {
                    "chat_lists": {"prompt": "sort [5 4 9] =", "chat": True, "match": r"\d"}}},
     "lint": {"min_norm_ratio": 0.25, "max_norm_ratio": 4.0},
     "retention": {"suite": "family", "min_retention": 0.95, "tolerance": 0.02,
-                  "mode": "significance", "capabilities": {}},
+                  "mode": "significance",
+                  "capabilities": {"family_arithmetic": "arithmetic", "family_lists": "lists"}},
     "statistics": {"alpha": 0.05, "power": 0.8, "correction": "holm",
                    "inconclusive": "xfail"},
-    "probing": {"tolerance": 0.03, "seeds": 3},
-    "suites": {},
+    "probing": {"tolerance": 0.03, "seeds": 3, "l2": 0.01, "divergence_tau": 0.0,
+                "phenomena": ["subject_number", "verb_tense", "person", "agreement", "syntactic_role",
+                              "relative_depth", "part_of_speech"],
+                "datasets": []},
+    # Built-in suites; a thresholds file adds suites or replaces one of the same name.
+    "suites": {"family": {"tasks": ["family_arithmetic", "family_lists", "family_grammar"]},
+               "code": {"tasks": ["mergeqa_humaneval"]}},
 }
 CHOICES = {
     ("retention", "mode"): ("significance", "point"),
@@ -77,7 +83,7 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
         if not isinstance(table, dict):
             raise MergeQAUsageError(f"{where}: [{section}] must be a table")
         if section == "suites":
-            values["suites"] = {name: _check_suite(where, name, spec) for name, spec in table.items()}
+            values["suites"].update({name: _check_suite(where, name, spec) for name, spec in table.items()})
             continue
         for key, value in table.items():
             values[section][key] = _check_value(where, section, key, value)
