@@ -41,7 +41,7 @@ def main() -> None:
             done = [e for e in events if e["event"] == "evaluated"]
             rows.append((run, wall, done, proc.stdout.strip().splitlines()[-1]))
             (cache / "events.jsonl").write_text("")
-        print("| run | wall s | parent evaluations | merge evaluations | pytest |")
+        print("| run | wall s | parent (model x task) evaluations | merge (model x task) evaluations | pytest |")
         print("|---:|---:|---:|---:|---|")
         for run, wall, done, last in rows:
             parents = sum(e["role"] == "parent" for e in done)
