@@ -1,0 +1,238 @@
+"""The probing loop the gate and the bench share: datasets x models -> probe results (cached), the
+merged-vs-parents comparisons, and the plots. Checks only say which threshold applies.
+
+    engine = ProbingEngine.from_settings(cache_dir, device="cpu", dtype="float32", thresholds=t)
+    result = engine.result(model_ref, "agreement")       # a ProbeResult, from cache when possible
+
+Probe results are cached under `<cache>/probes/` by model content hash x dataset content x probe
+settings; when every result of a model is cached, the model is not even loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergeqa.errors import MergeQAUsageError
+
+from .datasets import PHENOMENA, ProbeDataset, builtin_dataset, load_jsonl
+from .probes import ProbeResult, ProbeSettings, probe
+from .representations import representations
+
+RESULT_FILE = "result.npz"
+# On CPU, models this narrow (and their probes) run as one torch thread: their ops take about a
+# millisecond, and on a busy 2-core machine OpenMP's thread sync made the probing of the tiny
+# family 17x slower with 2 threads (469 s) than with 1 (27 s). Wider models keep torch's setting.
+SINGLE_THREAD_MAX_HIDDEN = 512
+
+
+def datasets_from_thresholds(thresholds) -> list[ProbeDataset]:
+    """[probing] phenomena (built-in names) + datasets (user JSONL: a path, or a table with path,
+    pooling and name), validated; a duplicate name is a usage error."""
+    where = f"{thresholds.path or 'thresholds'}: [probing]"
+    names = thresholds.get("probing", "phenomena")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise MergeQAUsageError(f"{where} phenomena must be a list of names, e.g. {list(PHENOMENA)[:2]}")
+    out = [builtin_dataset(n) for n in names]
+    extra = thresholds.get("probing", "datasets")
+    if not isinstance(extra, list):
+        raise MergeQAUsageError(f'{where} datasets must be a list of paths or {{ path = "x.jsonl", '
+                                'pooling = "span" }} tables')
+    base = Path(thresholds.path).parent if thresholds.path else Path(".")
+    for spec in extra:
+        spec = {"path": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or "path" not in spec or set(spec) - {"path", "pooling", "name"}:
+            raise MergeQAUsageError(f"{where} datasets entry {spec!r}: expected a path or a table with "
+                                    "path and optionally pooling ('span' or 'sentence') and name")
+        out.append(load_jsonl(base / spec["path"], name=spec.get("name"), pooling=spec.get("pooling", "span")))
+    seen: set[str] = set()
+    for d in out:
+        if d.name in seen:
+            raise MergeQAUsageError(f"{where} two probing datasets are named {d.name!r}; give one a "
+                                    "different name (datasets = [{ path = ..., name = ... }])")
+        seen.add(d.name)
+    return out
+
+
+def settings_from_thresholds(thresholds) -> ProbeSettings:
+    return ProbeSettings(seeds=thresholds.get("probing", "seeds"), l2=thresholds.get("probing", "l2"))
+
+
+class ProbingEngine:
+    """Probe results per (model, dataset), computed once per process and cache."""
+
+    def __init__(self, datasets: Sequence[ProbeDataset], settings: ProbeSettings, *, cache_dir: Path,
+                 device: str = "cpu", dtype: str = "float32", batch_size: int = 64):
+        self.datasets = {d.name: d for d in datasets}
+        self.settings = settings
+        self.cache_dir = Path(cache_dir)
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self._memo: dict[tuple[str, str], ProbeResult] = {}
+
+    @classmethod
+    def from_thresholds(cls, thresholds, *, cache_dir: Path, device: str, dtype: str) -> "ProbingEngine":
+        from mergeqa.models import resolve_device
+
+        return cls(datasets_from_thresholds(thresholds), settings_from_thresholds(thresholds),
+                   cache_dir=cache_dir, device=resolve_device(device), dtype=dtype)
+
+    def _entry(self, ref, dataset: ProbeDataset) -> Path:
+        from mergeqa.cache import digest
+
+        key = digest(self.settings.key(), self.dtype)[:12]
+        return self.cache_dir / "probes" / f"{ref.content_hash[:16]}-{dataset.content_hash}-{key}"
+
+    def _missing(self, ref) -> list[ProbeDataset]:
+        return [d for d in self.datasets.values() if (ref.content_hash, d.name) not in self._memo
+                and not self._entry(ref, d).is_dir()]
+
+    def _lock(self, ref):
+        from filelock import FileLock
+
+        (self.cache_dir / "probes").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.cache_dir / "probes" / f"{ref.content_hash[:16]}.lock"))
+
+    def _compute(self, ref) -> None:
+        """Probe the datasets missing for `ref` (the caller holds its lock)."""
+        from mergeqa.cache import build_once
+
+        todo = self._missing(ref)  # again: another process may have done them while we waited
+        if not todo:
+            return
+        with threads_for(ref, self.device):
+            features = representations(ref, todo, device=self.device, dtype=self.dtype,
+                                       cache_dir=self.cache_dir, batch_size=self.batch_size)
+            for d in todo:
+                result = probe(d, features[d.name], self.settings, device=self.device)
+                build_once(self._entry(ref, d), lambda tmp, r=result: r.save(tmp / RESULT_FILE))
+                self._memo[(ref.content_hash, d.name)] = result
+
+    def results(self, ref) -> dict[str, ProbeResult]:
+        """Every dataset's ProbeResult for `ref`; representations are computed only for the missing."""
+        if self._missing(ref):
+            with self._lock(ref):
+                self._compute(ref)
+        for d in self.datasets.values():
+            if (ref.content_hash, d.name) not in self._memo:
+                self._memo[(ref.content_hash, d.name)] = ProbeResult.load(self._entry(ref, d) / RESULT_FILE)
+        return {name: self._memo[(ref.content_hash, name)] for name in self.datasets}
+
+    def prepare(self, refs) -> None:
+        """Compute the results of many models. Processes sharing the cache (xdist workers) split
+        them: each takes the models no other is computing and waits only for the last one."""
+        from filelock import Timeout
+
+        pending = [r for r in refs if self._missing(r)]
+        while pending:
+            progressed = False
+            for ref in list(pending):
+                lock = self._lock(ref)
+                try:
+                    lock.acquire(timeout=0 if len(pending) > 1 else -1)
+                except Timeout:
+                    continue
+                try:
+                    self._compute(ref)
+                finally:
+                    lock.release()
+                pending.remove(ref)
+                progressed = True
+            if not progressed:
+                time.sleep(0.1)
+
+    def result(self, ref, name: str) -> ProbeResult:
+        if name not in self.datasets:
+            from mergeqa.errors import did_you_mean
+
+            raise MergeQAUsageError(f"no probing dataset {name!r} in this run.{did_you_mean(name, self.datasets)}")
+        return self.results(ref)[name]
+
+
+@contextmanager
+def threads_for(ref, device: str):
+    """One torch thread for a narrow model on CPU (see SINGLE_THREAD_MAX_HIDDEN), restored after."""
+    import torch
+
+    hidden = ref.config.get("hidden_size") or ref.config.get("text_config", {}).get("hidden_size")
+    if device != "cpu" or not hidden or hidden > SINGLE_THREAD_MAX_HIDDEN:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- the gate's decision ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """The merge at one layer choice ('best' on val, or 'last') against the weaker parent."""
+
+    which: str
+    layer: int
+    score: float
+    reference: str
+    reference_layer: int
+    reference_score: float
+    comparison: object  # mergeqa.significance.PairedComparison
+
+    @property
+    def verdict(self) -> str:
+        return self.comparison.verdict
+
+    def figures(self) -> dict[str, object]:
+        out = {"layer": self.layer, "accuracy": self.score, "reference": self.reference,
+               "reference_layer": self.reference_layer, "reference_accuracy": self.reference_score,
+               "threshold": self.reference_score - self.comparison.margin}
+        out.update(self.comparison.figures())
+        return out
+
+    def message(self, merge: str, dataset: ProbeDataset, plot: Path | None = None) -> str:
+        """The failure (or inconclusive) message: obtained / expected / delta, the test, cause, fix."""
+        from mergeqa.messages import failure_message
+
+        where = f"; see {plot}" if plot else ""
+        if self.verdict == "fail":
+            cause = (f"the merge encodes {dataset.name} ({dataset.description}) less linearly than "
+                     f"its weaker parent at this layer")
+            fix = (f"compare the layers{where}; merge with weights or a method that keep more of "
+                   f"{self.reference}, or widen [probing] tolerance if this drop is acceptable")
+        else:
+            cause = "the probes' differences on this many test items are within the noise"
+            fix = ("probe more items (your own set under [probing] datasets) or widen [probing] "
+                   "tolerance; [statistics] inconclusive decides whether this fails")
+        return failure_message(
+            f"{merge}: {dataset.name} probe at the {self.which} layer ({self.layer}) vs {self.reference} "
+            f"({self.which} layer {self.reference_layer})",
+            obtained=self.score, delta=self.score - self.reference_score,
+            expected=f">= {self.reference_score:.4f} - {self.comparison.margin:g} "
+                     "(min of parents - [probing] tolerance)",
+            details=self.comparison.describe(self.reference).splitlines(), cause=cause, fix=fix)
+
+
+def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult], *, tolerance: float,
+                         alpha: float = 0.05, power: float = 0.8, correction: str = "holm") -> list[LayerComparison]:
+    """Best-layer and last-layer test accuracy of the merge vs min(parents), each model at its own
+    layer choice, paired over test items (correctness averaged over seeds), margin = tolerance;
+    the two p-values are adjusted together (`correction`)."""
+    from mergeqa.significance import adjust_comparisons, compare_paired
+
+    if not parents:
+        raise MergeQAUsageError("probing needs parents to compare with; pass --parents")
+    rows = []
+    for which in ("best", "last"):
+        def layer(r: ProbeResult) -> int:
+            return r.best_layer if which == "best" else r.last_layer
+
+        ref = min(parents, key=lambda n: parents[n].item_scores(layer(parents[n])).mean())
+        a, b = merged.item_scores(layer(merged)), parents[ref].item_scores(layer(parents[ref]))
+        cmp = compare_paired(a, b, margin=tolerance, alpha=alpha, power=power)
+        rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()), cmp))
+    adjusted = adjust_comparisons([r[-1] for r in rows], correction)
+    return [LayerComparison(*r[:-1], c) for r, c in zip(rows, adjusted)]
