@@ -226,25 +226,32 @@ worker_metadata_key = pytest.StashKey[dict]()
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     """The comparison table (base, parents, merges x tasks), from the result cache only."""
-    ran = [r for reports in terminalreporter.stats.values() for r in reports
-           if getattr(r, "when", None) == "call" and "test_retention[" in getattr(r, "nodeid", "")]
-    if not ran or hasattr(config, "workerinput"):
+    def ran(test: str) -> bool:
+        return any(getattr(r, "when", None) == "call" and f"{test}[" in getattr(r, "nodeid", "")
+                   for reports in terminalreporter.stats.values() for r in reports)
+
+    if not ran("test_retention") or hasattr(config, "workerinput"):
         return
-    from .report import comparison_table, report_dir
+    from .report import comparison_table, divergence_summary, report_dir
 
     thresholds = config.stash[thresholds_key]
-    suite = thresholds.suite(thresholds.get("retention", "suite"))
-    try:
-        table = comparison_table(config.stash[session_key], suite["tasks"], _eval_settings(config))
-    except Exception as exc:  # a summary must never hide the run's own result
-        terminalreporter.write_line(f"mergeqa: no comparison table ({type(exc).__name__}: {exc})")
-        return
-    out = report_dir(config) / "comparison.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
-    terminalreporter.write_sep("=", "mergeqa comparison")
-    terminalreporter.write_line(table)
-    terminalreporter.write_line(f"(written to {out})")
+    tasks = thresholds.suite(thresholds.get("retention", "suite"))["tasks"]
+    gate, settings = config.stash[session_key], _eval_settings(config)
+    sections = [("comparison", lambda: comparison_table(gate, tasks, settings))]
+    if ran("test_probing"):
+        sections.append(("divergence", lambda: divergence_summary(gate, thresholds, tasks, settings)))
+    for name, make in sections:
+        try:
+            text = make()
+        except Exception as exc:  # a summary must never hide the run's own result
+            terminalreporter.write_line(f"mergeqa: no {name} report ({type(exc).__name__}: {exc})")
+            continue
+        out = report_dir(config) / f"{name}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        terminalreporter.write_sep("=", f"mergeqa {name}")
+        terminalreporter.write_line(text)
+        terminalreporter.write_line(f"(written to {out})")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -76,3 +76,34 @@ def comparison_table(gate, tasks: list[str], settings) -> str:
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {name} | " + " | ".join(cell(v, i) for i, v in enumerate(vals)) + " |" for name, vals in rows]
     return "\n".join(lines)
+
+
+def behaviour_scores(gate, tasks: list[str], settings, refs) -> dict[str, float]:
+    """Mean main-metric score over the suite, per model, from the result cache only."""
+    from .engine import evaluate
+
+    out = {}
+    for ref in refs:
+        result = evaluate(ref, tasks, settings, cached_only=True)
+        try:
+            out[ref.name] = sum(result.score(t) for t in tasks) / len(tasks)
+        except KeyError:
+            continue  # not evaluated in this cache: left out of the ranking
+    return out
+
+
+def divergence_summary(gate, thresholds, tasks: list[str], settings) -> str:
+    """The paper's comparison, computed: merges ranked by behaviour and by probed internals."""
+    from .probing.divergence import divergence_report, internal_scores
+    from .probing.engine import ProbingEngine
+
+    engine = ProbingEngine.from_thresholds(thresholds, cache_dir=gate.cache_dir, device=gate.device,
+                                           dtype=gate.dtype)
+    merges, parents = gate.all_merged(), gate.parents()
+    behaviour = behaviour_scores(gate, tasks, settings, merges)
+    parents_behaviour = behaviour_scores(gate, tasks, settings, parents)
+    internals = internal_scores({m.name: engine.results(m) for m in merges if m.name in behaviour})
+    parents_internals = internal_scores({p.name: engine.results(p) for p in parents})
+    report = divergence_report(behaviour, internals, min_tau=thresholds.get("probing", "divergence_tau"),
+                               parents_behaviour=parents_behaviour, parents_internals=parents_internals)
+    return report.summary()
