@@ -1,0 +1,27 @@
+"""Static lint of the merged checkpoint against its parents, from its files alone (mergeqa.lint):
+finite tensors, names and shapes, vocabulary rows, tokenizer, special tokens, chat template, norms
+and dtype. No forward pass: it runs before anything is loaded. Ids: test_lint[<merge>-<check>].
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mergeqa.lint import LINT_CHECKS
+
+
+@pytest.fixture(scope="session")
+def lint_results(merged_model, parent_models, thresholds):
+    """{check: CheckResult} for one merge; every lint check reads the checkpoint once."""
+    from mergeqa.lint import LintLimits, lint_checkpoint
+
+    if not any(merged_model.path.glob("*.safetensors")):
+        pytest.skip(f"{merged_model.path}: the lint reads *.safetensors only; re-save the model with "
+                    "save_pretrained(safe_serialization=True) to lint it")
+    return lint_checkpoint(merged_model.path, [p.path for p in parent_models],
+                           LintLimits.from_thresholds(thresholds), name=merged_model.name)
+
+
+@pytest.mark.parametrize("check", LINT_CHECKS)
+def test_lint(check, lint_results, record_figure):
+    lint_results[check].decide(record_figure, "lint")

@@ -1,0 +1,62 @@
+"""Behavioural sanity of the merged model before any benchmark (mergeqa.sanity): it generates,
+coherently, follows an instruction through its chat template, does not loop, has finite logits,
+is deterministic under greedy decoding, and its held-out perplexity is not far past the parents'.
+What to measure and which threshold; the measuring is in mergeqa.sanity and mergeqa.engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mergeqa import sanity
+
+
+@pytest.fixture(scope="session")
+def sanity_run(merged_model, mergeqa_session, thresholds):
+    """Two greedy runs of [sanity.prompts] on one merge, shared by the generation checks."""
+    from mergeqa.models import resolve_device
+
+    prompts = sanity.parse_prompts(thresholds.get("sanity", "prompts"))
+    return sanity.sanity_run(merged_model, resolve_device(mergeqa_session.device), mergeqa_session.dtype,
+                             prompts, thresholds.get("sanity", "new_tokens"))
+
+
+def test_generates(sanity_run, record_figure):
+    sanity.check_generates(sanity_run).decide(record_figure, "sanity")
+
+
+def test_coherent(sanity_run, record_figure):
+    sanity.check_coherent(sanity_run).decide(record_figure, "sanity")
+
+
+def test_follows_chat_instruction(sanity_run, record_figure):
+    sanity.check_chat_instruction(sanity_run).decide(record_figure, "sanity")
+
+
+def test_no_degenerate_repetition(sanity_run, thresholds, record_figure):
+    get = lambda key: thresholds.get("sanity", key)  # noqa: E731
+    result = sanity.check_repetition(sanity_run, get("max_repetition_rate"), get("max_repeated_span"),
+                                     get("repetition_ngram"))
+    result.decide(record_figure, "sanity")
+
+
+def test_logits_finite(sanity_run, record_figure):
+    sanity.check_logits_finite(sanity_run).decide(record_figure, "sanity")
+
+
+def test_greedy_deterministic(sanity_run, record_figure):
+    sanity.check_deterministic(sanity_run).decide(record_figure, "sanity")
+
+
+def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings, thresholds, record_figure):
+    from mergeqa.models import resolve_device
+
+    task = thresholds.get("sanity", "perplexity_task")
+    model = merged_model.model(resolve_device(mergeqa_session.device), mergeqa_session.dtype)
+    problem = sanity.vocabulary_problem(model, merged_model.tokenizer())
+    ppl = None
+    if problem is None:
+        family_tasks = mergeqa_session.family().tasks_dir if task.startswith("family_") else None
+        ppl = sanity.perplexity(merged_model, parent_models, eval_settings, task, family_tasks)
+    result = sanity.check_perplexity(ppl, thresholds.get("sanity", "max_perplexity_ratio"), merged_model.name, problem)
+    result.decide(record_figure, "sanity")
