@@ -190,14 +190,10 @@ def single_threaded() -> Iterator[None]:
     The kit's tensors have tens of entries: intra-op threads only add synchronisation, which on a
     loaded 2-core machine costs ~16 ms per reduction against ~2 us single-threaded.
     """
-    import torch
+    from mergeqa.threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

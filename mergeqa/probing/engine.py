@@ -154,18 +154,14 @@ class ProbingEngine:
 @contextmanager
 def threads_for(ref, device: str):
     """One torch thread for a narrow model on CPU (see SINGLE_THREAD_MAX_HIDDEN), restored after."""
-    import torch
-
     hidden = ref.config.get("hidden_size") or ref.config.get("text_config", {}).get("hidden_size")
     if device != "cpu" or not hidden or hidden > SINGLE_THREAD_MAX_HIDDEN:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from mergeqa.threads import torch_threads
+
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- the gate's decision ----------------------------------------------------------------------
