@@ -59,6 +59,9 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
                   **{f"parent.{n}": s for n, s in scores.items()}}
         if base is not None:
             common["base"] = base.score(task)
+        for leaf in merged.groups.get(task, []):  # MMLU-style groups: each subtask's score
+            common[f"subtask.{leaf}.merged"] = merged.score(leaf)
+            common.update({f"subtask.{leaf}.{n}": r.score(leaf) for n, r in parents.items()})
         if owner in parents:
             ref_name, ref_score = owner, scores[owner]
         else:  # no parent owns the task: retention against the parents' mean, as the guide does

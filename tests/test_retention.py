@@ -56,3 +56,24 @@ def test_point_mode_is_the_guides_rule():
     assert ret.figures["retention_vs_mean"] == pytest.approx(1.8)
     assert findings[("x", "regression")].verdict == "pass"
     assert "obtained: 0.9" in ret.message and "expected: >= 0.95" in ret.message
+
+
+class _GroupResult(_Result):
+    def __init__(self, scores):
+        super().__init__(scores)
+        self.groups = {"grp": ["a", "b"]}
+
+    def score(self, task):
+        if task in self.groups:
+            return sum(self.score(t) for t in self.groups[task]) / 2
+        return super().score(task)
+
+
+def test_groups_are_broken_down_by_subtask():
+    t = load_thresholds(None)
+    t.values["retention"].update(mode="point")
+    merged = _GroupResult({"a": [1, 1], "b": [0, 0]})
+    parents = {"p": _GroupResult({"a": [1, 1], "b": [1, 0]}), "q": _GroupResult({"a": [0, 1], "b": [1, 1]})}
+    figures = assess("m", merged, parents, ["grp"], t)[("grp", "retention")].figures
+    assert figures["subtask.a.merged"] == 1.0 and figures["subtask.b.merged"] == 0.0
+    assert figures["subtask.b.p"] == 0.5 and figures["subtask.a.q"] == 0.5
