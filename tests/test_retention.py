@@ -38,6 +38,10 @@ dtype: float32
 
 
 class _Result:
+    """The part of EvalResult that assess() reads in point mode."""
+
+    groups: dict = {}
+
     def __init__(self, scores):
         self.scores_ = scores
 
