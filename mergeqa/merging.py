@@ -54,7 +54,6 @@ def input_models(config) -> list[Path]:
 def build_merge(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
                 cuda: bool = False, seed: int = 0) -> Path:
     """The merged model directory for this config, built with mergekit's run_merge if not cached."""
-    import mergekit
     from importlib.metadata import version
 
     config, source = read_merge_config(config_path, substitutions)
@@ -72,7 +71,6 @@ def build_merge(config_path: Path, cache_dir: Path, *, substitutions: dict[str, 
         options.apply_global_options()
         run_merge(config, str(tmp), options=options, config_source=source)
 
-    del mergekit
     return build_once(target, build, on_build=lambda: log_event(
         cache_dir, "merge_built", config=str(config_path), path=str(target),
         seconds=round(time.perf_counter() - started, 2)))

@@ -27,8 +27,7 @@ def run_metadata(gate) -> dict[str, str]:
     meta = {f"mergeqa.run.version.{k}": v for k, v in package_versions().items()}
     meta["mergeqa.run.device"] = resolve_device(gate.device)
     meta["mergeqa.run.dtype"] = gate.dtype
-    refs = list(gate._merged.values()) + list(gate._refs.get("parents", [])) + [gate._refs.get("base")]
-    for ref in filter(None, refs):
+    for ref in gate.resolved_refs():
         meta[f"mergeqa.run.{ref.role}.{ref.name}.path"] = str(ref.path)
         meta[f"mergeqa.run.{ref.role}.{ref.name}.content_hash"] = ref.content_hash
         if ref.merge_config is not None:

@@ -137,3 +137,8 @@ class GateSession:
 
     def all_merged(self) -> list[ModelRef]:
         return [self.merged(n) for n in self.merged_names]
+
+    def resolved_refs(self) -> list[ModelRef]:
+        """The models this process has already resolved (built or named); builds nothing."""
+        refs = list(self._merged.values()) + list(self._refs.get("parents", []))
+        return refs + [r for r in [self._refs.get("base")] if r is not None]
