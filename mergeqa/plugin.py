@@ -87,7 +87,16 @@ def pytest_configure(config: pytest.Config) -> None:
             models=opt.model, parents=opt.parents, base=opt.base, merge_configs=opt.merge_config,
             cache_dir=opt.mergeqa_cache or default_cache_dir(), device=opt.device, dtype=opt.dtype,
             seed=opt.merge_seed)
-        config.stash[thresholds_key] = load_thresholds(thresholds_path)
+        thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path)
+        # Names the checks are parametrised by: a wrong one is a usage error now, not a
+        # collection error later.
+        thresholds.suite(thresholds.get("retention", "suite"))
+        from .probing.engine import datasets_from_thresholds
+
+        try:
+            datasets_from_thresholds(thresholds)
+        except MergeQAUsageError as exc:
+            raise MergeQAUsageError(f"{thresholds.path or 'thresholds'}: [probing] {exc}") from None
         if opt.merge_config:
             from .merging import read_merge_config
 

@@ -105,3 +105,14 @@ def test_xdist_builds_each_merge_once(tmp_path, private_cache):
     built = [e["config"] for e in _events(private_cache) if e["event"] == "merge_built"]
     assert sorted(Path(c).stem for c in built) == ["dare_ties", "linear", "slerp", "task_arithmetic", "ties"]
     assert len({e["pid"] for e in _events(private_cache)}) >= 1
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ('[retention]\nsuite = "famly"\n', "no suite 'famly' in [suites]. Did you mean 'family'?"),
+    ('[probing]\nphenomena = ["agreemnt"]\n', "[probing] unknown probing phenomenon 'agreemnt'. Did you mean 'agreement'?"),
+])
+def test_unknown_names_in_thresholds_are_usage_errors(tmp_path, toml, expected):
+    t = tmp_path / "thresholds.toml"
+    t.write_text(toml)
+    proc = run_pytest("--thresholds", t, "--collect-only", cwd=tmp_path)
+    assert proc.returncode == 4 and expected in proc.stderr and str(t) in proc.stderr
