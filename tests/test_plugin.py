@@ -90,8 +90,9 @@ def test_gate_on_a_merge_made_by_mergekit_cli(tmp_path, family, private_cache):
             "--mergeqa-cache", private_cache, "-p", "no:cacheprovider", "-q", "-k", "test_load"]
     user = run_pytest("--model", merged, *args, cwd=tmp_path)
     assert user.returncode == 0, user.stdout[-3000:]
+    collected = run_pytest("--model", merged, *args, "--collect-only", cwd=tmp_path).stdout
     for test in ("test_loads[cli-ties]", "test_config_matches_parents[cli-ties]", "test_weights_finite[cli-ties]"):
-        assert test in run_pytest("--model", merged, *args, "--collect-only", cwd=tmp_path).stdout
+        assert test in collected
     built = run_pytest("--merge-config", cfg, *args, "--collect-only", cwd=tmp_path).stdout
     assert "test_weights_finite[ties]" in built
 
@@ -104,7 +105,6 @@ def test_xdist_builds_each_merge_once(tmp_path, private_cache):
     assert "15 passed" in proc.stdout
     built = [e["config"] for e in _events(private_cache) if e["event"] == "merge_built"]
     assert sorted(Path(c).stem for c in built) == ["dare_ties", "linear", "slerp", "task_arithmetic", "ties"]
-    assert len({e["pid"] for e in _events(private_cache)}) >= 1
 
 
 @pytest.mark.parametrize("toml, expected", [
