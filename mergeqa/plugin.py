@@ -75,6 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _share_cores(config)
+    config.pluginmanager.register(VerdictCollector(config), "mergeqa-verdicts")
     from .session import GateSession
     from .thresholds import load_thresholds
 
@@ -121,11 +122,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A usage error met while a test runs (a corrupt file found at load) reads as one line."""
+    """A usage error met while a test runs (a corrupt file found at load) reads as one line; the
+    verdicts a test decided travel on its report (plain dicts, so xdist ships them)."""
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(MergeQAUsageError):
         report.longrepr = f"mergeqa usage error: {call.excinfo.value}"
+    if call.when == "call":
+        from .verdict import ITEM_VERDICTS
+
+        report.mergeqa_verdicts = [v.to_dict() for v in item.stash.get(ITEM_VERDICTS, [])]
     return report
+
+
+class VerdictCollector:
+    """Keeps every verdict of the run in `config.stash[RUN_VERDICTS]`, on the process that writes
+    the reports (the xdist controller, or the only process)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report) -> None:
+        dicts = getattr(report, "mergeqa_verdicts", None)
+        if dicts and not hasattr(self.config, "workerinput"):
+            from .verdict import RUN_VERDICTS, Verdict
+
+            self.config.stash.setdefault(RUN_VERDICTS, []).extend(Verdict.from_dict(d) for d in dicts)
 
 
 @pytest.fixture(scope="session")
