@@ -83,7 +83,7 @@ def time_lint(merged: Path, parents: list[Path], repeats: int = 3, evict: list[P
         started = time.perf_counter()
         results = lint.lint_checkpoint(merged, parents)
         elapsed = time.perf_counter() - started
-        assert all(r.passed for r in results.values()), [r.message() for r in results.values() if not r.passed]
+        assert all(r.ok for r in results.values()), [r.message() for r in results.values() if not r.ok]
         return elapsed
 
     cold = []

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import MergeQAUsageError
-from .messages import failure_message
+from .verdict import Verdict
 
 LINT_CHECKS = ("finite", "tensors", "vocab", "tokenizer", "special_tokens", "chat_template", "norms", "dtype")
 SPECIAL_ROLES = ("bos", "eos", "pad", "unk")
@@ -30,7 +30,6 @@ DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64"
 FLOAT_CODES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 FP16_MAX = 65504.0
 CHUNK_ELEMENTS = 1 << 24  # a tensor is reduced in row blocks of at most this many values
-SHOWN = 5  # findings listed in a message; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -63,43 +62,9 @@ class TensorStats:
         return self.nan == 0 and self.inf == 0
 
 
-@dataclass
-class CheckResult:
-    """One check (lint or sanity) on one model: figures (obtained, threshold, n, ...) and findings
-    (one line each, naming the tensor, token or prompt). Passed when there are no findings."""
-
-    check: str
-    model: str
-    figures: dict
-    findings: list[str] = field(default_factory=list)
-    summary: str = ""  # the failure's first line, after the model name
-    expected: str = ""
-    cause: str = ""
-    fix: str = ""
-    skipped: str = ""  # why the check does not apply to this model (then it has no findings)
-
-    @property
-    def passed(self) -> bool:
-        return not self.findings
-
-    def decide(self, record_figure, prefix: str) -> None:
-        """In a check: record every figure as mergeqa.<prefix>.<check>.<figure>, then skip, fail
-        (the message, no traceback) or pass."""
-        import pytest
-
-        for figure, value in self.figures.items():
-            record_figure(f"{prefix}.{self.check}", figure, value)
-        if self.skipped:
-            pytest.skip(f"{self.model}: {self.skipped}")
-        if not self.passed:
-            pytest.fail(self.message(), pytrace=False)
-
-    def message(self) -> str:
-        shown = self.findings[:SHOWN]
-        if len(self.findings) > SHOWN:
-            shown.append(f"... and {len(self.findings) - SHOWN} more")
-        return failure_message(f"{self.model}: {self.summary}", obtained=self.figures["obtained"],
-                               expected=self.expected, cause=self.cause, fix=self.fix, details=shown)
+def _result(check: str, model: str, figures: dict, findings=(), **fields) -> Verdict:
+    """A lint or sanity verdict; `settle()` makes it fail when it has findings (its details)."""
+    return Verdict(check, model, figures=figures, details=list(findings), **fields)
 
 
 # -- reading a checkpoint ------------------------------------------------------------------------
@@ -272,10 +237,10 @@ def _count(n: int, what: str, plural: str | None = None) -> str:
 
 
 # -- the checks ----------------------------------------------------------------------------------
-def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     stats = m.stats()
     bad = [(n, s) for n, s in stats.items() if not s.finite]
-    r = CheckResult("finite", m.name, {"obtained": len(bad), "threshold": 0, "n": len(stats),
+    r = _result("lint.finite", m.name, {"obtained": len(bad), "threshold": 0, "n": len(stats),
                                       "nan_values": sum(s.nan for _, s in bad),
                                       "inf_values": sum(s.inf for _, s in bad)},
                    expected="0 tensors with NaN/Inf")
@@ -283,7 +248,7 @@ def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits
         return r
     name, first = bad[0]
     r.figures["first"] = name
-    r.findings = [f"{n}: {s.nan} NaN, {s.inf} Inf ({m.tensors[n].dtype} {list(m.tensors[n].shape)})"
+    r.details = [f"{n}: {s.nan} NaN, {s.inf} Inf ({m.tensors[n].dtype} {list(m.tensors[n].shape)})"
                   for n, s in bad]
     kinds = " and ".join(f"{c} {k}" for k, c in (("NaN", first.nan), ("Inf", first.inf)) if c)
     r.summary = (f"tensor {name} holds {kinds} value{'s' if first.nan + first.inf > 1 else ''}; "
@@ -307,12 +272,12 @@ def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits
     return r
 
 
-def lint_tensors(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_tensors(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     """Names and shapes as in the parents; the vocabulary dimension belongs to lint_vocab."""
-    r = CheckResult("tensors", m.name, {"obtained": 0, "threshold": 0, "n": len(m.tensors)},
+    r = _result("lint.tensors", m.name, {"obtained": 0, "threshold": 0, "n": len(m.tensors)},
                    expected="the parents' tensor names and shapes")
     if not parents:
-        r.skipped = "no parents to compare with (--parents)"
+        r.reason = "no parents to compare with (--parents)"
         return r
     names = [set(p.tensors) for p in parents]
     missing = sorted(set.intersection(*names) - set(m.tensors))
@@ -327,35 +292,35 @@ def lint_tensors(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimit
         if shapes and all(key(n, s) != key(n, info.shape) for s in shapes.values()):
             reshaped.append(f"reshaped: {n} {list(info.shape)}, parents "
                             + ", ".join(f"{p} {list(s)}" for p, s in shapes.items()))
-    r.findings = ([f"missing: {n} (in every parent)" for n in missing]
+    r.details = ([f"missing: {n} (in every parent)" for n in missing]
                   + [f"extra: {n} (in no parent)" for n in extra] + reshaped)
-    r.figures.update(obtained=len(r.findings), missing=len(missing), extra=len(extra), reshaped=len(reshaped))
-    if r.findings:
-        r.summary = f"{r.findings[0]}; {_count(len(r.findings), 'tensor')} differ from the parents"
+    r.figures.update(obtained=len(r.details), missing=len(missing), extra=len(extra), reshaped=len(reshaped))
+    if r.details:
+        r.summary = f"{r.details[0]}; {_count(len(r.details), 'tensor')} differ from the parents"
         r.cause = ("layers dropped or duplicated (a passthrough/slices config), tied vs untied embeddings, "
                    "or parents of another architecture or size")
         r.fix = "merge parents of one architecture, and check the slices/layer_range of the merge config"
     return r
 
 
-def lint_vocab(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_vocab(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     """Embedding and lm_head rows >= the tokenizer's vocabulary and == config.vocab_size."""
     tok, cfg = m.tokenizer_size, m.config.get("vocab_size")
     rows = {n: t.shape[0] for n, t in _vocab_tensors(m).items()}
-    r = CheckResult("vocab", m.name, {"obtained": min(rows.values(), default=0), "threshold": tok,
+    r = _result("lint.vocab", m.name, {"obtained": min(rows.values(), default=0), "threshold": tok,
                                      "n": len(rows), "tokenizer_size": tok, "config_vocab_size": cfg,
                                      **{f"rows.{n}": v for n, v in rows.items()}},
                    expected=f"rows >= {tok} (tokenizer) and == {cfg} (config.json vocab_size)")
     if not rows:
-        r.skipped = f"no embedding tensor recognised (names ending in {', '.join(EMBEDDING_SUFFIXES)})"
+        r.reason = f"no embedding tensor recognised (names ending in {', '.join(EMBEDDING_SUFFIXES)})"
         return r
     short = {n: v for n, v in rows.items() if tok is not None and v < tok}
     for n, v in short.items():
         shown = ", ".join(m.token(i) for i in range(v, min(tok, v + 3)))
-        r.findings.append(f"{n}: {v} rows < {tok} tokens; ids {v}..{tok - 1} ({shown}, ...) have no row")
-    r.findings += [f"{n}: {v} rows but config.json vocab_size = {cfg}" for n, v in rows.items()
+        r.details.append(f"{n}: {v} rows < {tok} tokens; ids {v}..{tok - 1} ({shown}, ...) have no row")
+    r.details += [f"{n}: {v} rows but config.json vocab_size = {cfg}" for n, v in rows.items()
                    if cfg is not None and v != cfg and n not in short]
-    if not r.findings:
+    if not r.details:
         return r
     if short:
         n, v = next(iter(short.items()))
@@ -366,19 +331,19 @@ def lint_vocab(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits)
         r.fix = ("merge with tokenizer_source: base (or union) so mergekit resizes the embeddings, or ship "
                  "the tokenizer of the parent whose vocabulary the merge has")
     else:
-        r.summary = f"{r.findings[0]}"
+        r.summary = f"{r.details[0]}"
         r.cause = "config.json was copied from a model with another vocabulary size"
         r.fix = "set config.json vocab_size to the embedding's row count"
     return r
 
 
-def lint_tokenizer(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_tokenizer(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     """Every token keeps the id it has in the closest parent (a union may add tokens after them)."""
     refs = [p for p in parents if p.vocab]
-    r = CheckResult("tokenizer", m.name, {"obtained": 0, "threshold": 0, "n": len(m.vocab or {})},
+    r = _result("lint.tokenizer", m.name, {"obtained": 0, "threshold": 0, "n": len(m.vocab or {})},
                    expected="every token of the closest parent at the same id")
     if not m.vocab or not refs:
-        r.skipped = "no tokenizer vocabulary " + ("here" if not m.vocab else "in the parents") + " to compare"
+        r.reason = "no tokenizer vocabulary " + ("here" if not m.vocab else "in the parents") + " to compare"
         return r
 
     def moved(p: Checkpoint) -> list[tuple[str, int, int | None]]:
@@ -389,7 +354,7 @@ def lint_tokenizer(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLim
     best = min(refs, key=lambda p: len(diffs[p.name]))
     d = diffs[best.name]
     r.figures.update(obtained=len(d), n=len(best.vocab), reference=best.name)
-    r.findings = [f"token {t!r}: " + (f"id {mi} here, {pi} in {best.name}" if mi is not None
+    r.details = [f"token {t!r}: " + (f"id {mi} here, {pi} in {best.name}" if mi is not None
                                       else f"missing here, id {pi} in {best.name}") for t, pi, mi in d]
     if d:
         t, pi, mi = d[0]
@@ -403,7 +368,7 @@ def lint_tokenizer(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLim
     return r
 
 
-def lint_special_tokens(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_special_tokens(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     """bos/eos/pad/unk ids in config.json, generation_config.json and the tokenizer, and added
     tokens, as in at least one parent."""
     findings, compared = [], 0
@@ -427,7 +392,7 @@ def lint_special_tokens(m: Checkpoint, parents: Sequence[Checkpoint], limits: Li
         compared += 1
         if m.added_tokens.get(t) != i:
             findings.append(f"added token {t!r}: id {m.added_tokens.get(t, 'missing')} here, {i} in every parent")
-    r = CheckResult("special_tokens", m.name, {"obtained": len(findings), "threshold": 0, "n": compared},
+    r = _result("lint.special_tokens", m.name, {"obtained": len(findings), "threshold": 0, "n": compared},
                    findings, expected="bos/eos/pad/unk ids and added tokens as in a parent")
     if findings:
         entries = _count(len(findings), "special token entry", "special token entries")
@@ -442,22 +407,22 @@ def lint_special_tokens(m: Checkpoint, parents: Sequence[Checkpoint], limits: Li
     return r
 
 
-def lint_chat_template(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_chat_template(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     having = [p for p in parents if p.chat_template]
     ours = m.chat_template
-    r = CheckResult("chat_template", m.name, {"obtained": int(bool(ours)), "threshold": int(bool(having)),
+    r = _result("lint.chat_template", m.name, {"obtained": int(bool(ours)), "threshold": int(bool(having)),
                                              "n": len(parents), "parents_with_template": len(having),
                                              "same_as_a_parent": any(ours == p.chat_template for p in having)},
                    expected="a chat template, as the parents " + ", ".join(p.name for p in having) + " have")
     if having and not ours:
-        r.findings = [f"no chat template here; {', '.join(p.name for p in having)} have one"]
-        r.summary = r.findings[0]
+        r.details = [f"no chat template here; {', '.join(p.name for p in having)} have one"]
+        r.summary = r.details[0]
         r.cause = "the tokenizer was copied without its chat template (chat_template.jinja or tokenizer_config.json)"
         r.fix = f"copy chat_template.jinja (or tokenizer_config.json's chat_template) from {having[0].name}"
     return r
 
 
-def lint_norms(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_norms(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     """Each tensor's norm / the smallest and largest parent norm, within [min, max] ratios."""
     ours, theirs = m.stats(), [p.stats() for p in parents]
     low, high, findings = math.inf, 0.0, []
@@ -472,7 +437,7 @@ def lint_norms(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits)
             findings.append((n, lo, f"{n}: norm {s.norm:.4g} = {lo:.3g} x the smallest parent's ({min(norms):.4g})"))
         elif hi > limits.max_norm_ratio:
             findings.append((n, hi, f"{n}: norm {s.norm:.4g} = {hi:.3g} x the largest parent's ({max(norms):.4g})"))
-    r = CheckResult("norms", m.name, {"obtained": len(findings), "threshold": 0, "n": len(ours),
+    r = _result("lint.norms", m.name, {"obtained": len(findings), "threshold": 0, "n": len(ours),
                                      "min_ratio": low if low != math.inf else None, "max_ratio": high,
                                      "min_norm_ratio": limits.min_norm_ratio,
                                      "max_norm_ratio": limits.max_norm_ratio},
@@ -493,17 +458,17 @@ def lint_norms(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits)
     return r
 
 
-def lint_dtype(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> CheckResult:
+def lint_dtype(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
     declared = m.config.get("dtype") or m.config.get("torch_dtype")
     code = DTYPE_CODES.get(declared)
     floats = {n: t.dtype for n, t in m.tensors.items() if t.dtype in FLOAT_CODES}
     off = [(n, d) for n, d in floats.items() if code is not None and d != code]
-    r = CheckResult("dtype", m.name, {"obtained": len(off), "threshold": 0, "n": len(floats),
+    r = _result("lint.dtype", m.name, {"obtained": len(off), "threshold": 0, "n": len(floats),
                                      "declared": str(declared)},
                    [f"{n}: {d}, config.json declares {declared} ({code})" for n, d in off],
                    expected=f"every floating tensor {declared}")
     if code is None:
-        r.skipped = f"config.json declares no dtype mergeqa knows ({declared!r})"
+        r.reason = f"config.json declares no dtype mergeqa knows ({declared!r})"
     if off:
         r.summary = (f"tensor {off[0][0]} is {off[0][1]} but config.json declares {declared}; "
                      f"{_count(len(off), 'tensor')} differ")
@@ -520,10 +485,10 @@ CHECKS: dict[str, Callable[[Checkpoint, Sequence[Checkpoint], LintLimits], Check
 
 
 def lint_checkpoint(merged: str | Path, parents: Sequence[str | Path], limits: LintLimits | None = None,
-                    *, name: str | None = None, checks: Sequence[str] = LINT_CHECKS) -> dict[str, CheckResult]:
+                    *, name: str | None = None, checks: Sequence[str] = LINT_CHECKS) -> dict[str, Verdict]:
     """Every lint check of `merged` against `parents` (model directories). Parents' tensor
     statistics are kept for the process, so linting several merges reads each parent once."""
     limits = limits or LintLimits()
     m = Checkpoint(merged, name)
     refs = [Checkpoint(p) for p in parents]
-    return {c: CHECKS[c](m, refs, limits) for c in checks}
+    return {c: CHECKS[c](m, refs, limits).settle() for c in checks}

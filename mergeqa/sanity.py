@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MergeQAUsageError
-from .lint import CheckResult
+from .lint import _result
+from .verdict import Verdict
 
 PROMPT_KEYS = {"prompt", "expect", "match", "chat"}
 
@@ -221,16 +222,16 @@ def perplexity(merged, parents: list, settings, task: str, family_tasks: Path | 
 
 
 # -- verdicts: what each check concludes from the measurements -----------------------------------
-def _failing(run: SanityRun, chat: bool | None, name: str, model_fix: str) -> CheckResult:
+def _failing(run: SanityRun, chat: bool | None, name: str, model_fix: str) -> Verdict:
     """Shared by the coherence and chat checks: every prompt that ran must be accepted."""
     gens = run.ran(chat)
     bad = [g for g in gens if g.problem or not g.prompt.accepts(g.text)]
-    r = CheckResult(name, run.model, {"obtained": len(bad), "threshold": 0, "n": len(gens),
+    r = _result(f"sanity.{name}", run.model, {"obtained": len(bad), "threshold": 0, "n": len(gens),
                                       **{f"output.{g.prompt.name}": g.text for g in gens}},
                     [_line(g) for g in bad], expected="every prompt's continuation as [sanity.prompts] expects")
     if not gens:
         why = [g.skipped for g in run.first if g.skipped and (chat is None or g.prompt.chat == chat)]
-        r.skipped = why[0] if why else "no such prompt in [sanity.prompts]"
+        r.reason = why[0] if why else "no such prompt in [sanity.prompts]"
     elif bad:
         g = bad[0]
         r.summary = (f"prompt {g.prompt.name!r} ({g.prompt.text!r}) gave {g.text!r}; "
@@ -238,7 +239,7 @@ def _failing(run: SanityRun, chat: bool | None, name: str, model_fix: str) -> Ch
         r.cause = ("a tokenizer that does not match the weights, or a merge that lost the parents' skills "
                    "(gibberish, mergekit #169/#671)")
         r.fix = model_fix
-    return r
+    return r.settle()
 
 
 def _line(g: Generation) -> str:
@@ -247,10 +248,10 @@ def _line(g: Generation) -> str:
     return f"{g.prompt.name}: {g.prompt.text!r} -> {g.text!r}, expected: {g.prompt.expectation}"
 
 
-def check_generates(run: SanityRun) -> CheckResult:
+def check_generates(run: SanityRun) -> Verdict:
     gens = run.ran()
     bad = [g for g in gens if g.problem or not g.text.strip()]
-    r = CheckResult("generates", run.model, {"obtained": len(bad), "threshold": 0, "n": len(gens),
+    r = _result("sanity.generates", run.model, {"obtained": len(bad), "threshold": 0, "n": len(gens),
                                              "mean_tokens": sum(len(g.tokens) for g in gens) / max(1, len(gens))},
                     [g.problem or f"{g.prompt.name}: {g.prompt.text!r} -> no text ({len(g.tokens)} tokens)"
                      for g in bad], expected="non-empty text for every prompt")
@@ -261,26 +262,26 @@ def check_generates(run: SanityRun) -> CheckResult:
         r.cause = ("token ids past the embedding (a truncated vocabulary)" if g.problem else
                    "NaN/Inf logits (greedy then picks a special token), or an eos/special token emitted at once")
         r.fix = "see the lint's finite, vocab and special_tokens checks for this model first"
-    return r
+    return r.settle()
 
 
-def check_coherent(run: SanityRun) -> CheckResult:
+def check_coherent(run: SanityRun) -> Verdict:
     return _failing(run, False, "coherent", "look at the lint's tokenizer and norms findings first; else lower "
                     "the merge weights/density of the parent that lost its skill")
 
 
-def check_chat_instruction(run: SanityRun) -> CheckResult:
+def check_chat_instruction(run: SanityRun) -> Verdict:
     return _failing(run, True, "chat_instruction", "ship the chat template and special tokens of the parent "
                     "that was instruction-tuned, and give that parent more weight")
 
 
-def check_repetition(run: SanityRun, max_rate: float, max_span: int, n: int = 3) -> CheckResult:
+def check_repetition(run: SanityRun, max_rate: float, max_span: int, n: int = 3) -> Verdict:
     gens = [g for g in run.ran() if not g.problem]
     rates = {g.prompt.name: round(repetition_rate(g.tokens, n), 4) for g in gens}
     spans = {g.prompt.name: longest_repeated_span(g.tokens) for g in gens}
     bad = [g for g in gens if rates[g.prompt.name] > max_rate or spans[g.prompt.name] > max_span]
     worst_rate, worst_span = max(rates.values(), default=0.0), max(spans.values(), default=0)
-    r = CheckResult("repetition", run.model,
+    r = _result("sanity.repetition", run.model,
                     {"obtained": worst_rate, "threshold": max_rate, "n": len(gens), "ngram": n,
                      "max_repeated_span": worst_span, "span_threshold": max_span},
                     [f"{g.prompt.name}: {n}-gram repetition {rates[g.prompt.name]:.2f}, repeated span "
@@ -293,13 +294,13 @@ def check_repetition(run: SanityRun, max_rate: float, max_span: int, n: int = 3)
         r.cause = ("degenerate repetition (mergekit #671/#110): interfering task vectors (weights or density too "
                    "high), a zeroed layer, or NaN logits that make greedy repeat one token")
         r.fix = "lower the merge weights or use ties/dare with normalize; check the lint's norms and finite checks"
-    return r
+    return r.settle()
 
 
-def check_logits_finite(run: SanityRun) -> CheckResult:
+def check_logits_finite(run: SanityRun) -> Verdict:
     gens = [g for g in run.ran() if not g.problem]
     bad = [g for g in gens if g.non_finite_logits]
-    r = CheckResult("logits_finite", run.model,
+    r = _result("sanity.logits_finite", run.model,
                     {"obtained": sum(g.non_finite_logits for g in gens), "threshold": 0,
                      "n": sum(g.logits_checked for g in gens)},
                     [f"{g.prompt.name}: {g.non_finite_logits} of {g.logits_checked} logits NaN/Inf" for g in bad],
@@ -309,13 +310,13 @@ def check_logits_finite(run: SanityRun) -> CheckResult:
         r.summary = f"prompt {g.prompt.name!r}: {g.non_finite_logits} of {g.logits_checked} logits are NaN/Inf"
         r.cause = "NaN/Inf weights (an fp16 overflow, mergekit #609/#704) or activations overflowing in fp16"
         r.fix = "see the lint's finite check; merge and run in bfloat16/float32 (--dtype float32)"
-    return r
+    return r.settle()
 
 
-def check_deterministic(run: SanityRun) -> CheckResult:
+def check_deterministic(run: SanityRun) -> Verdict:
     pairs = [(a, b) for a, b in zip(run.first, run.second, strict=True) if a.skipped is None and not a.problem]
     bad = [(a, b) for a, b in pairs if a.tokens != b.tokens]
-    r = CheckResult("deterministic", run.model, {"obtained": len(bad), "threshold": 0, "n": len(pairs)},
+    r = _result("sanity.deterministic", run.model, {"obtained": len(bad), "threshold": 0, "n": len(pairs)},
                     [f"{a.prompt.name}: {a.text!r} then {b.text!r}" for a, b in bad],
                     expected="identical greedy output in two runs")
     if bad:
@@ -323,27 +324,27 @@ def check_deterministic(run: SanityRun) -> CheckResult:
         r.summary = f"prompt {a.prompt.name!r} gave {a.text!r}, then {b.text!r}"
         r.cause = "dropout left active, or non-deterministic kernels (GPU atomics) on near-tied logits"
         r.fix = "set attention/hidden dropout to 0 in config.json; on GPU use torch.use_deterministic_algorithms"
-    return r
+    return r.settle()
 
 
-def check_perplexity(ppl: Perplexity | None, max_ratio: float, model: str, problem: str | None = None) -> CheckResult:
+def check_perplexity(ppl: Perplexity | None, max_ratio: float, model: str, problem: str | None = None) -> Verdict:
     if problem is not None:
-        return CheckResult("perplexity", model, {"obtained": None, "threshold": max_ratio, "n": 0}, [problem],
+        return _result("sanity.perplexity", model, {"obtained": None, "threshold": max_ratio, "n": 0}, [problem],
                            summary=problem, expected=f"perplexity <= {max_ratio:g} x the worst parent's",
                            cause="token ids past the embedding: the vocabulary was truncated (mergekit #425/#428)",
-                           fix="see the lint's vocab check")
+                           fix="see the lint's vocab check").settle()
     worst, worst_value = ppl.worst_parent
-    r = CheckResult("perplexity", model,
+    r = _result("sanity.perplexity", model,
                     {"obtained": ppl.ratio, "threshold": max_ratio, "n": ppl.n, "task": ppl.task,
                      "metric": ppl.metric, "merged": ppl.merged, "worst_parent": worst,
                      **{f"parent.{k}": v for k, v in ppl.parents.items()}},
                     expected=f"{ppl.metric} <= {max_ratio:g} x the worst parent's ({worst}: {worst_value:.4g})")
     if not ppl.ratio <= max_ratio:  # NaN fails too
-        r.findings = [f"{ppl.task}: {ppl.metric} {ppl.merged:.4g}, worst parent {worst} {worst_value:.4g}"]
+        r.details = [f"{ppl.task}: {ppl.metric} {ppl.merged:.4g}, worst parent {worst} {worst_value:.4g}"]
         r.summary = (f"{ppl.metric} on {ppl.task} is {ppl.merged:.4g}, {ppl.ratio:.3g} x the worst parent's "
                      f"({worst}: {worst_value:.4g})")
         r.cause = ("NaN weights or logits" if math.isnan(ppl.merged) else
                    "the merge damaged the shared language model: interference between task vectors (weights "
                    "summing over 1 without normalize), or a tokenizer that does not match the weights")
         r.fix = "lower the weights or density, set normalize: true, or use ties/dare_ties with a base model"
-    return r
+    return r.settle()

@@ -12,7 +12,7 @@ from mergeqa.lint import LINT_CHECKS
 
 @pytest.fixture(scope="session")
 def lint_results(merged_model, parent_models, thresholds):
-    """{check: CheckResult} for one merge; every lint check reads the checkpoint once."""
+    """{check: Verdict} for one merge; every lint check reads the checkpoint once."""
     from mergeqa.lint import LintLimits, lint_checkpoint
 
     if not any(merged_model.path.glob("*.safetensors")):
@@ -23,5 +23,7 @@ def lint_results(merged_model, parent_models, thresholds):
 
 
 @pytest.mark.parametrize("check", LINT_CHECKS)
-def test_lint(check, lint_results, record_figure):
-    lint_results[check].decide(record_figure, "lint")
+def test_lint(check, lint_results, request):
+    from mergeqa.verdict import decide
+
+    decide(request, lint_results[check])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mergeqa import sanity
+from mergeqa.verdict import decide
 
 
 @pytest.fixture(scope="session")
@@ -21,34 +22,34 @@ def sanity_run(merged_model, mergeqa_session, thresholds):
                              prompts, thresholds.get("sanity", "new_tokens"))
 
 
-def test_generates(sanity_run, record_figure):
-    sanity.check_generates(sanity_run).decide(record_figure, "sanity")
+def test_generates(sanity_run, request):
+    decide(request, sanity.check_generates(sanity_run))
 
 
-def test_coherent(sanity_run, record_figure):
-    sanity.check_coherent(sanity_run).decide(record_figure, "sanity")
+def test_coherent(sanity_run, request):
+    decide(request, sanity.check_coherent(sanity_run))
 
 
-def test_follows_chat_instruction(sanity_run, record_figure):
-    sanity.check_chat_instruction(sanity_run).decide(record_figure, "sanity")
+def test_follows_chat_instruction(sanity_run, request):
+    decide(request, sanity.check_chat_instruction(sanity_run))
 
 
-def test_no_degenerate_repetition(sanity_run, thresholds, record_figure):
+def test_no_degenerate_repetition(sanity_run, thresholds, request):
     get = lambda key: thresholds.get("sanity", key)  # noqa: E731
     result = sanity.check_repetition(sanity_run, get("max_repetition_rate"), get("max_repeated_span"),
                                      get("repetition_ngram"))
-    result.decide(record_figure, "sanity")
+    decide(request, result)
 
 
-def test_logits_finite(sanity_run, record_figure):
-    sanity.check_logits_finite(sanity_run).decide(record_figure, "sanity")
+def test_logits_finite(sanity_run, request):
+    decide(request, sanity.check_logits_finite(sanity_run))
 
 
-def test_greedy_deterministic(sanity_run, record_figure):
-    sanity.check_deterministic(sanity_run).decide(record_figure, "sanity")
+def test_greedy_deterministic(sanity_run, request):
+    decide(request, sanity.check_deterministic(sanity_run))
 
 
-def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings, thresholds, record_figure):
+def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings, thresholds, request):
     from mergeqa.models import resolve_device
 
     task = thresholds.get("sanity", "perplexity_task")
@@ -59,4 +60,4 @@ def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings,
         family_tasks = mergeqa_session.family().tasks_dir if task.startswith("family_") else None
         ppl = sanity.perplexity(merged_model, parent_models, eval_settings, task, family_tasks)
     result = sanity.check_perplexity(ppl, thresholds.get("sanity", "max_perplexity_ratio"), merged_model.name, problem)
-    result.decide(record_figure, "sanity")
+    decide(request, result)
