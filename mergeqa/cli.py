@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
@@ -33,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
+    """pytest --gate with junit and reports in `out`. Exit code: pytest's, so 0 only when every
+    check of every merge passed; summary.md ends with one line per merge."""
     import pytest
 
     out.mkdir(parents=True, exist_ok=True)
@@ -44,30 +45,10 @@ def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
     if not any(a.startswith("--thresholds") for a in pytest_args) and Path("thresholds.toml").is_file():
         args += ["--thresholds", "thresholds.toml"]
     code = int(pytest.main(args + pytest_args))
-    if junit.is_file():
-        summary = junit_summary(junit)
-        (out / "summary.md").write_text(summary + "\n")
-        print(f"\nmergeqa: junit {junit}, summary {out / 'summary.md'}")
+    written = [p for p in (junit, out / "summary.md") if p.is_file()]
+    if written:
+        print(f"\nmergeqa: {', '.join(str(p) for p in written)}")
     return code
-
-
-def junit_summary(path: Path) -> str:
-    """A markdown summary of a junit file: counts, then each failure's first line."""
-    root = ET.parse(path).getroot()
-    suite = root if root.tag == "testsuite" else root.find("testsuite")
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    lines = ["# mergeqa gate", "", "| tests | failures | errors | skipped |", "|---:|---:|---:|---:|",
-             "| {tests} | {failures} | {errors} | {skipped} |".format(**counts), ""]
-    for case in suite.iter("testcase"):
-        for kind in ("failure", "error"):
-            node = case.find(kind)
-            if node is not None:
-                first = (node.get("message") or node.text or "").strip().splitlines()[:1]
-                lines.append(f"- {kind}: `{case.get('name')}`: {first[0] if first else ''}")
-    comparison = path.parent / "comparison.md"
-    if comparison.is_file():
-        lines += ["", "## Comparison", "", comparison.read_text()]
-    return "\n".join(lines)
 
 
 def run_family(cache: str | None, table: bool) -> int:

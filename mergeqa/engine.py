@@ -23,7 +23,7 @@ from .cache import digest, log_event
 from .errors import MergeQAUsageError
 from .models import ModelRef, resolve_device
 
-RESULTS_VERSION = 1  # bump when the record format changes
+RESULTS_VERSION = 2  # bump when the record format changes (2: filters kept apart, weights)
 
 
 @dataclass(frozen=True)
@@ -45,32 +45,98 @@ class EvalSettings:
 
 @dataclass
 class ItemRecord:
+    """One document's scores under one lm-eval filter (a gsm8k doc has one per filter)."""
+
     doc_id: int
     doc_hash: str
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # bare metric names ("acc", "exact_match"); this filter's values
     choice: int | str | None  # the model's pick (multiple choice) or its filtered response
     target: object = None
+    filter: str = "none"
+    weights: dict[str, float] = field(default_factory=dict)  # perplexity-type metrics: the item's
+    # word/byte count, lm-eval's (loglikelihood, weight) pair; `metrics` keeps the loglikelihood
+
+
+# lm-eval aggregations whose per-item values are (loglikelihood, weight) pairs
+WEIGHTED = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+# The metric each Open LLM Leaderboard task is read on (its v1 table); others: the task's first.
+LEADERBOARD_METRICS = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm", "truthfulqa_mc2": "acc",
+                       "winogrande": "acc", "gsm8k": "exact_match,strict-match", "mmlu": "acc"}
+
+
+def metric_key(metric: str, filter_name: str = "none") -> str:
+    """lm-eval's "metric,filter", written "metric" for the default filter "none"."""
+    return metric if filter_name == "none" else f"{metric},{filter_name}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    metric, _, filter_name = key.partition(",")
+    return metric, filter_name or "none"
 
 
 @dataclass
 class TaskResult:
     task: str
-    metrics: dict[str, float]  # lm-eval's aggregates, "acc" not "acc,none"
+    metrics: dict[str, float]  # lm-eval's aggregates by metric_key: "acc", "exact_match,strict-match"
     items: list[ItemRecord]
     config_hash: str
     cached: bool = False
+    higher_is_better: dict[str, bool] = field(default_factory=dict)  # bare metric -> direction
 
     @property
     def main_metric(self) -> str:
-        for m in ("acc", "exact_match", "pass@1", "word_perplexity"):
-            if m in self.metrics:
-                return m
+        """The metric key gated by default: the Open LLM Leaderboard's for its tasks (acc_norm for
+        arc_challenge and hellaswag, strict-match exact_match for gsm8k, ...), else the task's
+        first metric in lm-eval's order. `[retention.metrics]` overrides it per task."""
+        family = self.task.split("_")[0] if self.task.startswith(("mmlu_", "hendrycks")) else self.task
+        wanted = LEADERBOARD_METRICS.get(self.task, LEADERBOARD_METRICS.get(family))
+        if wanted in self.metrics:
+            return wanted
         return next(iter(self.metrics))
 
+    def higher_is_better_for(self, key: str) -> bool:
+        metric = split_key(key)[0]
+        if metric in self.higher_is_better:
+            return bool(self.higher_is_better[metric])
+        return not (metric.endswith(("perplexity", "bits_per_byte")) or metric in ("ter", "loss"))
+
+    def records(self, key: str) -> list[ItemRecord]:
+        """This metric's records (one filter), in doc_id order."""
+        metric, filter_name = split_key(key)
+        if key not in self.metrics:
+            from .errors import did_you_mean
+
+            raise MergeQAUsageError(f"task {self.task!r} has no metric {key!r}.{did_you_mean(key, self.metrics)}"
+                                    " Set it in thresholds.toml [retention.metrics] as \"metric\" or "
+                                    "\"metric,filter\".")
+        return sorted((it for it in self.items if it.filter == filter_name and metric in it.metrics),
+                      key=lambda i: i.doc_id)
+
+    def gated_values(self, key: str) -> dict[tuple[int, str], float]:
+        """{(doc_id, doc_hash): value} in gating units, higher is better: the metric itself, its
+        negative for lower-is-better metrics, and for perplexity-type metrics the item's
+        loglikelihood x n / sum of weights, whose mean is -log(perplexity) (so a merge and a
+        parent compare in log-perplexity, the unit of the threshold). Duplicates are an error."""
+        records = self.records(key)
+        metric = split_key(key)[0]
+        out: dict[tuple[int, str], float] = {}
+        scale = 1.0
+        if metric in WEIGHTED:
+            total = sum(r.weights.get(metric, 0.0) for r in records)
+            scale = len(records) / total if total else float("nan")
+        sign = 1.0 if metric in WEIGHTED or self.higher_is_better_for(key) else -1.0
+        for r in records:
+            doc = (r.doc_id, r.doc_hash)
+            if doc in out:
+                raise MergeQAUsageError(f"task {self.task!r}: document {r.doc_id} appears twice under filter "
+                                        f"{r.filter!r} in one model's results; clear its cache entry and re-run")
+            out[doc] = sign * scale * r.metrics[metric]
+        return out
+
     def scores(self, metric: str | None = None) -> list[float]:
-        """Per-item values of `metric` in doc_id order (the paired statistics' input)."""
-        metric = metric or self.main_metric
-        return [it.metrics[metric] for it in sorted(self.items, key=lambda i: i.doc_id)]
+        """Per-item values of `metric` (a metric key) in doc_id order, as lm-eval logged them."""
+        key = metric or self.main_metric
+        return [it.metrics[split_key(key)[0]] for it in self.records(key)]
 
 
 @dataclass
@@ -79,13 +145,52 @@ class EvalResult:
     tasks: dict[str, TaskResult] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its leaf tasks
 
-    def score(self, task: str) -> float:
-        """The main metric of a task, or the unweighted mean over a group's leaves."""
+    def score(self, task: str, metric: str | None = None) -> float:
+        """The gated metric of a task (`metric` or its main metric), or the unweighted mean
+        over a group's leaves."""
         if task in self.tasks:
             t = self.tasks[task]
-            return t.metrics[t.main_metric]
+            return t.metrics[metric or t.main_metric]
         leaves = self.groups[task]
-        return sum(self.score(t) for t in leaves) / len(leaves)
+        return sum(self.score(t, metric) for t in leaves) / len(leaves)
+
+
+def paired_values(task: str, merged: EvalResult, reference: EvalResult, metric: str | None = None,
+                  names: tuple[str, str] = ("merged", "reference")):
+    """Per-item gated values of two models on the same documents, paired by document identity
+    (leaf task, doc_id and doc_hash), as two float arrays and the (leaf, doc_id) of each pair. Documents missing on either side,
+    extra, or with another content are a usage error naming the task and the first one."""
+    import numpy as np
+
+    leaves = merged.groups.get(task, [task])
+    a, b, docs = [], [], []
+    for leaf in leaves:
+        try:
+            mine, theirs = merged.tasks[leaf], reference.tasks[leaf]
+        except KeyError:
+            raise MergeQAUsageError(f"task {leaf!r}: no results for {names[0] if leaf not in merged.tasks else names[1]}")
+        key = metric or mine.main_metric
+        va, vb = mine.gated_values(key), theirs.gated_values(key)
+        if va.keys() != vb.keys():
+            only_a = sorted(set(va) - set(vb))
+            only_b = sorted(set(vb) - set(va))
+            first = (only_a or only_b)[0]
+            by_id = {d: h for d, h in vb} if only_a else {d: h for d, h in va}
+            other = by_id.get(first[0])
+            where = names[0] if only_a else names[1]
+            detail = (f"document {first[0]} has content hash {first[1][:12]} in {where}'s results but "
+                      f"{other[:12]} in the other's" if other else
+                      f"document {first[0]} is in {where}'s results only")
+            raise MergeQAUsageError(
+                f"task {leaf!r}: {names[0]} and {names[1]} were not scored on the same documents "
+                f"({len(va)} vs {len(vb)} items; {detail}). The task's data changed between the two "
+                "evaluations, or they ran with different --eval-limit; delete the stale entries under "
+                "the cache's results/ directory and run again")
+        for doc in sorted(va):
+            a.append(va[doc])
+            b.append(vb[doc])
+            docs.append((leaf, doc[0]))
+    return np.asarray(a, dtype=float), np.asarray(b, dtype=float), docs
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -157,8 +262,11 @@ def _read_entry(path: Path) -> TaskResult | None:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return None  # absent, or unreadable: evaluate again and overwrite
-    raw["items"] = [ItemRecord(**it) for it in raw["items"]]
-    return TaskResult(**raw, cached=True)
+    try:
+        raw["items"] = [ItemRecord(**it) for it in raw["items"]]
+        return TaskResult(**raw, cached=True)
+    except TypeError:
+        return None  # an entry in an older record format: evaluate again
 
 
 def _write_entry(path: Path, result: TaskResult) -> None:
@@ -256,8 +364,13 @@ def make_lm(ref: ModelRef, settings: EvalSettings):
 
 
 def _to_task_result(name: str, out: dict, config_hash: str) -> TaskResult:
-    metrics = {k.split(",")[0]: float(v) for k, v in out["results"][name].items()
-               if "," in k and "_stderr" not in k and isinstance(v, (int, float))}
+    """lm-eval's output for one task: aggregates keyed "metric[,filter]", one record per document
+    per filter (lm-eval logs each document once for every filter of the task)."""
+    metrics = {}
+    for k, v in out["results"][name].items():
+        if "," in k and "_stderr" not in k and isinstance(v, (int, float)):
+            metric, filter_name = k.split(",", 1)
+            metrics[metric_key(metric, filter_name)] = float(v)
     items = []
     for sample in out["samples"][name]:
         resps = sample["filtered_resps"]
@@ -266,11 +379,15 @@ def _to_task_result(name: str, out: dict, config_hash: str) -> TaskResult:
             choice = int(max(range(len(lls)), key=lls.__getitem__))
         else:
             choice = resps[0] if resps else None
+        values = {m: sample[m] for m in sample["metrics"] if m in sample}
         items.append(ItemRecord(
             doc_id=int(sample["doc_id"]), doc_hash=sample["doc_hash"],
-            metrics={m: float(_scalar(sample[m])) for m in sample["metrics"] if m in sample},
-            choice=choice, target=_jsonable(sample["target"]) if not isinstance(sample["target"], (int, str)) else sample["target"]))
-    return TaskResult(name, metrics, items, config_hash)
+            metrics={m: float(_scalar(v)) for m, v in values.items()},
+            choice=choice, target=_jsonable(sample["target"]) if not isinstance(sample["target"], (int, str)) else sample["target"],
+            filter=sample.get("filter", "none"),
+            weights={m: float(v[1]) for m, v in values.items() if isinstance(v, (list, tuple)) and len(v) == 2}))
+    direction = {m: bool(v) for m, v in out.get("higher_is_better", {}).get(name, {}).items()}
+    return TaskResult(name, metrics, items, config_hash, higher_is_better=direction)
 
 
 def _scalar(value):

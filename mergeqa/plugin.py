@@ -111,7 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "merged_model" in metafunc.fixturenames or "retention_findings" in metafunc.fixturenames:
+    if "merged_model" in metafunc.fixturenames or "retention_verdicts" in metafunc.fixturenames:
         names = metafunc.config.stash[session_key].merged_names
         metafunc.parametrize("merged_model", names, ids=names, indirect=True, scope="session")
     if "retention_task" in metafunc.fixturenames:
@@ -242,15 +242,15 @@ def evaluations(pytestconfig, eval_settings, thresholds):
 
 
 @pytest.fixture(scope="session")
-def retention_findings(merged_model, parent_models, base_model, evaluations, thresholds):
-    """{(task, kind): Finding} for one merge: retention and regression against the parents."""
+def retention_verdicts(merged_model, parent_models, base_model, evaluations, thresholds):
+    """{(task, kind): Verdict} for one merge: retention and regression against the parents."""
     from .retention import assess
 
     suite = thresholds.suite(thresholds.get("retention", "suite"))
     parents = {p.name: evaluations(p) for p in parent_models}
     base = evaluations(base_model) if base_model is not None else None
     return assess(merged_model.name, evaluations(merged_model), parents, suite["tasks"], thresholds,
-                  base=base)
+                  base=base, base_name=base_model.name if base_model is not None else "base")
 
 
 @pytest.fixture
@@ -270,33 +270,12 @@ worker_metadata_key = pytest.StashKey[dict]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    """The comparison table (base, parents, merges x tasks), from the result cache only."""
-    def ran(test: str) -> bool:
-        return any(getattr(r, "when", None) == "call" and f"{test}[" in getattr(r, "nodeid", "")
-                   for reports in terminalreporter.stats.values() for r in reports)
-
-    if not ran("test_retention") or hasattr(config, "workerinput"):
+    """comparison.md, divergence.md and summary.md from the run's verdicts, and one line per merge."""
+    if hasattr(config, "workerinput"):
         return
-    from .report import comparison_table, divergence_summary, report_dir
+    from .report import write_run_reports
 
-    thresholds = config.stash[thresholds_key]
-    tasks = thresholds.suite(thresholds.get("retention", "suite"))["tasks"]
-    gate, settings = config.stash[session_key], _eval_settings(config)
-    sections = [("comparison", lambda: comparison_table(gate, tasks, settings))]
-    if ran("test_probing"):
-        sections.append(("divergence", lambda: divergence_summary(gate, thresholds, tasks, settings)))
-    for name, make in sections:
-        try:
-            text = make()
-        except Exception as exc:  # a summary must never hide the run's own result
-            terminalreporter.write_line(f"mergeqa: no {name} report ({type(exc).__name__}: {exc})")
-            continue
-        out = report_dir(config) / f"{name}.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-        terminalreporter.write_sep("=", f"mergeqa {name}")
-        terminalreporter.write_line(text)
-        terminalreporter.write_line(f"(written to {out})")
+    write_run_reports(config, terminalreporter)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -43,66 +43,208 @@ def report_dir(config) -> Path:
     return Path(xml).resolve().parent if xml else Path("mergeqa-report")
 
 
-def comparison_table(gate, tasks: list[str], settings) -> str:
-    """Markdown: rows base, parents, merges; columns tasks and their average; best in bold.
+CHECK_ORDER = ("load", "config", "weights", "lint", "sanity", "retention", "regression", "probing")
 
-    Reads the result cache only (evaluate(..., cached_only=True)): it never evaluates.
-    """
-    from .engine import evaluate
 
-    refs = [r for r in [gate.base()] if r] + gate.parents() + gate.all_merged()
+def _rank(check: str) -> int:
+    head = check.split(".")[0]
+    return CHECK_ORDER.index(head) if head in CHECK_ORDER else len(CHECK_ORDER)
+
+
+def _scores_by_task(verdicts) -> tuple[dict, dict, dict]:
+    """From the retention verdicts: {task: {model: score}}, {model: role}, {task: higher_is_better}."""
+    scores: dict[str, dict[str, float]] = {}
+    roles: dict[str, str] = {}
+    direction: dict[str, bool] = {}
+    for v in verdicts:
+        if v.check in ("retention", "regression") and "scores" in v.data:
+            scores.setdefault(v.data["task"], {}).update(v.data["scores"])
+            roles.update(v.data["roles"])
+            direction[v.data["task"]] = bool(v.data.get("higher_is_better", True))
+    return scores, roles, direction
+
+
+def comparison_table(verdicts) -> str:
+    """Markdown: rows base, parents, merges; columns tasks and the average of the higher-is-better
+    ones; best in bold. Built from the retention verdicts' scores: nothing is re-read."""
+    scores, roles, direction = _scores_by_task(verdicts)
+    if not scores:
+        return ""
+    tasks = list(scores)
+    order = {"base": 0, "parent": 1, "merged": 2}
+    models = sorted(roles, key=lambda m: (order.get(roles[m], 3), m))
     rows = []
-    for ref in refs:
-        result = evaluate(ref, tasks, settings, cached_only=True)
-        scores = []
-        for t in tasks:
-            try:
-                scores.append(result.score(t))
-            except KeyError:
-                scores.append(None)
-        known = [s for s in scores if s is not None]
-        avg = sum(known) / len(known) if len(known) == len(scores) and known else None
-        rows.append((f"{ref.name} ({ref.role})", scores + [avg]))
+    for m in models:
+        vals = [scores[t].get(m) for t in tasks]
+        up = [x for t, x in zip(tasks, vals) if direction[t] and x is not None]
+        avg = sum(up) / len(up) if up and len(up) == sum(direction[t] for t in tasks) else None
+        rows.append((f"{m} ({roles[m]})", vals + [avg]))
     columns = tasks + ["average"]
-    best = [max((r[1][i] for r in rows if r[1][i] is not None), default=None) for i in range(len(columns))]
+    ups = [direction[t] for t in tasks] + [True]
+    best = []
+    for i, up in enumerate(ups):
+        known = [r[1][i] for r in rows if r[1][i] is not None]
+        best.append((max if up else min)(known) if known else None)
 
     def cell(value, i):
         if value is None:
             return "-"
         text = f"{value:.3f}"
-        return f"**{text}**" if best[i] is not None and value == best[i] else text
+        return f"**{text}**" if value == best[i] else text
 
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {name} | " + " | ".join(cell(v, i) for i, v in enumerate(vals)) + " |" for name, vals in rows]
     return "\n".join(lines)
 
 
-def behaviour_scores(gate, tasks: list[str], settings, refs) -> dict[str, float]:
-    """Mean main-metric score over the suite, per model, from the result cache only."""
-    from .engine import evaluate
-
-    out = {}
-    for ref in refs:
-        result = evaluate(ref, tasks, settings, cached_only=True)
-        try:
-            out[ref.name] = sum(result.score(t) for t in tasks) / len(tasks)
-        except KeyError:
-            continue  # not evaluated in this cache: left out of the ranking
+def probing_accuracy(verdicts, which: str = "best") -> dict[str, dict[str, float]]:
+    """{phenomenon: {model: accuracy at its best (or last) layer}} from the probing verdicts."""
+    out: dict[str, dict[str, float]] = {}
+    for v in verdicts:
+        if v.check.startswith("probing.") and v.data.get("which") == which:
+            out.setdefault(v.data["phenomenon"], {}).update(v.data["accuracy"])
     return out
 
 
-def divergence_summary(gate, thresholds, tasks: list[str], settings) -> str:
-    """The paper's comparison, computed: merges ranked by behaviour and by probed internals."""
-    from .probing.divergence import divergence_report, internal_scores
-    from .probing.engine import ProbingEngine
+def divergence_summary(verdicts, min_tau: float = 0.0) -> str:
+    """The paper's comparison from the run's verdicts: merges ranked by behaviour (mean of the
+    higher-is-better retention tasks) and by probed internals (mean best-layer accuracy), Kendall's
+    tau, then where each merge lies against its parents on each skill and each phenomenon."""
+    from .probing.divergence import divergence_report
 
-    engine = ProbingEngine.from_thresholds(thresholds, cache_dir=gate.cache_dir, device=gate.device,
-                                           dtype=gate.dtype)
-    merges, parents = gate.all_merged(), gate.parents()
-    behaviour = behaviour_scores(gate, tasks, settings, merges)
-    parents_behaviour = behaviour_scores(gate, tasks, settings, parents)
-    internals = internal_scores({m.name: engine.results(m) for m in merges if m.name in behaviour})
-    parents_internals = internal_scores({p.name: engine.results(p) for p in parents})
-    report = divergence_report(behaviour, internals, min_tau=thresholds.get("probing", "divergence_tau"),
-                               parents_behaviour=parents_behaviour, parents_internals=parents_internals)
-    return report.summary()
+    scores, roles, direction = _scores_by_task(verdicts)
+    probes = probing_accuracy(verdicts)
+    if not scores or not probes:
+        return ""
+    tasks = [t for t in scores if direction[t]]
+    merges = sorted(m for m, r in roles.items() if r == "merged" and all(m in probes[p] for p in probes))
+    parents = sorted(m for m, r in roles.items() if r == "parent")
+
+    def behaviour(names):
+        return {m: sum(scores[t][m] for t in tasks) / len(tasks) for m in names if all(m in scores[t] for t in tasks)}
+
+    def internals(names):
+        return {m: sum(probes[p][m] for p in probes) / len(probes) for m in names if all(m in probes[p] for p in probes)}
+
+    report = divergence_report(behaviour(merges), internals(merges), min_tau=min_tau,
+                               parents_behaviour=behaviour(parents), parents_internals=internals(parents))
+    lines = [report.summary(), "", "Where each merge lies against its parents (the paper in miniature):", "",
+             "| merge | " + " | ".join(tasks + list(probes)) + " |", "|---|" + "---|" * (len(tasks) + len(probes))]
+    counts = {"between": 0, "cells": 0, "above": set()}
+    for m in merges:
+        cells = []
+        for t in tasks:
+            cells.append(_place(scores[t][m], [scores[t][p] for p in parents]))
+            counts["cells"] += 1
+            counts["between"] += cells[-1] == "between"
+        for p in probes:
+            cells.append(_place(probes[p][m], [probes[p][q] for q in parents]))
+            if cells[-1] == "above both":
+                counts["above"].add(f"{m} ({p})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", f"skill tasks: {counts['between']} of {counts['cells']} merge x task scores lie between the "
+              f"parents'; probing above both parents: {', '.join(sorted(counts['above'])) or 'none'}"]
+    return "\n".join(lines)
+
+
+def _place(value: float, parents: list[float]) -> str:
+    low, high = min(parents), max(parents)
+    if value > high:
+        return "above both"
+    if value < low:
+        return "below both"
+    return "between"
+
+
+def merge_lines(verdicts, policy: str = "fail") -> list[str]:
+    """One line per merge: deployable or not, and the first failing check with its figure."""
+    from .verdict import accepted
+
+    by_merge: dict[str, list] = {}
+    for v in verdicts:
+        by_merge.setdefault(v.subject, []).append(v)
+    lines = []
+    for m in sorted(by_merge):
+        vs = sorted(by_merge[m], key=lambda v: _rank(v.check))
+        against = [v for v in vs if not accepted(v, policy)]
+        warned = [v for v in vs if v.outcome == "inconclusive" and accepted(v, policy)]
+        if against:
+            first = against[0]
+            label = f"{first.check}[{first.data['task']}]" if "task" in first.data else first.check
+            lines.append(f"{m}: NOT deployable: {len(against)} of {len(vs)} checks did not pass; first: "
+                         f"{label}: {first.headline().split(': ', 1)[1]}")
+        else:
+            note = f" ({len(warned)} inconclusive, accepted by inconclusive = \"warn\")" if warned else ""
+            lines.append(f"{m}: deployable: all {len(vs)} checks pass{note}")
+    return lines
+
+
+def summary_markdown(verdicts, policy: str, comparison: str) -> str:
+    counts = {o: sum(v.outcome == o for v in verdicts) for o in ("pass", "fail", "inconclusive", "error",
+                                                                  "not_applicable")}
+    lines = ["# mergeqa gate", "", "| verdicts | pass | fail | inconclusive | error | not applicable |",
+             "|---:|---:|---:|---:|---:|---:|",
+             f"| {len(verdicts)} | {counts['pass']} | {counts['fail']} | {counts['inconclusive']}"
+             f"{' (accepted: warn)' if policy == 'warn' and counts['inconclusive'] else ''} | {counts['error']} | "
+             f"{counts['not_applicable']} |", ""]
+    bad = sorted((v for v in verdicts if v.outcome in ("fail", "error", "inconclusive")),
+                 key=lambda v: (v.subject, _rank(v.check)))
+    if bad:
+        lines += ["## Checks that did not pass", ""]
+        lines += [f"- `{v.test or v.name}`: {v.headline()}" for v in bad]
+        lines.append("")
+    if comparison:
+        lines += ["## Comparison", "", comparison, ""]
+    lines += ["## Verdict per merge", ""] + [f"- {line}" for line in merge_lines(verdicts, policy)]
+    return "\n".join(lines)
+
+
+def write_run_reports(config, terminalreporter=None) -> dict[str, Path]:
+    """At the end of a run, on the process that holds every verdict: comparison.md,
+    divergence.md and summary.md in the report directory, echoed to the terminal, ending with
+    one line per merge. Returns what was written."""
+    from .verdict import RUN_VERDICTS, inconclusive_policy
+
+    verdicts = config.stash.get(RUN_VERDICTS, [])
+    if not verdicts:
+        return {}
+    from .plugin import thresholds_key
+
+    thresholds = config.stash.get(thresholds_key, None)
+    policy = inconclusive_policy(config)
+    min_tau = thresholds.get("probing", "divergence_tau") if thresholds is not None else 0.0
+    comparison = comparison_table(verdicts)
+    sections = {"comparison": comparison, "divergence": divergence_summary(verdicts, min_tau)}
+    sections["summary"] = summary_markdown(verdicts, policy, comparison)
+    out_dir = report_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, text in sections.items():
+        if not text:
+            continue
+        path = out_dir / f"{name}.md"
+        _write_atomic(path, text + "\n")
+        written[name] = path
+        if terminalreporter is not None and name != "summary":
+            terminalreporter.write_sep("=", f"mergeqa {name}")
+            terminalreporter.write_line(text)
+    if terminalreporter is not None:
+        terminalreporter.write_sep("=", "mergeqa verdict per merge")
+        for line in merge_lines(verdicts, policy):
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"(reports in {out_dir}: {', '.join(p.name for p in written.values())})")
+    return written
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

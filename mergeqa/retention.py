@@ -1,118 +1,185 @@
-"""Capability retention and regression of a merge against its parents, per task.
+"""Capability retention and regression of a merge against its parents, per task, as Verdicts.
 
-For each task of the suite: retention = merged / the parent that carries the capability
-([retention.capabilities] in thresholds.toml), and merged / the parents' mean as the seed guide
-does; regression = merged below min(parents) x (1 - tolerance). In "significance" mode the
-verdict is a paired test on the same items (mergeqa.significance), Holm/BH-adjusted across the
-merge's comparisons; in "point" mode it is the guide's rule on the two averages.
+For each task of the suite, on the task's gated metric (`[retention.metrics]`, else the Open LLM
+Leaderboard's, else the task's first; direction from lm-eval's higher_is_better):
+
+- retention: the merge against the parent that owns the skill (`[retention.capabilities]`), or,
+  for a task no parent owns, against the per-item mean of the parents; it must keep
+  `min_retention` of the reference's score (for a lower-is-better metric: stay within
+  reference / min_retention);
+- regression: the merge against its weakest parent on the task, within `tolerance`.
+
+In "significance" mode each is a paired test on the same documents (mergeqa.significance): pass
+only when non-inferiority at the margin the point rule tolerates is shown, fail on a significant
+drop, else inconclusive; Holm/BH across the merge's distinct hypotheses. Perplexity-type metrics
+are compared per item in log-perplexity units, the units of their margin. "point" mode is the
+guide's rule on the two aggregates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 
-from .engine import EvalResult
-from .significance import PairedComparison, adjust_comparisons, compare_paired
+from .engine import WEIGHTED, EvalResult, paired_values, split_key
+from .errors import MergeQAUsageError
+from .verdict import Verdict
 
-
-@dataclass
-class Finding:
-    """One gate decision: (merge, task, kind) with its figures, verdict and message."""
-
-    merge: str
-    task: str
-    kind: str  # "retention" | "regression"
-    reference: str
-    merged_score: float
-    reference_score: float
-    threshold: float
-    verdict: str  # "pass" | "fail" | "inconclusive"
-    comparison: PairedComparison | None = None
-    figures: dict = field(default_factory=dict)
-    message: str = ""
+EXAMPLES = 5  # documents the reference got right and the merge wrong, kept for the report
 
 
-def _items(result: EvalResult, task: str) -> list[float]:
-    """Per-item main-metric scores; a group's leaves are concatenated in a fixed order."""
-    leaves = result.groups.get(task, [task])
-    return [s for leaf in leaves for s in result.tasks[leaf].scores()]
+def gated_metric(task: str, result: EvalResult, thresholds) -> str:
+    """The metric key a task is gated on (for a group: its first leaf's)."""
+    override = thresholds.get("retention", "metrics").get(task)
+    if override:
+        return override
+    leaf = result.groups.get(task, [task])[0]
+    return result.tasks[leaf].main_metric
+
+
+def _direction(task: str, result: EvalResult, key: str) -> bool:
+    leaf = result.groups.get(task, [task])[0]
+    return result.tasks[leaf].higher_is_better_for(key)
+
+
+def _rule(kind: str, reference: float, limit: float, hib: bool, weighted: bool) -> tuple[float, float]:
+    """(threshold on the aggregate, margin in gating units) for a retention floor `limit`
+    (min_retention) or a regression tolerance `limit`."""
+    if kind == "retention":
+        threshold = reference * limit if hib else reference / limit
+        margin = -math.log(limit) if weighted else (reference * (1 - limit) if hib else threshold - reference)
+    else:
+        threshold = reference * (1 - limit) if hib else reference * (1 + limit)
+        margin = math.log1p(limit) if weighted else abs(reference) * limit
+    return threshold, max(margin, 0.0)
 
 
 def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks: list[str],
-           thresholds, *, base: EvalResult | None = None) -> dict[tuple[str, str], Finding]:
-    """Every retention and regression finding for one merge, keyed by (task, kind).
+           thresholds, *, base: EvalResult | None = None, base_name: str = "base") -> dict[tuple[str, str], Verdict]:
+    """Every retention and regression verdict for one merge, keyed by (task, kind)."""
+    from .significance import adjust_comparisons, decide_significant_drop
 
-    The base, when given, is reported (how much of a skill the merge owes to fine-tuning).
-    """
     get = lambda key: thresholds.get("retention", key)  # noqa: E731
     stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
-    capabilities = get("capabilities")
     min_retention, tolerance, mode = get("min_retention"), get("tolerance"), get("mode")
-    findings: dict[tuple[str, str], Finding] = {}
+    if not parents:
+        raise MergeQAUsageError("retention needs parents to compare with; pass --parents")
+    verdicts: dict[tuple[str, str], Verdict] = {}
+    pending = []  # (key, comparison, hypothesis) for the multiplicity adjustment
     for task in tasks:
-        m_score = merged.score(task)
-        scores = {name: r.score(task) for name, r in parents.items()}
+        key = gated_metric(task, merged, thresholds)
+        hib, weighted = _direction(task, merged, key), split_key(key)[0] in WEIGHTED
+        try:
+            m_score = merged.score(task, key)
+            scores = {name: r.score(task, key) for name, r in parents.items()}
+        except KeyError as exc:
+            raise MergeQAUsageError(f"task {task!r}: metric {key!r} missing ({exc}); set "
+                                    "[retention.metrics] to one the task reports") from None
         mean = sum(scores.values()) / len(scores)
-        owner = capabilities.get(task)
-        common = {"expected_low": min(scores.values()), "expected_high": max(scores.values()),
-                  "parents_mean": mean, "retention_vs_mean": m_score / mean if mean else float("nan"),
+        owner = get("capabilities").get(task)
+        common = {"metric": key, "higher_is_better": hib, "expected_low": min(scores.values()),
+                  "expected_high": max(scores.values()), "parents_mean": mean,
                   **{f"parent.{n}": s for n, s in scores.items()}}
+        all_scores = {merge: m_score, **scores}
+        roles = {merge: "merged", **{n: "parent" for n in scores}}
         if base is not None:
-            common["base"] = base.score(task)
+            common["base"] = all_scores[base_name] = base.score(task, key)
+            roles[base_name] = "base"
         for leaf in merged.groups.get(task, []):  # MMLU-style groups: each subtask's score
-            common[f"subtask.{leaf}.merged"] = merged.score(leaf)
-            common.update({f"subtask.{leaf}.{n}": r.score(leaf) for n, r in parents.items()})
-        if owner in parents:
-            ref_name, ref_score = owner, scores[owner]
-        else:  # no parent owns the task: retention against the parents' mean, as the guide does
-            ref_name, ref_score = "parents' mean", mean
-        findings[(task, "retention")] = Finding(
-            merge, task, "retention", ref_name, m_score, ref_score, min_retention * ref_score,
-            "pass" if m_score >= min_retention * ref_score else "fail",
-            figures={**common, "retention": m_score / ref_score if ref_score else float("nan"),
-                     "min_retention": min_retention})
-        weakest = min(scores, key=scores.get)
-        findings[(task, "regression")] = Finding(
-            merge, task, "regression", weakest, m_score, scores[weakest],
-            scores[weakest] * (1 - tolerance),
-            "pass" if m_score >= scores[weakest] * (1 - tolerance) else "fail",
-            figures={**common, "tolerance": tolerance})
-    if mode == "significance":
-        _decide_with_statistics(findings, merged, parents, stat)
-    for f in findings.values():
-        f.message = _message(f)
-    return findings
+            common[f"subtask.{leaf}.merged"] = merged.score(leaf, key)
+            common.update({f"subtask.{leaf}.{n}": r.score(leaf, key) for n, r in parents.items()})
+        weakest = (min if hib else max)(scores, key=scores.get)
+        plans = [("retention", owner if owner in parents else None, min_retention),
+                 ("regression", weakest, tolerance)]
+        for kind, ref, limit in plans:
+            ref_name = ref or "parents' mean"
+            ref_score = scores[ref] if ref else mean
+            threshold, margin = _rule(kind, ref_score, limit, hib, weighted)
+            ok = m_score >= threshold if hib else m_score <= threshold
+            ratio = (m_score / ref_score if hib else ref_score / m_score) if m_score and ref_score else math.nan
+            v = Verdict(kind, merge, "pass" if ok else "fail",
+                        figures={"obtained": m_score, "threshold": threshold, "reference": ref_name,
+                                 "reference_score": ref_score, "retention": ratio,
+                                 **({"min_retention": min_retention} if kind == "retention" else {"tolerance": tolerance}),
+                                 **common},
+                        summary=f"{task} {kind} against {ref_name}",
+                        expected=f"{'>=' if hib else '<='} {threshold:.4g} ({key})",
+                        delta=m_score - threshold,
+                        data={"task": task, "kind": kind, "metric": key, "higher_is_better": hib,
+                              "scores": all_scores, "roles": roles, "reference": ref_name})
+            verdicts[(task, kind)] = v
+            if mode == "significance":
+                pending.append(((task, kind), _compare(task, merged, parents, ref, margin, stat, merge),
+                                (task, ref_name)))
+    if pending:
+        usable = [(k, c, h) for k, c, h in pending if not isinstance(c, str)]
+        adjusted = adjust_comparisons([c for _, c, _ in usable], stat("correction"),
+                                      keys=[h for _, _, h in usable]) if usable else []
+        for (key, _, _), c in zip(usable, adjusted):
+            v = verdicts[key]
+            v.outcome = decide_significant_drop(c) if stat("decision") == "significant_drop" else c.verdict
+            v.figures.update(c.figures())
+            v.figures["decision"] = stat("decision")
+            v.details = c.describe(v.figures["reference"]).splitlines()
+            v.data.update(effect=c.effect, ci=list(c.ci), n=c.n)
+        for key, problem, _ in pending:
+            if isinstance(problem, str):
+                v = verdicts[key]
+                v.outcome, v.reason = "error", problem
+                v.fix = ("evaluate the whole task (drop --eval-limit), use a larger task, or set "
+                         "[retention] mode = \"point\" for a smoke run")
+    for v in verdicts.values():
+        _explain(v)
+    _examples(verdicts, merged, parents)
+    return verdicts
 
 
-def _decide_with_statistics(findings, merged, parents, stat) -> None:
-    keys, comparisons = [], []
-    for (task, kind), f in findings.items():
-        if f.reference not in parents:  # against the parents' mean there are no paired items
-            continue
-        margin = f.reference_score - f.threshold  # the drop the point rule tolerates
-        comparisons.append(compare_paired(_items(merged, task), _items(parents[f.reference], task),
-                                          margin=max(margin, 0.0), alpha=stat("alpha"),
-                                          power=stat("power")))
-        keys.append((task, kind))
-    for key, comparison in zip(keys, adjust_comparisons(comparisons, stat("correction"))):
-        f = findings[key]
-        f.comparison, f.verdict = comparison, comparison.verdict
-        f.figures.update(comparison.figures())
+def _compare(task, merged, parents, ref, margin, stat, merge):
+    """The paired comparison, or a string saying why none can be decided (an error verdict)."""
+    import numpy as np
+
+    from .significance import compare_paired, smallest_decidable_n
+
+    key = None
+    if ref is not None:
+        a, b, _ = paired_values(task, merged, parents[ref], key, names=(merge, ref))
+    else:  # no owner: against the per-item mean of the parents, on the documents all share
+        pairs = [paired_values(task, merged, r, key, names=(merge, n)) for n, r in parents.items()]
+        a, b = pairs[0][0], np.mean([p[1] for p in pairs], axis=0)
+    if a.size == 0:
+        return f"{task}: no items were scored (n=0); check the task's data and --eval-limit"
+    binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
+    needed = smallest_decidable_n(margin, stat("alpha"), binary=binary)
+    if a.size < needed:
+        return (f"{task}: {a.size} items, but non-inferiority at margin {margin:.4g} cannot be shown on "
+                f"fewer than {needed} items (alpha={stat('alpha'):g}), even if the merge matched "
+                f"{ref or 'the parents'} on every one")
+    return compare_paired(a, b, margin=margin, alpha=stat("alpha"), power=stat("power"))
 
 
-def _message(f: Finding) -> str:
-    from .messages import failure_message
-
-    what = (f"{f.merge}: {f.task} {f.kind} against {f.reference} is {f.verdict}"
-            f" (expected range from the parents {f.figures['expected_low']:.3f}..{f.figures['expected_high']:.3f})")
-    stats = f.comparison.describe(f.reference).splitlines() if f.comparison else []
-    if f.kind == "retention":
-        cause = (f"the merge lost the skill that {f.reference} carries: its task vector was "
-                 "diluted, pruned or cancelled by the other parents'")
-        fix = ("raise this parent's weight or density, try ties/dare_ties with a lower density "
-               "for the others, or lower [retention] min_retention if this loss is acceptable")
+def _explain(v: Verdict) -> None:
+    ref = v.figures["reference"]
+    v.summary += (f" (parents {v.figures['expected_low']:.3f}..{v.figures['expected_high']:.3f})")
+    if v.check == "retention":
+        v.cause = (f"the merge lost the skill that {ref} carries: its task vector was diluted, pruned or "
+                   "cancelled by the other parents'")
+        v.fix = ("raise this parent's weight or density, try ties/dare_ties with a lower density for the "
+                 "others, or lower [retention] min_retention if this loss is acceptable")
     else:
-        cause = "the merge is worse than every parent on this task: interference between parents"
-        fix = "check the merge weights and base_model; or raise [retention] tolerance"
-    return failure_message(what, obtained=f.merged_score, expected=f">= {f.threshold:.4g}",
-                           delta=f.merged_score - f.threshold, details=stats, cause=cause, fix=fix)
+        v.cause = "the merge is worse than every parent on this task: interference between parents"
+        v.fix = "check the merge weights and base_model; or raise [retention] tolerance"
+    if v.outcome == "inconclusive":
+        v.cause = "too few items (or too much disagreement between the two models) to tell either way"
+        v.fix = (f"evaluate more items of {v.data['task']} (no --eval-limit), or accept unproven merges "
+                 "with [statistics] inconclusive = \"warn\"")
+
+
+def _examples(verdicts, merged: EvalResult, parents: dict[str, EvalResult]) -> None:
+    """For each failed retention verdict against a parent: the first documents that parent got
+    right and the merge got wrong (doc ids and targets), for the report."""
+    for (task, kind), v in verdicts.items():
+        ref = v.figures["reference"]
+        if kind != "retention" or v.ok or ref not in parents:
+            continue
+        a, b, docs = paired_values(task, merged, parents[ref], v.data["metric"])
+        lost = [docs[i] for i in range(len(docs)) if b[i] > a[i]][:EXAMPLES]
+        v.data["lost_examples"] = [{"task": leaf, "doc_id": doc} for leaf, doc in lost]

@@ -74,6 +74,7 @@ class PairedComparison:
     alpha: float
     power: float = 0.8
     correction: str = "none"
+    spread: float = math.nan  # standard deviation of the per-item differences
 
     def __post_init__(self):
         check_choice("verdict", self.verdict, VERDICTS)
@@ -94,7 +95,23 @@ class PairedComparison:
             "alpha": self.alpha,
             "power": self.power,
             "correction": self.correction,
+            "items_to_decide": self.items_to_decide(),
         }
+
+    def items_to_decide(self) -> float:
+        """About how many items would decide this comparison (pass or fail) if the observed
+        effect and per-item spread held: the normal approximation of the one-sided tests,
+        n = (z_(1-alpha) * sd / distance)^2, for the nearer of the two decisions. inf when the
+        effect sits exactly on the margin; the current n when already decided."""
+        from scipy.special import ndtri
+
+        if self.verdict != "inconclusive":
+            return float(self.n)
+        if not (math.isfinite(self.effect) and math.isfinite(self.spread)) or self.spread == 0:
+            return math.inf
+        z = float(ndtri(1 - self.alpha))
+        needs = [(z * self.spread / d) ** 2 for d in (self.effect + self.margin, -self.effect) if d > 0]
+        return float(max(self.n + 1, math.ceil(min(needs)))) if needs else math.inf
 
     def describe(self, reference: str = "reference") -> str:
         """Two lines for a failure message or report: verdict and effect, then tests and power."""
@@ -113,13 +130,21 @@ class PairedComparison:
             detects = f"detects only drops of {show(self.mde)}{' points' if points else ''} or more"
         else:
             detects = "is too few items to detect any drop"
+        needed = ""
+        if self.verdict == "inconclusive":
+            k = self.items_to_decide()
+            needed = ("\nat the observed effect and discordance about "
+                      f"{k:,.0f} items would decide it" if math.isfinite(k) and k < 1e9 else
+                      "\nthe observed effect sits on the margin: no realistic number of items decides it")
+            needed += ("; with --eval-limit or a small task, evaluate more items (the whole task), "
+                       "or accept the risk explicitly with [statistics] inconclusive = \"warn\"")
         return (
             f"{_HEADLINES[self.verdict]}: merged - {reference} = {show(self.effect)}{unit} "
             f"({level} CI {show(self.ci[0])}..{show(self.ci[1])}), "
             f"margin {show(self.margin)}{unit}\n"
             f"{_TEST_NAMES[self.method]} p(regression)={self.p_regression:.2g}{adjusted}, "
             f"p(non-inferiority)={self.p_noninferiority:.2g}; n={self.n} {detects} "
-            f"(alpha={self.alpha:g}, power={self.power:g})"
+            f"(alpha={self.alpha:g}, power={self.power:g})" + needed
         )
 
 
@@ -240,20 +265,55 @@ def compare_paired(
     evidence = _EVIDENCE[resolved](merged, reference, margin=margin, alpha=alpha, power=power,
                                    n_resamples=n_resamples, seed=seed)
     verdict = decide(evidence.p_regression, evidence.p_noninferiority, alpha)
-    return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power)
+    spread = float((merged - reference).std(ddof=1)) if merged.size > 1 else math.nan
+    return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power, spread=spread)
 
 
-def adjust_comparisons(comparisons, method: str = "holm") -> list[PairedComparison]:
+def adjust_comparisons(comparisons, method: str = "holm", keys=None) -> list[PairedComparison]:
     """Adjust `p_regression` across a family (tasks x parents) and decide again.
 
-    `p_noninferiority` is left as is: the gate passes only when every comparison passes, an
-    intersection-union test, which keeps its level without adjustment (Berger 1982). Intervals
-    and `mde` stay per-comparison.
+    `keys`, one per comparison, name the hypothesis each tests: comparisons with the same key
+    (the retention and the regression check of a task against the same parent share one
+    regression hypothesis, merged < parent) count once in the family, so Holm does not count one
+    hypothesis twice. `p_noninferiority` is left as is: the gate passes only when every
+    comparison passes, an intersection-union test, which keeps its level without adjustment
+    (Berger 1982). Intervals and `mde` stay per-comparison.
     """
     comparisons = list(comparisons)
-    adjusted = adjust_pvalues([c.p_regression for c in comparisons], method)
+    keys = list(range(len(comparisons))) if keys is None else list(keys)
+    if len(keys) != len(comparisons):
+        raise ValueError(f"{len(keys)} keys for {len(comparisons)} comparisons")
+    unique: dict = {}
+    for key, c in zip(keys, comparisons):
+        if key in unique and unique[key] != c.p_regression:
+            raise ValueError(f"comparisons keyed {key!r} test one hypothesis but have different p-values")
+        unique.setdefault(key, c.p_regression)
+    adjusted = dict(zip(unique, adjust_pvalues(list(unique.values()), method))) if unique else {}
     return [
-        replace(c, p_regression=float(p), correction=method,
-                verdict=decide(p, c.p_noninferiority, c.alpha))
-        for c, p in zip(comparisons, adjusted)
+        replace(c, p_regression=float(adjusted[k]), correction=method,
+                verdict=decide(adjusted[k], c.p_noninferiority, c.alpha))
+        for k, c in zip(keys, comparisons)
     ]
+
+
+def decide_significant_drop(c: PairedComparison) -> str:
+    """The opt-in rule `[statistics] decision = "significant_drop"`: fail only when the drop
+    beyond the margin is itself significant (the (1 - 2 alpha) interval lies wholly below
+    -margin, a one-sided test at alpha of H0: effect >= -margin), else pass. The burden of proof
+    is then on the gate, not the merge: an underpowered comparison passes."""
+    return "fail" if c.ci[1] < -c.margin else "pass"
+
+
+def smallest_decidable_n(margin: float, alpha: float, *, binary: bool) -> int:
+    """The fewest items on which non-inferiority at `margin` can be shown at all, i.e. with every
+    item scored alike by both models (the best case): below it a pass is impossible, so the
+    check is an error, not an inconclusive verdict. 0/1 items: Tango's test; graded items: the
+    exact sign-flip test, whose smallest p-value is 2^-n."""
+    check_alpha(alpha)
+    if not binary:
+        return max(1, math.ceil(math.log2(1 / alpha)))
+    if margin <= 0:
+        return 2**31 - 1  # a zero margin cannot be shown non-inferior on any n
+    n = np.arange(1, 1_000_001)
+    ok = np.asarray(tango_pvalue(0, 0, n, effect0=-margin)) <= alpha
+    return int(n[np.argmax(ok)]) if ok.any() else 2**31 - 1

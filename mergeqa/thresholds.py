@@ -6,6 +6,7 @@ asks `thresholds.get("retention", "min_retention")` and gets a value that is kno
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,12 @@ DEFAULTS: dict[str, dict] = {
     "lint": {"min_norm_ratio": 0.25, "max_norm_ratio": 4.0},
     "retention": {"suite": "family", "min_retention": 0.95, "tolerance": 0.02,
                   "mode": "significance",
-                  "capabilities": {"family_arithmetic": "arithmetic", "family_lists": "lists"}},
+                  "capabilities": {"family_arithmetic": "arithmetic", "family_lists": "lists"},
+                  # task -> gated metric key, "metric" or "metric,filter" (lm-eval's names);
+                  # default: the Open LLM Leaderboard's for its tasks, else the task's first
+                  "metrics": {}},
     "statistics": {"alpha": 0.05, "power": 0.8, "correction": "holm",
-                   "inconclusive": "xfail"},
+                   "inconclusive": "fail", "decision": "non_inferiority"},
     "probing": {"tolerance": 0.03, "seeds": 3, "l2": 0.01, "divergence_tau": 0.0,
                 "phenomena": ["subject_number", "verb_tense", "person", "agreement", "syntactic_role",
                               "relative_depth", "part_of_speech"],
@@ -43,7 +47,29 @@ DEFAULTS: dict[str, dict] = {
 CHOICES = {
     ("retention", "mode"): ("significance", "point"),
     ("statistics", "correction"): ("holm", "bh"),
-    ("statistics", "inconclusive"): ("fail", "xfail", "warn"),
+    ("statistics", "inconclusive"): ("fail", "warn"),
+    ("statistics", "decision"): ("non_inferiority", "significant_drop"),
+}
+# (section, key) -> (low, high, low inclusive, high inclusive); every number is also finite.
+RANGES = {
+    ("statistics", "alpha"): (0.0, 1.0, False, False),
+    ("statistics", "power"): (0.0, 1.0, False, False),
+    ("retention", "min_retention"): (0.0, 1.0, False, True),
+    ("retention", "tolerance"): (0.0, 1.0, True, False),
+    ("probing", "tolerance"): (0.0, 1.0, True, False),
+    ("probing", "l2"): (0.0, math.inf, True, False),
+    ("probing", "divergence_tau"): (-1.0, 1.0, True, True),
+    ("lint", "min_norm_ratio"): (0.0, 1.0, False, True),
+    ("lint", "max_norm_ratio"): (1.0, math.inf, True, False),
+    ("sanity", "max_repetition_rate"): (0.0, 1.0, True, True),
+    ("sanity", "max_perplexity_ratio"): (1.0, math.inf, True, False),
+}
+# Values whose meaning changed: the old value gets an explanation, not just "expected one of".
+RETIRED = {
+    ("statistics", "inconclusive", "xfail"): (
+        "\"xfail\" was removed: an xfail leaves CI green for a merge that was never shown to retain "
+        "its parents' skills. Use \"fail\" (the default: the burden of proof is on the merge) or "
+        "\"warn\" to accept unproven merges explicitly"),
 }
 SUITE_KEYS = {"tasks": list, "num_fewshot": dict, "limit": int}
 
@@ -59,8 +85,18 @@ class Thresholds:
     def suite(self, name: str) -> dict:
         suites = self.values["suites"]
         if name not in suites:
-            raise MergeQAUsageError(f"{self.path}: no suite {name!r} in [suites].{did_you_mean(name, suites)}")
+            raise MergeQAUsageError(f"{self.path or 'thresholds'}: no suite {name!r} in [suites].{did_you_mean(name, suites)}")
         return suites[name]
+
+    def check_parents(self, names) -> None:
+        """Every [retention.capabilities] owner must be one of the run's parents (by directory
+        name): a typo would otherwise fall back to the parents' mean without a word."""
+        names = sorted(names)
+        for task, owner in self.get("retention", "capabilities").items():
+            if owner not in names:
+                raise MergeQAUsageError(
+                    f"{self.path or 'thresholds'}: [retention.capabilities] {task} = {owner!r} names no parent "
+                    f"of this run.{did_you_mean(owner, names)} Parents: {', '.join(names)} (their directory names)")
 
 
 def load_thresholds(path: str | Path | None) -> Thresholds:
@@ -98,14 +134,37 @@ def _check_value(where: str, section: str, key: str, value):
     if isinstance(default, dict):
         if not isinstance(value, dict):
             raise MergeQAUsageError(f"{where}: [{section}] {key} must be a table")
+        if (section, key) in (("retention", "capabilities"), ("retention", "metrics")):
+            for task, v in value.items():
+                if not isinstance(v, str) or not v:
+                    raise MergeQAUsageError(f"{where}: [{section}.{key}] {task} = {v!r}: expected a string")
         return value
     numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
     if numeric and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
         raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: expected a number like {default}")
+    if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+        raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: expected a whole number like {default}")
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: expected true or false")
     if isinstance(default, str) and not isinstance(value, str):
         raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: expected a string like {default!r}")
-    if numeric and value < 0:
-        raise MergeQAUsageError(f"{where}: [{section}] {key} = {value}: must not be negative")
+    if isinstance(default, list) and not isinstance(value, list):
+        raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: expected a list like {default!r}")
+    if numeric:
+        if not math.isfinite(value):
+            raise MergeQAUsageError(f"{where}: [{section}] {key} = {value}: must be a finite number")
+        if (section, key) in RANGES:
+            low, high, low_in, high_in = RANGES[(section, key)]
+            if not ((value >= low if low_in else value > low) and (value <= high if high_in else value < high)):
+                interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                raise MergeQAUsageError(f"{where}: [{section}] {key} = {value}: must be in {interval}")
+        elif isinstance(default, int) and value < 1:
+            raise MergeQAUsageError(f"{where}: [{section}] {key} = {value}: must be at least 1")
+        elif value < 0:
+            raise MergeQAUsageError(f"{where}: [{section}] {key} = {value}: must not be negative")
+    retired = RETIRED.get((section, key, value)) if isinstance(value, str) else None
+    if retired:
+        raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: {retired}")
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         raise MergeQAUsageError(f"{where}: [{section}] {key} = {value!r}: expected one of {', '.join(choices)}")
@@ -120,4 +179,7 @@ def _check_suite(where: str, name: str, spec) -> dict:
             raise MergeQAUsageError(f"{where}: [suites.{name}] unknown key {key!r}.{did_you_mean(key, SUITE_KEYS)}")
         if not isinstance(value, SUITE_KEYS[key]):
             raise MergeQAUsageError(f"{where}: [suites.{name}] {key} must be a {SUITE_KEYS[key].__name__}")
+    if not spec["tasks"] or not all(isinstance(t, str) and t for t in spec["tasks"]):
+        raise MergeQAUsageError(f"{where}: [suites.{name}] tasks is empty or holds a non-name; list lm-eval "
+                                "task names, e.g. tasks = [\"arc_challenge\"]")
     return spec

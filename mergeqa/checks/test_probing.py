@@ -8,8 +8,6 @@ to the junit file (else ./mergeqa-report/): probing-<phenomenon>.png.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
 
@@ -59,35 +57,19 @@ def probing_plots(pytestconfig, mergeqa_session, probing_engine):
 
 
 def test_probing(merged_model, parent_models, probing_phenomenon, probing_engine, probing_plots,
-                 thresholds, record_figure):
+                 thresholds, request):
     from mergeqa.probing.engine import compare_with_parents
+    from mergeqa.verdict import decide
 
     name = probing_phenomenon
     merged = probing_engine.result(merged_model, name)
     parents = {p.name: probing_engine.result(p, name) for p in parent_models}
-    rows = compare_with_parents(merged, parents, tolerance=thresholds.get("probing", "tolerance"),
-                                alpha=thresholds.get("statistics", "alpha"),
-                                power=thresholds.get("statistics", "power"),
-                                correction=thresholds.get("statistics", "correction"))
-    for row in rows:  # mergeqa.probing.<phenomenon>.<best|last>.<figure>
-        figures = {**merged.summary(row.layer), **row.figures()}
-        for key, value in figures.items():
-            record_figure("probing", f"{name}.{row.which}.{key}", value)
-    record_figure("probing", f"{name}.plot", str(probing_plots(name)))
     plot = probing_plots(name)
-    messages: dict[str, list[str]] = {}
-    for row in rows:
-        if row.verdict != "pass":
-            messages.setdefault(row.verdict, []).append(
-                row.message(merged_model.name, probing_engine.datasets[name], plot))
-    if "fail" in messages:
-        pytest.fail("\n\n".join(messages["fail"] + messages.get("inconclusive", [])), pytrace=False)
-    if "inconclusive" in messages:
-        message = "\n\n".join(messages["inconclusive"])
-        action = thresholds.get("statistics", "inconclusive")
-        record_figure("probing", f"{name}.inconclusive_action", action)
-        if action == "fail":
-            pytest.fail(message, pytrace=False)
-        if action == "xfail":
-            pytest.xfail(message)
-        warnings.warn(message, stacklevel=1)
+    verdicts = compare_with_parents(
+        merged, parents, tolerance=thresholds.get("probing", "tolerance"),
+        alpha=thresholds.get("statistics", "alpha"), power=thresholds.get("statistics", "power"),
+        correction=thresholds.get("statistics", "correction"), merge=merged_model.name,
+        dataset=probing_engine.datasets[name], plot=plot)
+    for v in verdicts:
+        v.figures["plot"] = str(plot)
+    decide(request, *verdicts)

@@ -166,61 +166,21 @@ def threads_for(ref, device: str):
 
 # -- the gate's decision ----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class LayerComparison:
-    """The merge at one layer choice ('best' on val, or 'last') against the weaker parent."""
-
-    which: str
-    layer: int
-    score: float
-    reference: str
-    reference_layer: int
-    reference_score: float
-    comparison: object  # mergeqa.significance.PairedComparison
-
-    @property
-    def verdict(self) -> str:
-        return self.comparison.verdict
-
-    def figures(self) -> dict[str, object]:
-        out = {"layer": self.layer, "accuracy": self.score, "reference": self.reference,
-               "reference_layer": self.reference_layer, "reference_accuracy": self.reference_score,
-               "threshold": self.reference_score - self.comparison.margin}
-        out.update(self.comparison.figures())
-        return out
-
-    def message(self, merge: str, dataset: ProbeDataset, plot: Path | None = None) -> str:
-        """The failure (or inconclusive) message: obtained / expected / delta, the test, cause, fix."""
-        from mergeqa.messages import failure_message
-
-        where = f"; see {plot}" if plot else ""
-        if self.verdict == "fail":
-            cause = (f"the merge encodes {dataset.name} ({dataset.description}) less linearly than "
-                     f"its weaker parent at this layer")
-            fix = (f"compare the layers{where}; merge with weights or a method that keep more of "
-                   f"{self.reference}, or widen [probing] tolerance if this drop is acceptable")
-        else:
-            cause = "the probes' differences on this many test items are within the noise"
-            fix = ("probe more items (your own set under [probing] datasets) or widen [probing] "
-                   "tolerance; [statistics] inconclusive decides whether this fails")
-        return failure_message(
-            f"{merge}: {dataset.name} probe at the {self.which} layer ({self.layer}) vs {self.reference} "
-            f"({self.which} layer {self.reference_layer})",
-            obtained=self.score, delta=self.score - self.reference_score,
-            expected=f">= {self.reference_score:.4f} - {self.comparison.margin:g} "
-                     "(min of parents - [probing] tolerance)",
-            details=self.comparison.describe(self.reference).splitlines(), cause=cause, fix=fix)
-
-
 def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult], *, tolerance: float,
-                         alpha: float = 0.05, power: float = 0.8, correction: str = "holm") -> list[LayerComparison]:
-    """Best-layer and last-layer test accuracy of the merge vs min(parents), each model at its own
-    layer choice, paired over test items (correctness averaged over seeds), margin = tolerance;
-    the two p-values are adjusted together (`correction`)."""
+                         alpha: float = 0.05, power: float = 0.8, correction: str = "holm",
+                         merge: str = "merged", dataset: ProbeDataset | None = None,
+                         plot: Path | None = None) -> list:
+    """Verdicts `probing.<phenomenon>.best` and `.last`: the merge's test accuracy at its best
+    (val-chosen) and last layer vs min(parents) at their own layer choice, paired over test
+    items (correctness averaged over seeds), margin = tolerance; the two p-values are adjusted
+    together (`correction`). Each verdict's data carries every model's accuracy at that layer
+    choice (the divergence report reads it)."""
     from mergeqa.significance import adjust_comparisons, compare_paired
+    from mergeqa.verdict import Verdict
 
     if not parents:
         raise MergeQAUsageError("probing needs parents to compare with; pass --parents")
+    name = dataset.name if dataset is not None else "probe"
     rows = []
     for which in ("best", "last"):
         def layer(r: ProbeResult) -> int:
@@ -228,7 +188,30 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
 
         ref = min(parents, key=lambda n: parents[n].item_scores(layer(parents[n])).mean())
         a, b = merged.item_scores(layer(merged)), parents[ref].item_scores(layer(parents[ref]))
-        cmp = compare_paired(a, b, margin=tolerance, alpha=alpha, power=power)
-        rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()), cmp))
+        rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()),
+                     compare_paired(a, b, margin=tolerance, alpha=alpha, power=power)))
     adjusted = adjust_comparisons([r[-1] for r in rows], correction)
-    return [LayerComparison(*r[:-1], c) for r, c in zip(rows, adjusted)]
+    verdicts = []
+    for (which, lay, score, ref, ref_layer, ref_score, _), c in zip(rows, adjusted):
+        figures = {**merged.summary(lay), "obtained": score, "threshold": ref_score - c.margin,
+                   "layer": lay, "accuracy": score, "reference": ref, "reference_layer": ref_layer,
+                   "reference_accuracy": ref_score, **c.figures()}
+        where = f"; see {plot}" if plot else ""
+        if c.verdict == "fail":
+            described = f" ({dataset.description})" if dataset is not None else ""
+            cause = f"the merge encodes {name}{described} less linearly than its weaker parent at this layer"
+            fix = (f"compare the layers{where}; merge with weights or a method that keep more of {ref}, "
+                   "or widen [probing] tolerance if this drop is acceptable")
+        else:
+            cause = "the probes' differences on this many test items are within the noise"
+            fix = ("probe more items (your own set under [probing] datasets) or widen [probing] "
+                   "tolerance; [statistics] inconclusive decides whether this fails")
+        accuracy = {merge: score, **{n: float(r.item_scores(r.best_layer if which == "best" else r.last_layer).mean())
+                                     for n, r in parents.items()}}
+        verdicts.append(Verdict(
+            f"probing.{name}.{which}", merge, c.verdict, figures,
+            summary=f"{name} probe at the {which} layer ({lay}) vs {ref} ({which} layer {ref_layer})",
+            expected=f">= {ref_score:.4f} - {c.margin:g} (min of parents - [probing] tolerance)",
+            delta=score - ref_score, details=c.describe(ref).splitlines(), cause=cause, fix=fix,
+            data={"phenomenon": name, "which": which, "accuracy": accuracy}))
+    return verdicts
