@@ -36,7 +36,15 @@ def validate_model_dir(path: str | os.PathLike, option: str = "--model") -> Path
     except (ValueError, OSError) as exc:
         raise MergeQAUsageError(f"{p / 'config.json'}: not valid JSON ({exc}); re-save the model") from None
     if not weight_files(p):
-        raise MergeQAUsageError(f"{option} {path}: no *.safetensors or *.bin weights; {MODEL_DIR_HELP}")
+        raise MergeQAUsageError(f"{option} {path}: no *.safetensors weights; {MODEL_DIR_HELP}")
+    if not any(p.glob("*.safetensors")):
+        pickles = ", ".join(f.name for f in weight_files(p)[:2])
+        raise MergeQAUsageError(
+            f"{option} {path}: only pickle weights ({pickles}); mergeqa does not unpickle model files "
+            "(loading a pickle can run arbitrary code). Convert once, on a machine you trust: "
+            "python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{p}', use_safetensors=False).save_pretrained('{p}-safetensors')\" "
+            "(save_pretrained writes safetensors), then pass that directory")
     for f in p.glob("*.safetensors"):
         check_safetensors(f)
     return p.resolve()
@@ -109,7 +117,8 @@ class ModelRef:
             from transformers import AutoModelForCausalLM
 
             torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-            model = _friendly_load(self.path, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype)
+            model = _friendly_load(self.path, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype,
+                                   use_safetensors=True)
             self._loaded[key] = model.to(device).eval()
         return self._loaded[key]
 

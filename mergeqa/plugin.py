@@ -89,6 +89,9 @@ def pytest_configure(config: pytest.Config) -> None:
             cache_dir=opt.mergeqa_cache or default_cache_dir(), device=opt.device, dtype=opt.dtype,
             seed=opt.merge_seed)
         thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path)
+        gate = config.stash[session_key]
+        if thresholds.path is not None or gate.embedded:
+            thresholds.check_parents(gate.parent_names())
         # Names the checks are parametrised by: a wrong one is a usage error now, not a
         # collection error later.
         thresholds.suite(thresholds.get("retention", "suite"))

@@ -150,9 +150,8 @@ def _compare(task, merged, parents, ref, margin, stat, merge):
     binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
     needed = smallest_decidable_n(margin, stat("alpha"), binary=binary)
     if a.size < needed:
-        return (f"{task}: {a.size} items, but non-inferiority at margin {margin:.4g} cannot be shown on "
-                f"fewer than {needed} items (alpha={stat('alpha'):g}), even if the merge matched "
-                f"{ref or 'the parents'} on every one")
+        return (f"{task}: {a.size} items, but no outcome on fewer than {needed} items can decide a paired "
+                f"test at alpha={stat('alpha'):g} (margin {margin:.4g})")
     return compare_paired(a, b, margin=margin, alpha=stat("alpha"), power=stat("power"))
 
 

@@ -61,6 +61,16 @@ class GateSession:
         return unique
 
     # -- references ----------------------------------------------------------------------------
+    def parent_names(self) -> list[str]:
+        """The parents' names (directory names), without building anything."""
+        if self.parent_paths is not None:
+            return [p.name for p in self.parent_paths]
+        if self.merge_configs and not self.embedded:
+            return [p.name for p in self._parents_from_configs()]
+        from .family import load_recipe
+
+        return list(load_recipe()["parents"])
+
     def family(self):
         if "family" not in self._refs:
             from .family import build_family

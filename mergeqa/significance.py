@@ -107,6 +107,8 @@ class PairedComparison:
 
         if self.verdict != "inconclusive":
             return float(self.n)
+        if self.spread == 0 and self.effect == 0 and self.method.startswith("mcnemar"):
+            return concordant_n(self.margin, self.alpha)  # identical on every item so far
         if not (math.isfinite(self.effect) and math.isfinite(self.spread)) or self.spread == 0:
             return math.inf
         z = float(ndtri(1 - self.alpha))
@@ -305,15 +307,26 @@ def decide_significant_drop(c: PairedComparison) -> str:
 
 
 def smallest_decidable_n(margin: float, alpha: float, *, binary: bool) -> int:
-    """The fewest items on which non-inferiority at `margin` can be shown at all, i.e. with every
-    item scored alike by both models (the best case): below it a pass is impossible, so the
-    check is an error, not an inconclusive verdict. 0/1 items: Tango's test; graded items: the
-    exact sign-flip test, whose smallest p-value is 2^-n."""
+    """The fewest items on which *any* outcome decides the comparison: below it no data, not
+    even a merge right on every item the reference got wrong (or wrong on every item it got
+    right), gives pass or fail, so the check is an error rather than inconclusive. 0/1 items:
+    exact McNemar (smallest p 2^-n) or Tango with every item a win; graded items: the exact
+    sign-flip test (smallest p 2^-n)."""
     check_alpha(alpha)
+    flips = max(1, math.ceil(math.log2(1 / alpha)))
     if not binary:
-        return max(1, math.ceil(math.log2(1 / alpha)))
+        return flips
+    n = np.arange(1, flips + 1)
+    ok = np.asarray(tango_pvalue(n, 0, n, effect0=-margin)) <= alpha
+    return int(n[np.argmax(ok)]) if ok.any() else flips
+
+
+def concordant_n(margin: float, alpha: float) -> float:
+    """How many 0/1 items, all scored alike by both models, show non-inferiority at `margin`
+    (Tango's test): what a perfect copy of the reference needs. inf for a zero margin."""
+    check_alpha(alpha)
     if margin <= 0:
-        return 2**31 - 1  # a zero margin cannot be shown non-inferior on any n
+        return math.inf
     n = np.arange(1, 1_000_001)
     ok = np.asarray(tango_pvalue(0, 0, n, effect0=-margin)) <= alpha
-    return int(n[np.argmax(ok)]) if ok.any() else 2**31 - 1
+    return float(n[np.argmax(ok)]) if ok.any() else math.inf
