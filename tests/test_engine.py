@@ -82,3 +82,37 @@ def test_unavailable_dataset_is_one_line_naming_the_task(settings, family):
     message = str(err.value)
     assert "'arc_easy'" in message and "offline" in message and "\n" not in message
     assert time.perf_counter() - started < 60, "must not hang on network retries"
+
+
+def test_lm_evals_own_gsm8k_yaml_keeps_each_filter_apart(family, tmp_path):
+    """lm-eval's gsm8k.yaml as shipped (strict-match and flexible-extract filters), pointed at 20
+    local documents: one record per document per filter, the filters' metrics under their own
+    keys, strict-match gated by default, and n = 20 for the paired test."""
+    import yaml
+    from importlib.resources import files
+
+    from mergeqa.engine import paired_values
+
+    spec = yaml.safe_load(files("lm_eval").joinpath("tasks/gsm8k/gsm8k.yaml").read_text())
+    assert [f["name"] for f in spec["filter_list"]] == ["strict-match", "flexible-extract"]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
+                              for i in range(20)) + "\n")
+    spec.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {"train": str(data), "test": str(data)}},
+                num_fewshot=0)
+    spec["generation_kwargs"]["max_gen_toks"] = 12  # the tiny model's context is 128 tokens
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "gsm8k.yaml").write_text(yaml.safe_dump(spec))
+    settings = EvalSettings(cache_dir=tmp_path / "cache", device="cpu", task_paths=(str(tasks),))
+    result = evaluate(ModelRef("base", family.base, "base"), ["gsm8k"], settings)
+    task = result.tasks["gsm8k"]
+    assert len(task.items) == 40
+    assert sorted((i.doc_id, i.filter) for i in task.items) == sorted(
+        (d, f) for d in range(20) for f in ("strict-match", "flexible-extract"))
+    assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(task.metrics)
+    assert task.main_metric == "exact_match,strict-match" and task.higher_is_better["exact_match"] is True
+    a, b, docs = paired_values("gsm8k", result, result)
+    assert len(a) == 20 and len(set(docs)) == 20
+    cached = evaluate(ModelRef("base", family.base, "base"), ["gsm8k"], settings).tasks["gsm8k"]
+    assert cached.cached and len(cached.items) == 40 and cached.metrics == task.metrics

@@ -116,3 +116,67 @@ def test_unknown_names_in_thresholds_are_usage_errors(tmp_path, toml, expected):
     t.write_text(toml)
     proc = run_pytest("--thresholds", t, "--collect-only", cwd=tmp_path)
     assert proc.returncode == 4 and expected in proc.stderr and str(t) in proc.stderr
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ("[statistics]\nalpha = 2\n", "[statistics] alpha = 2: must be in (0, 1)"),
+    ("[statistics]\npower = 0\n", "[statistics] power = 0: must be in (0, 1)"),
+    ("[retention]\nmin_retention = nan\n", "[retention] min_retention = nan: must be a finite number"),
+    ("[retention]\nmin_retention = 1.5\n", "[retention] min_retention = 1.5: must be in (0, 1]"),
+    ('[statistics]\ninconclusive = "xfail"\n', '"xfail" was removed'),
+    ("[suites.mine]\ntasks = []\n", "[suites.mine] tasks is empty"),
+    ('[retention.capabilities]\nfamily_lists = "list"\n',
+     "[retention.capabilities] family_lists = 'list' names no parent of this run. Did you mean 'lists'?"),
+    ("[probing]\nseeds = 2.5\n", "[probing] seeds = 2.5: expected a whole number like 3"),
+    ("[retension]\nsuite = 'family'\n", "unknown section [retension]. Did you mean 'retention'?"),
+])
+def test_nonsense_in_thresholds_is_one_usage_error(tmp_path, toml, expected):
+    t = tmp_path / "thresholds.toml"
+    t.write_text(toml)
+    proc = run_pytest("--gate", "--thresholds", t, "--collect-only", cwd=tmp_path)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 4 and len(err) == 1, proc.stdout[-2000:] + proc.stderr
+    assert expected in err[0] and str(t) in err[0] and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_pickle_only_checkpoint_is_refused_without_unpickling(tmp_path):
+    model = tmp_path / "pickled"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    marker = tmp_path / "unpickled"
+    # a pickle that would create `marker` if anything unpickled it
+    import pickle
+
+    class Bomb:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(Bomb()))
+    proc = run_pytest("--model", model, cwd=tmp_path)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 4 and len(err) == 1, proc.stderr
+    assert "only pickle weights (pytorch_model.bin); mergeqa does not unpickle model files" in err[0]
+    assert "save_pretrained" in err[0] and not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_readmes_add_a_check_example_runs(tmp_path, family, private_cache):
+    """The README's example check, copied as it is, runs per merge and reports through decide."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Adding a check"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "test_my_checks.py").write_text(code)
+    p = family.parents
+    junit = tmp_path / "junit.xml"
+    proc = run_pytest("test_my_checks.py", "--model", p["arithmetic"], "--parents", p["arithmetic"], p["lists"],
+                      "--mergeqa-cache", private_cache, "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
+                      f"--junitxml={junit}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout and "arithmetic: deployable: all 1 checks pass" in proc.stdout
+    props = {x.get("name"): x.get("value") for x in ET.parse(junit).iter("property")}
+    assert props["mergeqa.custom.vocab_rows.outcome"] == "pass"
+    assert props["mergeqa.custom.vocab_rows.obtained"] == props["mergeqa.custom.vocab_rows.threshold"]
+    assert (tmp_path / "summary.md").read_text().count("deployable") == 1
