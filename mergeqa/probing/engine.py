@@ -190,7 +190,8 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
         a, b = merged.item_scores(layer(merged)), parents[ref].item_scores(layer(parents[ref]))
         rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()),
                      compare_paired(a, b, margin=tolerance, alpha=alpha, power=power)))
-    adjusted = adjust_comparisons([r[-1] for r in rows], correction)
+    # best and last can be the same layers: then they test one hypothesis, counted once
+    adjusted = adjust_comparisons([r[-1] for r in rows], correction, keys=[(r[1], r[3], r[4]) for r in rows])
     verdicts = []
     for (which, lay, score, ref, ref_layer, ref_score, _), c in zip(rows, adjusted):
         figures = {**merged.summary(lay), "obtained": score, "threshold": ref_score - c.margin,
