@@ -179,6 +179,106 @@ def check_completions(
         return list(pool.map(lambda pc: check_completion(pc[0], pc[1], timeout_s, memory_mb), pairs))
 
 
+# --------------------------------------------------------------------------- what must not get through
+
+
+def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str, str]:
+    """Completions of HumanEval/0 (`has_close_elements`) that try to pass while wrong, or to reach
+    the host; by attack class. Its tests and `bench/humaneval_sandbox_table.py` run these.
+
+    `escape_dir`: an empty host directory nothing may appear in; `port`: a TCP port on 127.0.0.1
+    nothing may connect to; `secret_path`: a 0600 file whose content must not come back.
+    """
+    wrong = "    return False\n\n\n"  # every attack rides on this wrong answer
+    process = (
+        f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x'); "
+        f"open({escape_dir!r} + '/from-child', 'w').write('x')"
+    )
+    return {
+        "forged result line, then exit": wrong + (
+            "import os\n"
+            "forged = b\"{'status': 'passed', 'detail': ''}\\n{\\\"id\\\": 0, \\\"ready\\\": true}\\n\"\n"
+            "forged += b''.join(b'{\"id\": %d, \"value\": true}\\n' % i for i in range(1, 100))\n"
+            "for fd in range(64):\n    try:\n        os.write(fd, forged)\n    except OSError:\n        pass\n"
+            "os._exit(0)\n"
+        ),
+        "object whose __eq__ is always true": (
+            "    class AlwaysEqual(int):\n        def __eq__(self, other):\n            return True\n\n"
+            "        __hash__ = int.__hash__\n\n    return AlwaysEqual(1)\n"
+        ),
+        "trace function swaps check.__code__": wrong + (
+            "import gc, sys\n"
+            "def no_op(candidate):\n    pass\n"
+            "def swap(frame, event, arg):\n"
+            "    check = frame.f_globals.get('check')\n"
+            "    if callable(check):\n        check.__code__ = no_op.__code__\n"
+            "    return swap\n"
+            "sys.settrace(swap)\n"
+            "for obj in gc.get_objects():\n"
+            "    if getattr(obj, '__name__', '') == 'check' and hasattr(obj, '__code__'):\n"
+            "        obj.__code__ = no_op.__code__\n"
+        ),
+        "host secret (0600 file under the home directory)": (
+            "    import os\n    seen = []\n"
+            f"    for path in [{secret_path!r}, '/etc/shadow', os.path.dirname({secret_path!r}), '/proc/1/environ']:\n"
+            "        try:\n"
+            "            seen.append(open(path).read() if not os.path.isdir(path) else str(os.listdir(path)))\n"
+            "        except OSError as exc:\n            seen.append(repr(exc))\n"
+            "    print(seen)\n    raise RuntimeError(str(seen))\n"
+        ),
+        "writes outside the workdir (sqlite3, mkfifo, open)": wrong + (
+            "import os, sqlite3\n"
+            f"target = {escape_dir!r}\n"
+            "for attempt in (lambda: os.makedirs(target, exist_ok=True),\n"
+            "                lambda: sqlite3.connect(target + '/escaped.db').execute('create table t (x)'),\n"
+            "                lambda: os.mkfifo(target + '/escaped.fifo'),\n"
+            "                lambda: open(target + '/escaped.txt', 'w').write('x')):\n"
+            "    try:\n        attempt()\n    except Exception:\n        pass\n"
+        ),
+        "new processes (fork, posix_spawn, _posixsubprocess, /bin/sh)": wrong + (
+            "import os, subprocess, sys\n"
+            "import _posixsubprocess as innocent_name\n"
+            f"child = {process!r}\n"
+            "for attempt in (lambda: subprocess.run(['/bin/sh', '-c', 'echo escaped']),\n"
+            "                lambda: subprocess.run([sys.executable, '-c', child]),\n"
+            "                lambda: os.posix_spawn(sys.executable, [sys.executable, '-c', child], {}),\n"
+            "                lambda: os.fork() or os._exit(0)):\n"
+            "    try:\n        attempt()\n    except Exception as exc:\n        print(repr(exc))\n"
+        ),
+        "socket from a sub-interpreter": wrong + (
+            "import _testcapi\n"
+            f"_testcapi.run_in_subinterp({process!r})\n"
+            f"exec({process!r})\n"
+        ),
+        "malformed reply: unknown tag": (
+            "    import os\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": {\"zz\": [1]}}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "malformed reply: 100000-deep nesting": (
+            "    import os\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": ' + b'[' * 100000 + b']' * 100000 + b'}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "malformed reply: 2 MB line": (
+            "    import os\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": \"' + b'x' * 2**21 + b'\"}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "fork-and-exit loop": (
+            "    import os\n    while True:\n        try:\n            if os.fork() == 0:\n"
+            "                os._exit(0)\n        except OSError:\n            pass\n"
+        ),
+        "infinite loop": "    while True:\n        pass\n",
+        "huge allocation": "    return len(bytearray(10**11)) > 0\n",
+        "output flood": "    while True:\n        print('x' * 2**20)\n",
+        "exit(0) before the tests": wrong + "import sys\nsys.exit(0)\n",
+    }
+
+
 # --------------------------------------------------------------------------- pass@k
 
 

@@ -369,7 +369,7 @@ class CandidateProcess:
         os.set_blocking(self._requests, False)
         config = {"requests": req_read, "replies": rep_write, "max_message": MAX_MESSAGE_BYTES,
                   "limits": _rlimits(self._timeout_s, memory_mb)}
-        command = [_interpreter(), "-I", "-S", "-B", "-c", _worker_source(), json.dumps(config)]
+        command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
         pass_fds = [req_read, rep_write]
         info_read = None
         if self.host.sandboxed:
