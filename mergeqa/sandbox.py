@@ -177,7 +177,7 @@ def probe_host() -> Host:
             if run.call() == 42:
                 return host
             reason = run.detail
-    except CandidateError as exc:
+    except (CandidateError, OSError) as exc:  # OSError: no ldd to list the interpreter's libraries
         reason = str(exc)
     first = (reason.strip().splitlines() or ["no output"])[0][:300]
     return Host(None, "", f"bubblewrap {version[0]} could not start a sandbox here ({first})")
@@ -304,7 +304,7 @@ class CandidateProcess:
         self._timeout_s, self._next_id, self._buffer = timeout_s, 1, b""
         self._start = time.perf_counter()
         self.wall_s = 0.0
-        self._proc = self._init_pidfd = self._workdir = None
+        self._proc = self._init_pidfd = self._workdir = self._requests = self._replies = None
         self._output_file = tempfile.TemporaryFile()
         try:
             self._spawn(memory_mb)
@@ -331,29 +331,25 @@ class CandidateProcess:
         return self._receive(request_id)
 
     def close(self) -> None:
-        """Kill the sandbox (the pid namespace goes with it) and keep the tail of its output."""
-        if self._proc is None:
-            self._output_file.close()
+        """Kill the sandbox (its pid namespace goes with it), wait until it is gone, keep its output's tail."""
+        if self._output_file.closed:
             return
+        self.wall_s = time.perf_counter() - self._start
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._proc.wait()
+        if self._init_pidfd is not None:  # bwrap's init dies by PDEATHSIG, after the rest of its namespace
+            select.select([self._init_pidfd], [], [], 5.0)
+        for fd in (self._requests, self._replies, self._init_pidfd):
+            if fd is not None:
+                os.close(fd)
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
-        self.wall_s = time.perf_counter() - self._start
-        init_fd = self._init_pidfd
-        try:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._proc.wait()
-        for fd in (self._requests, self._replies):
-            os.close(fd)
-        if init_fd is not None:  # bwrap's init dies by PDEATHSIG; the namespace is torn down before it exits
-            select.select([init_fd], [], [], 5.0)
-            os.close(init_fd)
-        out = self._output_file
-        out.seek(max(0, out.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES))
-        self.output = out.read().decode("utf-8", "replace")
-        out.close()
-        self._proc = None
+        self.output = self._output_tail()
+        self._output_file.close()
 
     def __enter__(self) -> CandidateProcess:
         return self
@@ -465,6 +461,9 @@ class CandidateProcess:
             code = self._proc.wait(timeout=max(0.1, self._deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._fail("timeout", f"killed after the {self._timeout_s:g} s wall-clock limit")
+        if self.host.sandboxed and self._init_pidfd is None:
+            tail = self._output_tail().strip().splitlines()[-1:] or [f"exit status {code}"]
+            self._fail("error", f"bubblewrap could not start the sandbox: {tail[0][:300]}")
         # bwrap exits 128 + N when its command died from signal N; a bare interpreter reports -N
         sig = -code if code < 0 else code - 128 if self.host.sandboxed and code > 128 else 0
         if sig == signal.SIGXCPU:

@@ -256,3 +256,13 @@ def test_the_sandbox_works_from_a_venv_under_tmp(tmp_path):
     result = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": f"{REPO}:{site}"}, timeout=120)
     assert result.stdout.splitlines()[1:] == ["passed bubblewrap " + sb.probe_host().version, "True"], result.stderr
+
+
+def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_completion():
+    import dataclasses
+
+    broken = dataclasses.replace(sb.probe_host(), bwrap="/bin/false")
+    with sb.CandidateProcess("def f():\n    return 1\n", "f", host=broken) as run:
+        with pytest.raises(sb.CandidateError, match="error: bubblewrap could not start the sandbox"):
+            run.call()
+    assert run.status == "error"
