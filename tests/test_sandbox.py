@@ -60,6 +60,12 @@ def test_plain_values_cross_the_channel_unchanged_with_their_types(value):
     assert back == value and types_of(back) == types_of(value)  # a tuple stays a tuple, True stays a bool
 
 
+def test_iterators_and_ranges_come_back_as_fresh_builtins():
+    values = sb.decode_value('[{"i": [1, {"t": [2]}]}, {"r": [0, 10, 3]}]')
+    assert [type(v).__name__ for v in values] == ["list_iterator", "range"]
+    assert list(values[0]) == [1, (2,)] and values[1] == range(0, 10, 3)
+
+
 def test_non_finite_floats_cross_the_channel():
     back = sb.decode_value(sb.encode_value([math.inf, -math.inf, math.nan]))
     assert back[:2] == [math.inf, -math.inf] and math.isnan(back[2])
@@ -82,7 +88,7 @@ def test_values_the_channel_does_not_carry_are_refused(value, message):
 
 @pytest.mark.parametrize(
     "text",
-    ['{"zz": 1}', '{"t": 1}', '{"d": [[1]]}', '{"s": [[1]]}', '{"t": [], "s": []}', "[" * 10**5 + "]" * 10**5,
+    ['{"zz": 1}', '{"t": 1}', '{"r": [0, 1, 0]}', '{"r": [0, 1.5]}', '{"i": 3}', '{"d": [[1]]}', '{"s": [[1]]}', '{"t": [], "s": []}', "[" * 10**5 + "]" * 10**5,
      "not json", '{"b": "zz"}', b"\xff"],
 )
 def test_malformed_values_are_a_channel_error_and_nothing_else(text):
