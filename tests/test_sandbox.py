@@ -88,7 +88,8 @@ def test_values_the_channel_does_not_carry_are_refused(value, message):
 
 @pytest.mark.parametrize(
     "text",
-    ['{"zz": 1}', '{"t": 1}', '{"r": [0, 1, 0]}', '{"r": [0, 1.5]}', '{"i": 3}', '{"d": [[1]]}', '{"s": [[1]]}', '{"t": [], "s": []}', "[" * 10**5 + "]" * 10**5,
+    ['{"zz": 1}', '{"t": 1}', '{"r": [0, 1, 0]}', '{"r": [0, 1.5]}', '{"i": 3}', '{"d": [[1]]}', '{"s": [[1]]}',
+     '{"t": [], "s": []}', "[" * 10**5 + "]" * 10**5,
      "not json", '{"b": "zz"}', b"\xff"],
 )
 def test_malformed_values_are_a_channel_error_and_nothing_else(text):
@@ -186,7 +187,8 @@ def test_threads_work_and_the_sandbox_keeps_working_files_in_its_tmp():
 
 
 def test_nothing_of_a_run_outlives_it():
-    source = "import threading, time\ndef probe():\n    threading.Thread(target=time.sleep, args=(600,)).start()\n    return 1\n"
+    source = "import threading, time\n\ndef probe():\n"
+    source += "    threading.Thread(target=time.sleep, args=(600,)).start()\n    return 1\n"  # outlives the call
     value, run = probe(source)
     assert value == 1 and run.pid_namespace.startswith("pid:[")
     assert sb.sandbox_processes(run.pid_namespace) == []
