@@ -39,9 +39,14 @@ TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working d
 SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
 
+OPT_IN = f"or pass --unsafe-exec ({UNSAFE_EXEC_ENV}=1) to run it unsandboxed"
 FIX = (
-    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; .ci/setup does it) so model code "
-    f"runs sandboxed, or pass --unsafe-exec ({UNSAFE_EXEC_ENV}=1) to run it unsandboxed"
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; .ci/setup does it) so model code runs "
+    f"sandboxed, {OPT_IN}"
+)
+FIX_NAMESPACES = (
+    "let this host create user namespaces (sysctl user.max_user_namespaces > 0; in a container, a seccomp "
+    f"profile or runtime that allows them) so bubblewrap can sandbox model code, {OPT_IN}"
 )
 
 
@@ -154,6 +159,7 @@ class Host:
     bwrap: str | None
     version: str
     reason: str  # why there is no sandbox ("" when there is one)
+    fix: str = FIX  # what to do about it
 
     @property
     def sandboxed(self) -> bool:
@@ -178,7 +184,7 @@ def require_execution() -> Host:
     """The host, if model code may run on it; else `SandboxUnavailable` with one line: why, and the fix."""
     host = probe_host()
     if not host.sandboxed and not unsafe_exec_allowed():
-        raise SandboxUnavailable(f"refusing to run model-written code: {host.reason}; {FIX}")
+        raise SandboxUnavailable(f"refusing to run model-written code: {host.reason}; {host.fix}")
     return host
 
 
@@ -189,7 +195,8 @@ def probe_host() -> Host:
     if bwrap is None:
         return Host(None, "", "bubblewrap (bwrap) is not installed")
     if _seccomp_table() is None:
-        return Host(None, "", f"no seccomp filter for this architecture ({platform.machine()})")
+        reason = f"mergeqa has no seccomp filter for this architecture ({platform.machine()})"
+        return Host(None, "", reason, f"run it on x86_64 or aarch64, {OPT_IN}")
     version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.split()[-1:] or ["?"]
     host = Host(bwrap, version[0], "")
     try:
@@ -200,7 +207,7 @@ def probe_host() -> Host:
     except (CandidateError, OSError) as exc:  # OSError: no ldd to list the interpreter's libraries
         reason = str(exc)
     first = (reason.strip().splitlines() or ["no output"])[0][:300]
-    return Host(None, "", f"bubblewrap {version[0]} could not start a sandbox here ({first})")
+    return Host(None, "", f"bubblewrap {version[0]} could not start a sandbox here ({first})", FIX_NAMESPACES)
 
 
 @functools.cache

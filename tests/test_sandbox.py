@@ -274,3 +274,14 @@ def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_completion():
         with pytest.raises(sb.CandidateError, match="error: bubblewrap could not start the sandbox"):
             run.call()
     assert run.status == "error"
+
+
+def test_a_bubblewrap_that_cannot_make_namespaces_is_refused_with_that_fix(tmp_path):
+    fake = tmp_path / "bwrap"  # what bwrap says in a container that forbids user namespaces
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "bubblewrap 0.8.0" && exit 0\n'
+                    'echo "bwrap: No permissions to create new namespace" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    result = run_in_fresh_python(CHECK_ONE, {"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert result.stdout.startswith("refused (bubblewrap 0.8.0 could not start a sandbox here (")
+    last = result.stderr.strip().splitlines()[-1]
+    assert "bwrap: No permissions to create new namespace" in last and last.endswith(sb.FIX_NAMESPACES)
