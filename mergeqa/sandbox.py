@@ -190,7 +190,7 @@ def require_execution() -> Host:
 
 @functools.cache
 def probe_host() -> Host:
-    """Find bwrap and run one sandboxed interpreter with it (once per process: ~30 ms)."""
+    """Find bwrap and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return Host(None, "", "bubblewrap (bwrap) is not installed")
