@@ -1,82 +1,144 @@
-"""Print the HumanEval sandbox table (markdown): what each kind of program gets, with and without
-the audit guard, and the evidence that it stayed inside.
+"""Print the HumanEval sandbox tables (markdown): the 164 canonical solutions and 164 `pass` stubs,
+each attack class -> outcome and the evidence that nothing escaped, the venv-under-/tmp case, and
+the refusal line / unsandboxed opt-in on a host without bubblewrap.
 
-    .venv/bin/python bench/humaneval_sandbox_table.py [--timeout 2] [--workers 4]
+    .venv/bin/python bench/humaneval_sandbox_table.py [--timeout 2] [--workers 2]
 
-Runs the 164 canonical solutions, the 164 `pass` stubs and each snippet of
-`mergeqa.humaneval.hostile_programs` (~30 s on 2 cores).
+~40 s on 2 cores (328 checks, 15 attacks, a venv and three fresh interpreters).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from mergeqa import humaneval as he
+from mergeqa import sandbox as sb
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = 10  # per problem, for the pass@k rows
 
 
-def bulk_row(label: str, completion_of, expected: str, workers: int) -> str:
+def bulk(label: str, completion_of, expected: str, workers: int) -> list:
     problems = he.load_problems()
     start = time.perf_counter()
     results = he.check_completions([(p, completion_of(p)) for p in problems], workers=workers)
     total = time.perf_counter() - start
     hits = sum(r.status == expected for r in results)
-    others = sorted({f"{r.status}: {r.detail[:60]}" for r in results if r.status != expected})
-    median_ms = statistics.median(r.wall_s for r in results) * 1000
-    outcome = f"{hits}/{len(results)} {expected} ({total:.1f} s for all, {workers} at a time; median {median_ms:.0f} ms)"
-    outcome += "".join(f"; {other}" for other in others)
-    return f"| {label} | {outcome} | same (the guard never fires) | |"
+    others = sorted({f"{p.task_id} {r.status}: {r.detail[:60]}" for p, r in zip(problems, results)
+                     if r.status != expected})
+    walls = [r.wall_s * 1000 for r in results]
+    print(f"| {label} | {hits}/{len(results)} {expected}{''.join(f'; {o}' for o in others)} | {total:.1f} s "
+          f"({workers} at a time) | {total / len(results) * 1000:.0f} ms | {statistics.median(walls):.0f} ms "
+          f"| {sum(r.calls for r in results)} |")
+    return results
 
 
-def hostile_row(kind: str, timeout_s: float, os_layers_available: bool) -> str:
-    cells, evidence = [], []
-    for audit_guard in (True, False):
-        if not audit_guard and not os_layers_available:
-            cells.append("not run: no fresh uid or namespaces on this host")
-            continue
-        escape = Path(f"/tmp/mergeqa-escape-{secrets.token_hex(6)}")
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            listener.setblocking(False)
-            program = he.hostile_programs(str(escape), listener.getsockname()[1])[kind]
-            result = he.run_in_sandbox(program, timeout_s, 256, audit_guard=audit_guard)
-            try:
-                listener.accept()
-                connected = True
-            except BlockingIOError:
-                connected = False
-        left = he.sandbox_processes(result.run_id)
-        escaped = escape.exists()
-        escape.unlink(missing_ok=True)
-        cells.append(f"`{result.status}` ({result.wall_s:.2f} s): {result.detail[:70]}")
-        breaches = [f"{len(left)} processes left"] * bool(left)
-        breaches += ["FILE OUTSIDE"] * escaped + ["CONNECTED"] * connected
-        evidence.append(f"{'guard' if audit_guard else 'OS'}: {', '.join(breaches)}" if breaches else "")
-    evidence = [e for e in evidence if e] or ["0 processes left, no file outside, nothing connected"]
-    return f"| {kind} | {cells[0]} | {cells[1]} | {'; '.join(evidence)} |"
+def pass_at_k_rows(canonical: list, stubs: list) -> None:
+    """Per problem, SAMPLES samples of which c (0..SAMPLES, cycling) are the canonical solution:
+    pass@k from the checks' verdicts against pass@k from the known c."""
+    known, judged = [], []
+    for i, (good, bad) in enumerate(zip(canonical, stubs)):
+        c = i % (SAMPLES + 1)
+        known.append((SAMPLES, c))
+        judged.append((SAMPLES, c * good.passed + (SAMPLES - c) * bad.passed))
+    for k in (1, 10):
+        ours, truth = he.mean_pass_at_k(judged, k), he.mean_pass_at_k(known, k)
+        print(f"| pass@{k} (164 problems x {SAMPLES} samples, c = i mod {SAMPLES + 1}) | {ours:.6f} "
+              f"| {truth:.6f} (known c) | {'unchanged' if ours == truth else 'DIFFERS'} |")
+
+
+def attack_row(kind: str, timeout_s: float) -> None:
+    secret = Path.home() / f".mergeqa-secret-{secrets.token_hex(6)}"
+    secret.write_text(f"secret-{secrets.token_hex(16)}")
+    secret.chmod(0o600)
+    with tempfile.TemporaryDirectory(prefix="mergeqa-escape-") as escape, \
+            socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        completion = he.attack_completions(escape, listener.getsockname()[1], str(secret))[kind]
+        try:
+            result, raised = he.check_completion(he.load_problems()[0], completion, timeout_s, 256), "none"
+        except Exception as exc:  # noqa: BLE001 (the table reports it)
+            result, raised = None, f"{type(exc).__name__}: {exc}"
+        connections = 0
+        try:
+            while listener.accept():
+                connections += 1
+        except BlockingIOError:
+            pass
+        files = len(os.listdir(escape))
+    leaked = result is not None and secret.read_text() in result.detail + result.output
+    secret.unlink()
+    if result is None:
+        print(f"| {kind} | - | - | exception in the caller: {raised} |")
+        return
+    left = len(sb.sandbox_processes(result.pid_namespace))
+    detail = result.detail[:90].replace("|", "/").replace("\n", " ")
+    print(f"| {kind} | `{result.status}` ({result.wall_s:.2f} s): {detail} | {files} files outside, "
+          f"{connections} connections, {left} processes left, secret in output: {'YES' if leaked else 'no'}, "
+          f"output {len(result.output)} B, exception in caller: {raised} |")
+
+
+def fresh_python(python: str, code: str, env: dict[str, str]) -> list[str]:
+    site = sb.sysconfig.get_paths()["purelib"]
+    full_env = {**os.environ, "PYTHONPATH": f"{REPO}:{site}", **env}
+    done = subprocess.run([python, "-c", code], env=full_env, capture_output=True, text=True, timeout=300)
+    return done.stdout.splitlines() + done.stderr.strip().splitlines()[-1:]
+
+
+CHECK = (
+    "import socket\nfrom mergeqa import humaneval as he, sandbox as sb\n"
+    "print('code_execution():', sb.code_execution())\n"
+    "p = he.load_problems()[0]\n"
+    "with socket.create_server(('127.0.0.1', 0)) as server:\n"
+    "    server.setblocking(False)\n"
+    "    attacks = he.attack_completions('/tmp/none', server.getsockname()[1], '/none')\n"
+    "    attack = attacks['socket from a sub-interpreter']\n"
+    "    for label, completion in (('canonical', p.canonical_solution), ('network attack', attack)):\n"
+    "        r = he.check_completion(p, completion)\n"
+    "        print(f'{label}: {r.status} ({r.isolation})')\n"
+    "    try:\n        server.accept()\n        print('CONNECTED')\n"
+    "    except BlockingIOError:\n        print('nothing connected')\n"
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=2.0, metavar="S", help="hostile runs' limit (default: 2)")
-    parser.add_argument("--workers", type=int, default=4, metavar="N", help="parallel runs of the 164 (default: 4)")
+    parser.add_argument("--timeout", type=float, default=2.0, metavar="S", help="attack runs' limit (default: 2)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="parallel checks of the 164 (default: 2)")
     args = parser.parse_args()
-    layers = he.sandbox_layers(audit_guard=False)
-    os_layers = "fresh-uid" in layers or "pidns" in layers
-    print(f"Layers on this host: {', '.join(he.sandbox_layers())} (hostile runs: {args.timeout:g} s, 256 MB)\n")
-    print("| program | audit guard on: status (wall) | OS layers only: status (wall) | after both runs |")
-    print("|---|---|---|---|")
-    print(bulk_row("canonical solutions (164)", lambda p: p.canonical_solution, "passed", args.workers))
-    print(bulk_row("`pass` stubs (164)", lambda p: "    pass\n", "failed", args.workers))
-    for kind in he.hostile_programs("/tmp/x", 1):
-        print(hostile_row(kind, args.timeout, os_layers))
-    print(
-        "\nOS layers only, `passed`: the write lands in the run's private tmpfs over /tmp (gone with the"
-        "\nrun), and the subprocess runs as the run's uid inside its namespaces; neither reaches the host."
-    )
+    print(f"code execution on this host: {sb.code_execution()}; seccomp filter: "
+          f"{len(sb.seccomp_program()) // 8} BPF instructions ({sb.platform.machine()})\n")
+    print("| completions | outcome | wall, all | per completion | median wall of one | calls to the candidate |")
+    print("|---|---|---|---|---|---|")
+    canonical = bulk("canonical solutions (164)", lambda p: p.canonical_solution, "passed", args.workers)
+    stubs = bulk("`pass` stubs (164)", lambda p: "    pass\n", "failed", args.workers)
+    print("\n| pass@k | from the checks | expected | |\n|---|---|---|---|")
+    pass_at_k_rows(canonical, stubs)
+    print(f"\nAttacks (completions of HumanEval/0 riding on a wrong answer; {args.timeout:g} s, 256 MB each):\n")
+    print("| attack class | outcome (wall): detail | evidence |\n|---|---|---|")
+    for kind in he.attack_completions("/x", 1, "/y"):
+        attack_row(kind, args.timeout)
+    with tempfile.TemporaryDirectory(prefix="mergeqa-venv-") as tmp:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", f"{tmp}/venv"], check=True)
+        print(f"\nFrom a venv under /tmp ({tmp}/venv/bin/python):\n")
+        for line in fresh_python(f"{tmp}/venv/bin/python", CHECK, {}):
+            print(f"    {line}")
+    print("\nOn a host without bubblewrap (PATH=/nonexistent):\n")
+    for line in fresh_python(sys.executable, CHECK, {"PATH": "/nonexistent"}):
+        print(f"    {line}")
+    print(f"\n... and with the opt-in ({sb.UNSAFE_EXEC_ENV}=1, what `pytest --unsafe-exec` sets):\n")
+    for line in fresh_python(sys.executable, CHECK, {"PATH": "/nonexistent", sb.UNSAFE_EXEC_ENV: "1"}):
+        print(f"    {line}")
+    print("\nUnsandboxed is what it says: the attack reaches the listener. The verdict is still decided here.")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where the comparison table and plots go (default: next to --junitxml, else ./mergeqa-report)")
     group.addoption("--gate", action="store_true", default=False,
                     help="collect mergeqa's built-in checks even without --model/--merge-config (default: off)")
+    group.addoption("--unsafe-exec", action="store_true", default=False,
+                    help="run model-written code (HumanEval) even where bubblewrap cannot sandbox it; "
+                         "reports then say 'unsandboxed' (default: off: refuse)")
 
 
 def _share_cores(config: pytest.Config) -> None:
@@ -76,6 +79,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _share_cores(config)
     config.pluginmanager.register(VerdictCollector(config), "mergeqa-verdicts")
+    if config.option.unsafe_exec:  # read where lm-eval runs the code: mergeqa.sandbox.unsafe_exec_allowed
+        os.environ["MERGEQA_UNSAFE_EXEC"] = "1"
     from .session import GateSession
     from .thresholds import load_thresholds
 

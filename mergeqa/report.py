@@ -27,6 +27,9 @@ def run_metadata(gate) -> dict[str, str]:
     meta = {f"mergeqa.run.version.{k}": v for k, v in package_versions().items()}
     meta["mergeqa.run.device"] = resolve_device(gate.device)
     meta["mergeqa.run.dtype"] = gate.dtype
+    from .sandbox import code_execution
+
+    meta["mergeqa.run.code_execution"] = code_execution()  # "sandboxed (bubblewrap X.Y)" / "unsandboxed (...)"
     for ref in gate.resolved_refs():
         meta[f"mergeqa.run.{ref.role}.{ref.name}.path"] = str(ref.path)
         meta[f"mergeqa.run.{ref.role}.{ref.name}.content_hash"] = ref.content_hash

