@@ -190,6 +190,12 @@ def summary_markdown(verdicts, policy: str, comparison: str) -> str:
              f"| {len(verdicts)} | {counts['pass']} | {counts['fail']} | {counts['inconclusive']}"
              f"{' (accepted: warn)' if policy == 'warn' and counts['inconclusive'] else ''} | {counts['error']} | "
              f"{counts['not_applicable']} |", ""]
+    import os
+
+    if os.environ.get("MERGEQA_UNSAFE_EXEC"):
+        from .sandbox import code_execution
+
+        lines += [f"**Model-written code: {code_execution()}** (--unsafe-exec)", ""]
     bad = sorted((v for v in verdicts if v.outcome in ("fail", "error", "inconclusive")),
                  key=lambda v: (v.subject, _rank(v.check)))
     if bad:
