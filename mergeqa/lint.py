@@ -3,6 +3,9 @@ names and shapes, norms, dtype), vocabulary, tokenizer, special tokens and chat 
 
 No forward pass and no transformers import: safetensors headers are read lazily with `safe_open`
 and each tensor is streamed once through one reduction, so the cost is reading the checkpoint.
+When the merged directory holds mergekit_config.yml (or --merge-config built it), names, shapes
+and norms are compared with the source tensors the config maps to each tensor (mergeqa.provenance,
+which reads the config with mergekit); without one, with the parents' tensors of the same name.
 What the model *does* (generation, logits, perplexity) is mergeqa.sanity's job.
 
     results = lint_checkpoint(merged_dir, [parent_a, parent_b], LintLimits(0.25, 4.0))

@@ -187,6 +187,9 @@ def _build(file: Path, origin: str, given: list[Path]) -> Provenance:
     except MergeQAUsageError as exc:
         raise MergeQAUsageError(str(exc).replace(f"--merge-config {file}", origin, 1)
                                 + f" (the merge config the static checks compare with; fix or remove {file})") from None
+    except RuntimeError as exc:  # mergekit's own validators ("Exactly one of 'models', 'slices' ...")
+        raise MergeQAUsageError(f"{origin}: {exc} (the merge config the static checks compare with; "
+                                f"fix or remove {file})") from None
     refs = {str(m): m for m in config.referenced_models()}
     paths: dict[str, Path | None] = {}
     prov = Provenance(origin, config.merge_method, None)
@@ -198,9 +201,7 @@ def _build(file: Path, origin: str, given: list[Path]) -> Provenance:
 
 
 def _map(config, paths: dict[str, Path | None], prov: Provenance) -> Provenance:
-    """Follow mergekit's planner over the (normalised) config; fills prov's layers and tensors."""
-    from mergekit.config import ConfigReader, InputSliceDefinition, OutputModuleDefinition, OutputSliceDefinition
-
+    """Follow mergekit's planner over the config; fills prov's layers and tensors."""
     resolved = {r: p for r, p in paths.items() if p is not None}
     arch, hf_configs, why = _architecture(config, resolved)
     modules = _modules(config, arch)
@@ -209,68 +210,95 @@ def _map(config, paths: dict[str, Path | None], prov: Provenance) -> Provenance:
         if config.slices:  # the layer count is in the config itself
             prov.num_layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in config.slices)
         return prov
-    names = {r: _tensor_names(p) for r, p in resolved.items()}
-    method = _method(config.merge_method)
-    first_cfg = next(iter(hf_configs.values()))
-    for module_name, definition in modules.items():
-        module_arch = _module_arch(arch, module_name, first_cfg)
-        if definition.models:  # models -> one slice of every layer of every model (+ the base)
-            sources = [InputSliceDefinition(model=m.model, layer_range=(0, _num_layers(arch, module_name, hf_configs, str(m.model), first_cfg)),
-                                            parameters=m.parameters) for m in definition.models]
-            base = config.base_model
-            if base is not None and all(m.model != base for m in definition.models):
-                sources.append(InputSliceDefinition(model=base, layer_range=(0, _num_layers(arch, module_name, hf_configs, str(base), first_cfg))))
-            definition = OutputModuleDefinition(slices=[OutputSliceDefinition(sources=sources)],
-                                                parameters=definition.parameters)
+    planner = _Planner(config, arch, hf_configs, paths, {r: _tensor_names(p) for r, p in resolved.items()}, prov)
+    for i, (module_name, definition) in enumerate(modules.items()):
+        layers = planner.module(module_name, definition, main=i == 0)
+        if layers is None:
+            break
+        if i == 0:
+            prov.num_layers = layers
+    return prov
+
+
+class _Planner:
+    """mergekit's MergePlanner (mergekit/plan.py) without the tensors: which inputs each output
+    weight is read from, in the order and numbering mergekit plans them."""
+
+    def __init__(self, config, arch, hf_configs: dict, paths: dict, names: dict[str, set[str]], prov: Provenance):
+        self.config, self.arch, self.hf_configs, self.paths, self.names, self.prov = (
+            config, arch, hf_configs, paths, names, prov)
+        self.first_cfg = next(iter(hf_configs.values()))
+        self.method = _method(config.merge_method)
+
+    def _arch(self, module_name: str, ref=None):
+        return _module_arch(self.arch, module_name, self.hf_configs.get(str(ref), self.first_cfg))
+
+    def _slices(self, module_name: str, definition):
+        """mergekit's normalize_config: `models` become one slice of every layer of every model,
+        the base model added when it is not listed."""
+        from mergekit.config import InputSliceDefinition, OutputModuleDefinition, OutputSliceDefinition
+
+        if not definition.models:
+            return definition
+        models = [(m.model, m.parameters) for m in definition.models]
+        base = self.config.base_model
+        if base is not None and all(m != base for m, _ in models):
+            models.append((base, None))
+        sources = [InputSliceDefinition(model=m, layer_range=(0, self._arch(module_name, m).num_layers()),
+                                        parameters=params) for m, params in models]
+        return OutputModuleDefinition(slices=[OutputSliceDefinition(sources=sources)], parameters=definition.parameters)
+
+    def module(self, module_name: str, definition, main: bool) -> int | None:
+        """Map one module's weights; its output layer count (None: a slice mergekit refuses)."""
+        from mergekit.config import ConfigReader
+
+        definition = self._slices(module_name, definition)
         slices = definition.slices
         for s in slices:
             lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
             if len(lengths) != 1:
-                prov.unavailable = ("a slice's sources span different numbers of layers "
-                                    f"({sorted(lengths)}): mergekit refuses such a config")
-                return prov
-        reader = ConfigReader(config=config, t=0, module=definition)
-
-        def add(out_weight, in_weights, models, reader, layer=None, src_layers=None, t=0.0):
-            present = [any(n in names.get(str(m), ()) for n in [w.name, *(w.aliases or ())])
-                       for m, w in zip(models, in_weights, strict=True)]
-            if out_weight.optional and not any(present) and all(str(m) in names for m in models):
-                return  # mergekit skips an optional weight no input has (a tied lm_head)
-            srcs = []
-            for i, (m, w) in enumerate(zip(models, in_weights, strict=True)):
-                ref = str(m)
-                have = names.get(ref)
-                tensor = next((n for n in [w.name, *(w.aliases or ()), *(w.tied_names or ())]
-                               if have is not None and n in have), w.name)
-                srcs.append(Source(ref, paths.get(ref), tensor, src_layers[i] if src_layers else None,
-                                   present=have is None or tensor in have or out_weight.optional))
-            prov.tensors[out_weight.name] = Mapped(tuple(srcs), layer, t, _parameters(
-                method, reader, out_weight.name, models, in_weights, t, config))
-
-        first_models = [s.model for s in slices[0].sources]
-        for w in module_arch.pre_weights():
-            add(w, [w] * len(first_models), first_models, reader.for_out_slice(slices[0]))
+                self.prov.unavailable = (f"a slice's sources span different numbers of layers ({sorted(lengths)}): "
+                                         "mergekit refuses such a config")
+                return None
+        out_arch = self._arch(module_name)
+        reader = ConfigReader(config=self.config, t=0, module=definition)
+        first = [s.model for s in slices[0].sources]
+        for w in out_arch.pre_weights():  # embeddings: from the first slice's models
+            self.add(w, [w] * len(first), first, reader.for_out_slice(slices[0]))
         out_layer = 0
         for s in slices:
             n = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
-            slice_reader = reader.for_out_slice(s)
+            models = [src.model for src in s.sources]
             for k in range(n):
-                t = k / (n - 1) if n > 1 else 1.0
-                src_layers = [src.layer_range[0] + k for src in s.sources]
-                models = [src.model for src in s.sources]
-                ins = [_module_arch(arch, module_name, hf_configs.get(str(m), first_cfg)).layer_weights(index=i)
-                       for m, i in zip(models, src_layers, strict=True)]
-                outs = module_arch.layer_weights(index=out_layer)
-                for j, w_out in enumerate(outs):
-                    add(w_out, [w[j] for w in ins], models, slice_reader.with_t(t), out_layer, src_layers, t)
-                prov.layer_sources.append(tuple((str(m), i) for m, i in zip(models, src_layers, strict=True)))
+                t = k / (n - 1) if n > 1 else 1.0  # where gradients are interpolated
+                at = [src.layer_range[0] + k for src in s.sources]
+                ins = [self._arch(module_name, m).layer_weights(index=i) for m, i in zip(models, at, strict=True)]
+                for j, w_out in enumerate(out_arch.layer_weights(index=out_layer)):
+                    self.add(w_out, [w[j] for w in ins], models, reader.for_out_slice(s).with_t(t), out_layer, at, t)
+                if main:
+                    self.prov.layer_sources.append(tuple(zip(map(str, models), at, strict=True)))
                 out_layer += 1
-        last_models = [s.model for s in slices[-1].sources]
-        for w in module_arch.post_weights():
-            add(w, [w] * len(last_models), last_models, reader.for_out_slice(slices[-1]))
-        if module_name == next(iter(modules)):
-            prov.num_layers = out_layer
-    return prov
+        last = [s.model for s in slices[-1].sources]
+        for w in out_arch.post_weights():  # final norm, lm_head: from the last slice's models
+            self.add(w, [w] * len(last), last, reader.for_out_slice(slices[-1]))
+        return out_layer
+
+    def add(self, out_weight, in_weights, models, reader, layer=None, src_layers=None, t=0.0) -> None:
+        """Record one output weight's sources (the name each model holds it under)."""
+        refs = [str(m) for m in models]
+        present = [any(n in self.names.get(r, ()) for n in [w.name, *(w.aliases or ())])
+                   for r, w in zip(refs, in_weights, strict=True)]
+        if out_weight.optional and not any(present) and all(r in self.names for r in refs):
+            return  # mergekit skips an optional weight no input has (a tied lm_head)
+        sources = []
+        for i, (ref, w) in enumerate(zip(refs, in_weights, strict=True)):
+            have = self.names.get(ref)
+            tensor = next((n for n in [w.name, *(w.aliases or ()), *(w.tied_names or ())]
+                           if have is not None and n in have), w.name)
+            sources.append(Source(ref, self.paths.get(ref), tensor, src_layers[i] if src_layers else None,
+                                  present=have is None or tensor in have or out_weight.optional))
+        self.prov.tensors[out_weight.name] = Mapped(tuple(sources), layer, t, _parameters(
+            self.method, reader, out_weight.name, models, in_weights, t))
 
 
 def _architecture(config, resolved: dict[str, Path]):
@@ -320,11 +348,6 @@ def _module_arch(arch, module_name: str, hf_config):
     return ConfiguredModuleArchitecture(info=module.architecture, config=hf_config, weight_prefix=module.weight_prefix)
 
 
-def _num_layers(arch, module_name: str, hf_configs: dict, ref: str, fallback) -> int:
-    """A model's layer count from its config.json (an unfound model: the first found one's)."""
-    return _module_arch(arch, module_name, hf_configs.get(ref, fallback)).num_layers()
-
-
 def _method(name: str):
     from mergekit import merge_methods
 
@@ -334,7 +357,7 @@ def _method(name: str):
         return None
 
 
-def _parameters(method, reader, tensor: str, models, in_weights, t: float, config) -> dict[str, Any]:
+def _parameters(method, reader, tensor: str, models, in_weights, t: float) -> dict[str, Any]:
     """The merge parameters of one output tensor ({'t': 0.3} or {'lists.weight': 0.5}), resolved
     with mergekit's resolver (filters, gradients at this layer's t); {} when it cannot."""
     if method is None:

@@ -202,6 +202,12 @@ def test_an_unparseable_config_is_one_usage_error_naming_the_file(tiny, tmp_path
     merged = _config_dir(tmp_path, "merge_method: passthrough\nslices: [\n")
     with pytest.raises(MergeQAUsageError, match=r"mergekit_config.yml:.*invalid YAML.*fix or remove"):
         provenance_for(merged, [tiny["alpha"]])
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "mergekit_config.yml").write_text(PASSTHROUGH.format(a=tiny["alpha"], b=tiny["lima"])
+                                              + f"models:\n  - model: {tiny['alpha']}\n")
+    with pytest.raises(MergeQAUsageError, match=r"mergekit_config.yml: Exactly one of 'models', 'slices'"):
+        provenance_for(both, [tiny["alpha"]])
 
 
 # -- lint with and without provenance ------------------------------------------------------------
