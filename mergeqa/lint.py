@@ -302,8 +302,9 @@ def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits
         inherited = [p.name for p in parents if name in p.tensors and not p.stats().get(name, first).finite]
     sixteen = m.tensors[name].dtype == "F16"
     if inherited:
-        r.cause = (f"the {'source' if sources is not None else 'parent'}(s) {', '.join(inherited)} already hold "
-                   f"NaN/Inf in {name}: the merge inherited it")
+        r.cause = (f"the source(s) {', '.join(inherited)} already hold NaN/Inf, and the merge config maps them to "
+                   f"{name}: the merge inherited it" if sources is not None else
+                   f"the parent(s) {', '.join(inherited)} already hold NaN/Inf in {name}: the merge inherited it")
         r.fix = "repair or replace that parent, then merge again"
     elif first.inf and sixteen:
         r.cause = (f"an fp16 merge overflowed: values past +-{FP16_MAX:g} become Inf (and Inf-Inf NaN), "

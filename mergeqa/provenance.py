@@ -45,7 +45,8 @@ class Source:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.model).name}:{self.tensor}"
+        """'lists:model.layers.2.mlp.up_proj.weight'."""
+        return f"{(self.path or Path(self.model)).name}:{self.tensor}"
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,23 @@ def test_provenance_still_catches_a_dropped_and_a_zeroed_tensor(tiny, passthroug
     assert "source's" in norms.details[0]
 
 
+def test_a_nan_is_traced_to_the_source_layer_it_came_from(tiny, passthrough, tmp_path):
+    from mergeqa.lint import lint_checkpoint
+
+    def poison(name):
+        return lambda t: t[name].view(-1).__setitem__(0, float("nan"))
+
+    # lima's layer 2 holds a NaN; the passthrough put lima's layer 2 at output layer 4
+    lima = _edited_copy(tiny["lima"], tmp_path / "sick" / "lima", edit=poison("model.layers.2.mlp.up_proj.weight"))
+    merged = _edited_copy(passthrough, tmp_path / "merged", edit=poison("model.layers.4.mlp.up_proj.weight"))
+    finite = lint_checkpoint(merged, [tiny["alpha"], lima], checks=("finite",))["finite"]
+    assert finite.outcome == "fail" and finite.figures["first"] == "model.layers.4.mlp.up_proj.weight"
+    assert finite.cause.startswith("the source(s) lima (model.layers.2.mlp.up_proj.weight) already hold NaN"), finite.cause
+    # a NaN its sources do not hold is the merge's own
+    clean = lint_checkpoint(merged, [tiny["alpha"], tiny["lima"]], checks=("finite",))["finite"]
+    assert clean.outcome == "fail" and clean.cause.startswith("a NaN from the merge arithmetic"), clean.cause
+
+
 def test_without_provenance_a_layer_count_change_is_not_comparable(tiny, passthrough, tmp_path):
     from mergeqa.lint import lint_checkpoint
 
