@@ -302,39 +302,47 @@ def _outcome(case: ET.Element) -> str:
     return "passed"
 
 
-@pytest.mark.slow
-def test_family_passthrough_and_gradient_slerp_merges_pass_every_static_check(family, cache_dir, tmp_path):
+def static_gate(family, cache_dir: Path, out: Path) -> tuple[dict[str, ET.Element], str]:
+    """Build the passthrough and gradient-slerp merges of `family` with mergekit, copy the first
+    without its mergekit_config.yml, and run the gate's static checks (load, config, lint) over
+    the three in one pytest run, as a user would: ({test name: junit testcase}, output)."""
     from mergeqa.merging import build_merge
 
     subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
     built = {}
     for name, text in (("passthrough", PASSTHROUGH), ("gradient_slerp", GRADIENT_SLERP)):
-        config = tmp_path / f"{name}.yaml"
+        config = out / f"{name}.yaml"
         config.write_text(text.format(a="${arithmetic}", b="${lists}"))
-        built[name] = shutil.copytree(build_merge(config, cache_dir, substitutions=subs), tmp_path / name)
-    bare = shutil.copytree(built["passthrough"], tmp_path / "no_config")
+        built[name] = shutil.copytree(build_merge(config, cache_dir, substitutions=subs), out / name)
+    bare = shutil.copytree(built["passthrough"], out / "no_config")
     (bare / "mergekit_config.yml").unlink()
     checks = REPO / "mergeqa" / "checks"
-    xml = tmp_path / "static.xml"
+    xml = out / "static.xml"
     argv = [sys.executable, "-m", "pytest", str(checks / "test_load.py"), str(checks / "test_lint.py"),
             "--model", *map(str, [*built.values(), bare]), "--parents", *map(str, family.parents.values()),
             "--base", str(family.base), "--mergeqa-cache", str(cache_dir), f"--junitxml={xml}",
             "-o", "junit_family=xunit1", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs"]
-    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(argv, cwd=out, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    cases = {c.get("name"): c for c in ET.parse(xml).getroot().iter("testcase")}
+    assert xml.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {c.get("name"): c for c in ET.parse(xml).getroot().iter("testcase")}, proc.stdout
+
+
+@pytest.mark.slow
+def test_family_passthrough_and_gradient_slerp_merges_pass_every_static_check(family, cache_dir, tmp_path):
+    cases, stdout = static_gate(family, cache_dir, tmp_path)
     outcomes = {n: _outcome(c) for n, c in cases.items()}
     for merge in ("passthrough", "gradient_slerp"):
         mine = {n: o for n, o in outcomes.items() if f"[{merge}" in n}
-        assert len(mine) == 11 and set(mine.values()) == {"passed"}, (mine, proc.stdout[-3000:])
+        assert len(mine) == 11 and set(mine.values()) == {"passed"}, (mine, stdout[-3000:])
     # without its config the 6-layer merge is not comparable layer by layer: skipped with the reason,
     # never failed as corruption; everything else about it passes
-    bare_cases = {n: o for n, o in outcomes.items() if "[no_config" in n}
-    skipped = {n for n, o in bare_cases.items() if o == "skipped"}
+    bare = {n: o for n, o in outcomes.items() if "[no_config" in n}
+    skipped = {n for n, o in bare.items() if o == "skipped"}
     assert skipped == {"test_config_matches_parents[no_config]", "test_lint[no_config-tensors]",
-                       "test_lint[no_config-norms]"}, (bare_cases, proc.stdout[-3000:])
-    assert set(bare_cases.values()) == {"passed", "skipped"} and len(bare_cases) == 11
+                       "test_lint[no_config-norms]"}, (bare, stdout[-3000:])
+    assert set(bare.values()) == {"passed", "skipped"} and len(bare) == 11
     reason = cases["test_lint[no_config-tensors]"].find("skipped").get("message")
     assert "6 layers here, 4 in the parents" in reason and "not comparable" in reason
-    assert "num_hidden_layers 6 here, 4 in the parents" in cases["test_config_matches_parents[no_config]"].find(
-        "skipped").get("message")
+    config = cases["test_config_matches_parents[no_config]"].find("skipped").get("message")
+    assert "num_hidden_layers 6 here, 4 in the parents" in config
