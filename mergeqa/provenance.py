@@ -120,7 +120,8 @@ def resolve_model(ref: str, given: list[Path]) -> tuple[Path | None, str]:
     """The directory a config's model reference means, and '' or why it was not found.
 
     Matched against the given models (--parents, --base) by path, then by directory name (a
-    `${name}` placeholder by its name); else a model directory at that path; else not found."""
+    `${name}` placeholder by its name, a hub id `org/name` also by its huggingface cache folder
+    `models--org--name`); else a model directory at that path; else not found."""
     given = [Path(p) for p in given]
     raw = ref.split("@", 1)[0].rstrip("/")
     path = Path(raw).expanduser()
@@ -131,7 +132,8 @@ def resolve_model(ref: str, given: list[Path]) -> tuple[Path | None, str]:
             return p, ""
     placeholder = _PLACEHOLDER.match(raw)
     name = placeholder.group(1) if placeholder else path.name
-    named = list(dict.fromkeys(p for p in given if p.name == name))
+    hub = "models--" + raw.replace("/", "--")  # a hub id, given as its huggingface cache snapshot
+    named = list(dict.fromkeys(p for p in given if p.name == name or hub in p.parts))
     if len(named) == 1:
         return named[0], ""
     if len(named) > 1:

@@ -174,6 +174,13 @@ def test_placeholders_and_other_paths_resolve_by_directory_name(tiny, tmp_path):
     prov = provenance_for(_config_dir(tmp_path, text), [tiny["alpha"], tiny["lima"], tiny["base"]])
     assert prov.complete and prov.num_layers == 6
     assert {s.path for m in prov.tensors.values() for s in m.sources} == {tiny["alpha"], tiny["lima"]}
+    # a hub id, given as its huggingface cache snapshot
+    snapshot = tmp_path / "hub" / "models--org--lima" / "snapshots" / "0123abc"
+    shutil.copytree(tiny["lima"], snapshot)
+    from mergeqa.provenance import resolve_model
+
+    assert resolve_model("org/lima", [tiny["alpha"], snapshot]) == (snapshot, "")
+    assert resolve_model("org/lima", [tiny["alpha"]])[0] is None
 
 
 def test_a_source_that_cannot_be_found_is_named_and_the_checks_say_so(tiny, passthrough, tmp_path):
@@ -292,6 +299,32 @@ def test_without_provenance_a_layer_count_change_is_not_comparable(tiny, passthr
                          edit=lambda t: t.pop("model.norm.weight"))
     tensors = lint_checkpoint(worse, [tiny["alpha"], tiny["lima"]])["tensors"]
     assert tensors.outcome == "fail" and tensors.details == ["missing: model.norm.weight (in every parent)"]
+
+
+def test_config_check_expects_the_layer_count_the_config_builds(tiny, passthrough, tmp_path):
+    """The gate's config check: a 6-layer passthrough passes; the same without its config is not
+    comparable (skipped with the reason); a config.json that disagrees with the slices fails."""
+    import json
+
+    bare = _edited_copy(passthrough, tmp_path / "bare", drop_config=True)
+    wrong = _edited_copy(passthrough, tmp_path / "wrong")
+    cfg = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 4}))
+    ok = _edited_copy(passthrough, tmp_path / "ok")
+    xml = tmp_path / "config.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(REPO / "mergeqa" / "checks" / "test_load.py"), "-k", "config",
+         "--model", str(ok), str(bare), str(wrong), "--parents", str(tiny["alpha"]), str(tiny["lima"]),
+         "--mergeqa-cache", str(tmp_path / "cache"), f"--junitxml={xml}", "-p", "no:cacheprovider",
+         "-p", "no:xdist", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    cases = {c.get("name"): c for c in ET.parse(xml).getroot().iter("testcase")}
+    assert {n: _outcome(c) for n, c in cases.items()} == {
+        "test_config_matches_parents[ok]": "passed", "test_config_matches_parents[bare]": "skipped",
+        "test_config_matches_parents[wrong]": "failure"}, proc.stdout[-3000:]
+    assert "num_hidden_layers 6 here, 4 in the parents" in cases["test_config_matches_parents[bare]"].find(
+        "skipped").get("message")
+    failure = cases["test_config_matches_parents[wrong]"].find("failure").get("message")
+    assert "num_hidden_layers: merged 4, 6 built by" in failure and "0-2 <- alpha 0-2; 3-5 <- lima 1-3" in failure
 
 
 # -- the gate on mergekit merges of the family ---------------------------------------------------
