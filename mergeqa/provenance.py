@@ -2,7 +2,8 @@
 (lint, config) compare a merged checkpoint with, instead of same-named parent tensors.
 
     prov = provenance_for(merged_dir, given=[parent_a, parent_b, base])   # None: no config
-    prov.tensors["model.layers.4.mlp.up_proj.weight"].sources   # (Source(model="lists", layer=2, ...),)
+    prov.tensors["model.layers.4.mlp.up_proj.weight"].sources
+    # (Source(model=".../lists", path=PosixPath(".../lists"), tensor="model.layers.2.mlp.up_proj.weight", layer=2),)
     prov.num_layers                                             # 6 for a 6-layer passthrough
 
 The config is the merged directory's `mergekit_config.yml` (mergekit writes it into every output)
