@@ -6,9 +6,9 @@
 Derives the known-bad variants (mergeqa.badmerges) from the tiny family's ties merge, runs the gate
 on them exactly as a user would (pytest over the lint and sanity checks, one run, junit XML) and
 prints: variant -> the check that had to fail -> the first line of its message, and every other
-check that failed. Then times `lint_checkpoint` (merged vs two parents; no forward pass):
-cold = nothing cached (parents read too), warm = the parents' statistics already in memory (a
-second merge in the same session). `--shape qwen2.5-0.5b` writes random bf16 Qwen2-0.5B-shaped
+check that failed. Then times `lint_checkpoint` (the ties merge vs its sources, base and two
+parents, as its mergekit_config.yml maps them; no forward pass): cold = nothing cached (sources
+read too), warm = the sources' statistics already in memory (a second merge in the same session). `--shape qwen2.5-0.5b` writes random bf16 Qwen2-0.5B-shaped
 safetensors (merged + 2 parents, ~1 GB each) to a temporary directory and times the lint there,
 with the files evicted from the page cache (cold disk) and again with them cached.
 """
@@ -76,12 +76,13 @@ def gate_table(cache_dir: Path, work: Path) -> str:
 
 
 # -- lint timing ---------------------------------------------------------------------------------
-def time_lint(merged: Path, parents: list[Path], repeats: int = 3, evict: list[Path] | None = None) -> dict:
+def time_lint(merged: Path, parents: list[Path], repeats: int = 3, evict: list[Path] | None = None,
+              base: Path | None = None) -> dict:
     from mergeqa import lint
 
     def run() -> float:
         started = time.perf_counter()
-        results = lint.lint_checkpoint(merged, parents)
+        results = lint.lint_checkpoint(merged, parents, base=base)
         elapsed = time.perf_counter() - started
         assert all(r.ok for r in results.values()), [r.message() for r in results.values() if not r.ok]
         return elapsed
@@ -172,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         from mergeqa.family import build_family
 
         family, merge = build_family(cache), family_merge(cache)
-        t = time_lint(merge, list(family.parents.values()), repeats=5)
+        t = time_lint(merge, list(family.parents.values()), repeats=5, base=family.base)
         size = sum(f.stat().st_size for f in merge.glob("*.safetensors"))
-        print(f"lint, tiny family (ties vs 2 parents, {size / 1e6:.1f} MB each, torch threads "
+        print(f"lint, tiny family (ties vs its 3 sources: base and 2 parents, {size / 1e6:.1f} MB each, torch threads "
               f"{torch.get_num_threads()}): cold {t['cold_s'] * 1e3:.0f} ms, "
               f"parents cached {t['warm_parents_s'] * 1e3:.0f} ms")
     if args.shape == "qwen2.5-0.5b":

@@ -3,6 +3,9 @@ names and shapes, norms, dtype), vocabulary, tokenizer, special tokens and chat 
 
 No forward pass and no transformers import: safetensors headers are read lazily with `safe_open`
 and each tensor is streamed once through one reduction, so the cost is reading the checkpoint.
+When the merged directory holds mergekit_config.yml (or --merge-config built it), names, shapes
+and norms are compared with the source tensors the config maps to each tensor (mergeqa.provenance,
+which reads the config with mergekit); without one, with the parents' tensors of the same name.
 What the model *does* (generation, logits, perplexity) is mergeqa.sanity's job.
 
     results = lint_checkpoint(merged_dir, [parent_a, parent_b], LintLimits(0.25, 4.0))
@@ -77,6 +80,8 @@ class Checkpoint:
     def __init__(self, path: str | Path, name: str | None = None):
         self.path = Path(path)
         self.name = name or self.path.name
+        self.provenance = None  # mergeqa.provenance.Provenance of a merge, set by lint_checkpoint
+        self.source_checkpoints: dict[str, Checkpoint] = {}  # its sources' checkpoints, by path
 
     def _json(self, filename: str) -> dict | None:
         f = self.path / filename
@@ -232,6 +237,42 @@ def _layer(name: str) -> str:
     return m.group(1) if m else name
 
 
+def _layer_ids(names) -> set[str]:
+    """The layers tensors belong to ('model.layers.3'), from their names."""
+    return {m.group(1) for n in names if (m := re.search(r"(.*?\b(?:layers?|h|blocks)\.\d+)\.", n))}
+
+
+def _mapped(m: Checkpoint, name: str) -> list[tuple[Checkpoint, str]] | None:
+    """(source checkpoint, tensor) for each input the merge config maps to output tensor `name`;
+    None when there is no (complete) provenance or it maps nothing to `name`."""
+    prov = m.provenance
+    mapped = prov.tensors.get(name) if prov is not None and prov.complete else None
+    if mapped is None:
+        return None
+    return [(m.source_checkpoints[str(s.path)], s.tensor) for s in mapped.sources]
+
+
+def _layer_count_change(m: Checkpoint, parents: Sequence[Checkpoint]) -> str:
+    """Without provenance: why layer tensors cannot be compared by name ('' when the layer count
+    is the parents')."""
+    ours, theirs = len(_layer_ids(m.tensors)), sorted({len(_layer_ids(p.tensors)) for p in parents})
+    if not parents or theirs == [ours]:
+        return ""
+    return (f"{_count(ours, 'layer')} here, {' / '.join(map(str, theirs))} in the parents and no merge config "
+            "(mergekit_config.yml in the merged directory, or --merge-config) to tell which source layer each "
+            "came from: layer tensors not comparable, the others compared")
+
+
+def _incomplete(r: Verdict, m: Checkpoint) -> Verdict | None:
+    """The verdict as an error when the merge config's mapping cannot be completed."""
+    if m.provenance is None or m.provenance.complete:
+        return None
+    r.outcome, r.reason = "error", m.provenance.problem()
+    r.fix = ("pass every model the merge config reads with --parents / --base (matched by directory name), "
+             "or remove the config from the merged directory to compare by tensor name")
+    return r
+
+
 def _count(n: int, what: str, plural: str | None = None) -> str:
     return f"{n} {what if n == 1 else plural or what + 's'}"
 
@@ -253,10 +294,17 @@ def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits
     kinds = " and ".join(f"{c} {k}" for k, c in (("NaN", first.nan), ("Inf", first.inf)) if c)
     r.summary = (f"tensor {name} holds {kinds} value{'s' if first.nan + first.inf > 1 else ''}; "
                  f"{_count(len(bad), 'tensor')} of {len(stats)} non-finite")
-    inherited = [p.name for p in parents if name in p.tensors and not p.stats().get(name, first).finite]
+    sources = _mapped(m, name)
+    if sources is not None:
+        inherited = [f"{ck.name} ({t})" if t != name else ck.name for ck, t in sources
+                     if t in ck.tensors and not ck.stats().get(t, first).finite]
+    else:
+        inherited = [p.name for p in parents if name in p.tensors and not p.stats().get(name, first).finite]
     sixteen = m.tensors[name].dtype == "F16"
     if inherited:
-        r.cause = f"the parent(s) {', '.join(inherited)} already hold NaN/Inf in {name}: the merge inherited it"
+        r.cause = (f"the source(s) {', '.join(inherited)} already hold NaN/Inf, and the merge config maps them to "
+                   f"{name}: the merge inherited it" if sources is not None else
+                   f"the parent(s) {', '.join(inherited)} already hold NaN/Inf in {name}: the merge inherited it")
         r.fix = "repair or replace that parent, then merge again"
     elif first.inf and sixteen:
         r.cause = (f"an fp16 merge overflowed: values past +-{FP16_MAX:g} become Inf (and Inf-Inf NaN), "
@@ -273,23 +321,28 @@ def lint_finite(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits
 
 
 def lint_tensors(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
-    """Names and shapes as in the parents; the vocabulary dimension belongs to lint_vocab."""
+    """Names and shapes as the merge config maps them (provenance), else as in the parents; the
+    vocabulary dimension belongs to lint_vocab."""
     r = _result("lint.tensors", m.name, {"obtained": 0, "threshold": 0, "n": len(m.tensors)},
                    expected="the parents' tensor names and shapes")
+    if m.provenance is not None:
+        return _incomplete(r, m) or _tensors_by_provenance(m, r)
     if not parents:
         r.reason = "no parents to compare with (--parents)"
         return r
-    names = [set(p.tensors) for p in parents]
+    r.reason = _layer_count_change(m, parents)
+    layered = _layer_ids(m.tensors) | set().union(*(_layer_ids(p.tensors) for p in parents))
+
+    def compared(n: str) -> bool:
+        return not r.reason or _layer_ids([n]).isdisjoint(layered)
+
+    names = [{n for n in p.tensors if compared(n)} for p in parents]
     missing = sorted(set.intersection(*names) - set(m.tensors))
-    extra = sorted(set(m.tensors) - set.union(*names))
-
-    def key(n: str, shape: tuple) -> tuple:
-        return shape[1:] if n.endswith(EMBEDDING_SUFFIXES + HEAD_SUFFIXES) else shape
-
+    extra = sorted({n for n in m.tensors if compared(n)} - set.union(*names))
     reshaped = []
     for n, info in m.tensors.items():
-        shapes = {p.name: p.tensors[n].shape for p in parents if n in p.tensors}
-        if shapes and all(key(n, s) != key(n, info.shape) for s in shapes.values()):
+        shapes = {p.name: p.tensors[n].shape for p in parents if n in p.tensors and compared(n)}
+        if shapes and all(_shape_key(n, s) != _shape_key(n, info.shape) for s in shapes.values()):
             reshaped.append(f"reshaped: {n} {list(info.shape)}, parents "
                             + ", ".join(f"{p} {list(s)}" for p, s in shapes.items()))
     r.details = ([f"missing: {n} (in every parent)" for n in missing]
@@ -300,6 +353,42 @@ def lint_tensors(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimit
         r.cause = ("layers dropped or duplicated (a passthrough/slices config), tied vs untied embeddings, "
                    "or parents of another architecture or size")
         r.fix = "merge parents of one architecture, and check the slices/layer_range of the merge config"
+    return r
+
+
+def _shape_key(n: str, shape: tuple) -> tuple:
+    return shape[1:] if n.endswith(EMBEDDING_SUFFIXES + HEAD_SUFFIXES) else shape
+
+
+def _tensors_by_provenance(m: Checkpoint, r: Verdict) -> Verdict:
+    """Every tensor the merge config maps is here, no other, each shaped as its sources."""
+    prov = m.provenance
+    r.expected = f"the tensors {prov.origin} maps, shaped as their sources"
+    r.figures.update(n=len(prov.tensors), provenance=prov.origin, layers=prov.num_layers)
+    missing = sorted(set(prov.tensors) - set(m.tensors))
+    extra = sorted(set(m.tensors) - set(prov.tensors))
+    unmapped, reshaped = [], []
+    for n in sorted(set(prov.tensors) & set(m.tensors)):
+        shape = m.tensors[n].shape
+        for (ck, t), src in zip(_mapped(m, n), prov.tensors[n].sources, strict=True):
+            if t not in ck.tensors:
+                if src.present:
+                    continue  # optional in the architecture (a tied head): mergekit read it elsewhere
+                unmapped.append(f"unmapped: {n} <- {ck.name} {t}, which {ck.name} does not hold "
+                                f"({_count(len(_layer_ids(ck.tensors)), 'layer')})")
+            elif _shape_key(n, ck.tensors[t].shape) != _shape_key(n, shape):
+                reshaped.append(f"reshaped: {n} {list(shape)}, its source {ck.name} {t} {list(ck.tensors[t].shape)}")
+    r.details = ([f"missing: {n} (mapped from {', '.join(s.label for s in prov.tensors[n].sources)})" for n in missing]
+                 + [f"extra: {n} (the merge config maps nothing to it)" for n in extra] + unmapped + reshaped)
+    r.figures.update(obtained=len(r.details), missing=len(missing), extra=len(extra), reshaped=len(reshaped),
+                     unmapped=len(unmapped))
+    if r.details:
+        r.summary = (f"{r.details[0]}; {_count(len(r.details), 'tensor')} differ from what {prov.origin} "
+                     f"maps (layers: {prov.layer_plan()})")
+        r.cause = ("the checkpoint is not what its merge config builds: tensors dropped, added or resized after "
+                   "the merge, or the config (or a source model of that name) is not the one that built it")
+        r.fix = ("re-run the merge with this config, or ship the config that built the checkpoint; check the "
+                 "source models given with --parents / --base")
     return r
 
 
@@ -423,30 +512,47 @@ def lint_chat_template(m: Checkpoint, parents: Sequence[Checkpoint], limits: Lin
 
 
 def lint_norms(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits) -> Verdict:
-    """Each tensor's norm / the smallest and largest parent norm, within [min, max] ratios."""
-    ours, theirs = m.stats(), [p.stats() for p in parents]
+    """Each tensor's norm / the smallest and largest norm of its sources (the tensors the merge
+    config maps to it; without one, the parents' tensors of that name), within [min, max] ratios."""
+    incomplete = _incomplete(_result("lint.norms", m.name, {"obtained": 0, "threshold": 0, "n": len(m.tensors)}), m)
+    if incomplete:
+        return incomplete
+    ours = m.stats()
+    reason = "" if m.provenance is not None else _layer_count_change(m, parents)
+    who = "source" if m.provenance is not None else "parent"
+    seen: dict[int, dict[str, TensorStats]] = {}
+
+    def read(ck: Checkpoint) -> dict[str, TensorStats]:
+        if id(ck) not in seen:
+            seen[id(ck)] = ck.stats()
+        return seen[id(ck)]
+
     low, high, findings = math.inf, 0.0, []
     for n, s in ours.items():
-        norms = [t[n].norm for p, t in zip(parents, theirs, strict=True)
-                 if n in t and t[n].finite and p.tensors[n].shape == m.tensors[n].shape]
-        if not s.finite or len(norms) != len(parents) or min(norms) == 0:
+        refs = _mapped(m, n) if m.provenance is not None else [(p, n) for p in parents]
+        if refs is None or (reason and _layer_ids([n])):
+            continue  # a tensor no config maps (lint_tensors), or a layer of unknown origin
+        stats = [(read(ck).get(t), ck.tensors.get(t)) for ck, t in refs]
+        norms = [st.norm for st, info in stats if st is not None and st.finite and info.shape == m.tensors[n].shape]
+        if not s.finite or not refs or len(norms) != len(refs) or min(norms) == 0:
             continue  # non-finite belongs to lint_finite; a zero parent norm has no ratio
         lo, hi = s.norm / min(norms), s.norm / max(norms)
         low, high = min(low, lo), max(high, hi)
         if lo < limits.min_norm_ratio:
-            findings.append((n, lo, f"{n}: norm {s.norm:.4g} = {lo:.3g} x the smallest parent's ({min(norms):.4g})"))
+            findings.append((n, lo, f"{n}: norm {s.norm:.4g} = {lo:.3g} x the smallest {who}'s ({min(norms):.4g})"))
         elif hi > limits.max_norm_ratio:
-            findings.append((n, hi, f"{n}: norm {s.norm:.4g} = {hi:.3g} x the largest parent's ({max(norms):.4g})"))
+            findings.append((n, hi, f"{n}: norm {s.norm:.4g} = {hi:.3g} x the largest {who}'s ({max(norms):.4g})"))
     r = _result("lint.norms", m.name, {"obtained": len(findings), "threshold": 0, "n": len(ours),
                                      "min_ratio": low if low != math.inf else None, "max_ratio": high,
                                      "min_norm_ratio": limits.min_norm_ratio,
                                      "max_norm_ratio": limits.max_norm_ratio},
                    [f for _, _, f in findings],
-                   expected=f"norm / parents' norms within [{limits.min_norm_ratio:g}, {limits.max_norm_ratio:g}]")
+                   expected=f"norm / {who}s' norms within [{limits.min_norm_ratio:g}, {limits.max_norm_ratio:g}]",
+                   reason=reason)
     if findings:
         n, ratio, _ = findings[0]
         layers = sorted({_layer(f[0]) for f in findings})
-        r.summary = (f"tensor {n} norm is {ratio:.3g} x its parents'; {_count(len(findings), 'tensor')} out of "
+        r.summary = (f"tensor {n} norm is {ratio:.3g} x its {who}s'; {_count(len(findings), 'tensor')} out of "
                      f"bounds in {', '.join(layers[:3])}{' ...' if len(layers) > 3 else ''}")
         zeroed = ratio < limits.min_norm_ratio
         r.cause = ("a zeroed or dropped layer: weight or density 0 for every model at this layer, a slice that "
@@ -485,10 +591,25 @@ CHECKS: dict[str, Callable[[Checkpoint, Sequence[Checkpoint], LintLimits], Check
 
 
 def lint_checkpoint(merged: str | Path, parents: Sequence[str | Path], limits: LintLimits | None = None,
-                    *, name: str | None = None, checks: Sequence[str] = LINT_CHECKS) -> dict[str, Verdict]:
-    """Every lint check of `merged` against `parents` (model directories). Parents' tensor
-    statistics are kept for the process, so linting several merges reads each parent once."""
+                    *, name: str | None = None, checks: Sequence[str] = LINT_CHECKS,
+                    base: str | Path | None = None, merge_config: str | Path | None = None) -> dict[str, Verdict]:
+    """Every lint check of `merged` against `parents` (model directories). When the merged
+    directory holds mergekit_config.yml (or `merge_config` built it), tensors are compared with
+    the source tensors it maps to each (mergeqa.provenance; sources found among `parents` and
+    `base` by directory name). Tensor statistics are kept for the process, so linting several
+    merges reads each parent once."""
+    from .provenance import provenance_for
+
     limits = limits or LintLimits()
     m = Checkpoint(merged, name)
     refs = [Checkpoint(p) for p in parents]
+    given = refs + ([Checkpoint(base)] if base is not None else [])
+    m.provenance = provenance_for(m.path, [ck.path for ck in given], merge_config)
+    if m.provenance is not None:
+        known = {str(ck.path): ck for ck in given}
+        for mapped in m.provenance.tensors.values():
+            for s in mapped.sources:
+                if s.path is not None and str(s.path) not in known:
+                    known[str(s.path)] = Checkpoint(s.path)
+        m.source_checkpoints = known
     return {c: CHECKS[c](m, refs, limits).settle() for c in checks}
