@@ -9,7 +9,7 @@ which reads the config with mergekit); without one, with the parents' tensors of
 What the model *does* (generation, logits, perplexity) is mergeqa.sanity's job.
 
     results = lint_checkpoint(merged_dir, [parent_a, parent_b], LintLimits(0.25, 4.0))
-    results["finite"].passed, results["finite"].figures, results["finite"].message()
+    results["finite"].outcome, results["finite"].figures, results["finite"].message()
 """
 
 from __future__ import annotations
@@ -583,7 +583,7 @@ def lint_dtype(m: Checkpoint, parents: Sequence[Checkpoint], limits: LintLimits)
     return r
 
 
-CHECKS: dict[str, Callable[[Checkpoint, Sequence[Checkpoint], LintLimits], CheckResult]] = {
+CHECKS: dict[str, Callable[[Checkpoint, Sequence[Checkpoint], LintLimits], Verdict]] = {
     "finite": lint_finite, "tensors": lint_tensors, "vocab": lint_vocab, "tokenizer": lint_tokenizer,
     "special_tokens": lint_special_tokens, "chat_template": lint_chat_template, "norms": lint_norms,
     "dtype": lint_dtype,

@@ -43,6 +43,9 @@ def read_merge_config(path: Path, substitutions: dict[str, str] | None = None):
         loc = ".".join(str(x) for x in first["loc"])
         raise MergeQAUsageError(f"--merge-config {path}: {loc}: {first['msg']} "
                                 f"({exc.error_count()} error(s)); see mergekit's README for the schema") from None
+    except (RuntimeError, ValueError) as exc:  # mergekit's own validators (slices and models together, ...)
+        raise MergeQAUsageError(f"--merge-config {path}: {str(exc).splitlines()[0]}; see mergekit's README "
+                                "for the schema") from None
 
 
 def input_models(config) -> list[Path]:
