@@ -34,6 +34,7 @@ def main(argv=None) -> None:
     p.add_argument("--noise", type=float, default=0.01, help="parent = base + noise x N(0, std of each tensor)")
     args = p.parse_args(argv)
     import torch
+    from transformers import AutoTokenizer
 
     from mergeqa.cache import default_cache_dir
     from mergeqa.family import build_family
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     family = build_family(default_cache_dir())
     out = Path(args.out)
     tok_files = [f for f in (family.base / n for n in TOKENIZER_FILES) if f.is_file()]
-    vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(str(family.base)))
+    vocab = len(AutoTokenizer.from_pretrained(str(family.base)))
     base = smc.build_model(args.shape, vocab, seed=0, dtype=getattr(torch, args.dtype))
     names = {"base": 0, "arithmetic": 1, "lists": 2}
     for name, seed in names.items():
