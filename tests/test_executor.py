@@ -161,3 +161,27 @@ def test_ray_executor_gives_the_local_executors_results_and_runs_each_job_once(
     settings = EvalSettings(cache_dir=caches["local"], device="cpu", task_paths=(str(family.tasks_dir),), limit=12)
     [refilled] = evaluate_many(refs, tasks, settings, executor=ray_cluster)
     assert refilled.tasks["family_arithmetic"].items == results["ray"][0].tasks["family_arithmetic"].items
+
+
+@pytest.mark.slow
+def test_device_map_auto_loads_through_accelerate_and_scores_the_same(family, tmp_path, monkeypatch):
+    """--device-map auto on a machine without GPUs: the model is loaded with device_map="auto"
+    (accelerate keeps it on the CPU) and never moved after, and the per-item records equal an
+    ordinary load's. With GPUs the same call shards it over the visible ones."""
+    import transformers
+
+    from mergeqa.engine import EvalSettings, evaluate
+    from mergeqa.models import ModelRef
+
+    loads = []
+    original = transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **kw: loads.append(kw.get("device_map")) or original(*a, **kw))
+    records = {}
+    for device_map in (None, "auto"):
+        settings = EvalSettings(cache_dir=tmp_path / str(device_map), device="cpu", limit=8,
+                                task_paths=(str(family.tasks_dir),), device_map=device_map)
+        ref = ModelRef("arithmetic", family.parents["arithmetic"], "parent")
+        records[device_map] = evaluate(ref, ["family_arithmetic"], settings).tasks["family_arithmetic"].items
+    assert loads == [None, "auto"]
+    assert records[None] == records["auto"]
