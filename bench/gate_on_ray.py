@@ -49,9 +49,16 @@ def verdicts(junit: Path) -> dict[str, tuple[str, dict]]:
     return out
 
 
-def entries(cache: Path) -> dict[str, dict]:
-    root = cache / "results"
-    return {str(p.relative_to(root)): json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))}
+def entries(cache: Path) -> dict[tuple[str, str], dict]:
+    """(model name, task) -> the cached entry (names from the event log). Keyed by name, not by
+    the entry's file name: that hashes the task config, whose lm-eval metadata holds the YAML's
+    path, and each private cache reaches the family's YAML through its own symlink."""
+    names = {e["model_hash"]: e["model"] for e in events(cache) if e["event"] == "evaluated"}
+    out = {}
+    for path in sorted((cache / "results").rglob("*.json")):
+        entry = json.loads(path.read_text())
+        out[(names.get(path.parent.name, path.parent.name), entry["task"])] = {**entry, "model_hash": path.parent.name}
+    return out
 
 
 def events(cache: Path) -> list[dict]:
@@ -63,19 +70,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-limit", type=int, default=None, metavar="N",
                         help="items per task (default: all, as the gate)")
+    parser.add_argument("--compare", metavar="DIR", default=None,
+                        help="only compare the two caches a previous run left in DIR")
     args = parser.parse_args()
     from mergeqa.cache import default_cache_dir
     from mergeqa.family import build_family
 
     family = build_family(default_cache_dir())
-    work = Path(tempfile.mkdtemp(prefix="mergeqa-gate-on-ray-"))
-    runs = {}
-    for executor in ("local", "ray"):
+    work = Path(args.compare or tempfile.mkdtemp(prefix="mergeqa-gate-on-ray-"))
+    runs = {e: work / e for e in ("local", "ray")}
+    for executor in () if args.compare else ("local", "ray"):
         cache = work / executor
         cache.mkdir()
         os.symlink(family.root, cache / family.root.name)
         seconds, code, last = run_gate(executor, cache, args.eval_limit)
-        runs[executor] = cache
         print(f"--executor {executor}: exit {code}, {seconds:.0f} s wall, pytest says: {last}")
     local, ray = (verdicts(runs[e] / "junit.xml") for e in ("local", "ray"))
     outcome_diff = [t for t in local if local[t][0] != ray.get(t, (None,))[0]]
@@ -86,9 +94,16 @@ def main() -> None:
     print(f"test cases whose verdict differs: {len(outcome_diff)}; whose junit figures differ: "
           f"{len(figure_diff)} {figure_diff[:3]}")
     local_entries, ray_entries = entries(runs["local"]), entries(runs["ray"])
-    same = sum(local_entries[k] == ray_entries.get(k) for k in local_entries)
-    print(f"cached result entries: local {len(local_entries)}, ray {len(ray_entries)}, "
-          f"identical (per-item records, metrics, config hash): {same}")
+
+    def records(entry):
+        return None if entry is None else (entry["items"], entry["metrics"])
+
+    same = sum(records(local_entries[k]) == records(ray_entries.get(k)) for k in local_entries)
+    print(f"cached result entries (model, task): local {len(local_entries)}, ray "
+          f"{len(ray_entries)}, identical per-item records and metrics: {same}")
+    rehashed = sorted({k[0] for k in local_entries if k in ray_entries
+                       and local_entries[k]["model_hash"] != ray_entries[k]["model_hash"]})
+    print(f"models whose content hash differs between the two runs: {rehashed or 'none'}")
     for executor, cache in runs.items():
         ev = events(cache)
         jobs = collections.Counter((e.get("model_hash"), e.get("task")) for e in ev if e["event"] == "evaluated")
