@@ -37,6 +37,7 @@ class EvalSettings:
     batch_size: int = 32
     limit: int | None = None
     task_paths: tuple[str, ...] = ()
+    device_map: str | None = None  # "auto": shard over the visible GPUs (same results: not in the key)
 
     def key(self) -> dict:
         return {"dtype": self.dtype, "backend": self.backend, "limit": self.limit,
@@ -295,11 +296,17 @@ def _jsonable(value):
 # -- evaluation --------------------------------------------------------------------------------
 def evaluate(ref: ModelRef, tasks: list[str], settings: EvalSettings, *,
              num_fewshot: dict[str, int] | None = None, cached_only: bool = False,
-             progress: Callable[[str], None] | None = None) -> EvalResult:
+             progress: Callable[[str], None] | None = None, executor=None) -> EvalResult:
     """Results of `ref` on `tasks`, evaluating only what the cache does not hold.
 
-    With cached_only=True nothing is evaluated (tasks not in the cache are left out).
+    With cached_only=True nothing is evaluated (tasks not in the cache are left out). A
+    distributed `executor` (mergeqa.executor) runs the evaluation as one of its jobs.
     """
+    if executor is not None and executor.distributed and not cached_only:
+        from .executor import evaluate_many
+
+        return evaluate_many([ref], tasks, settings, executor=executor, num_fewshot=num_fewshot,
+                             progress=progress)[0]
     leaves, groups = load_tasks(tasks, settings, num_fewshot)
     model_hash = ref.content_hash
     result = EvalResult(ref, groups=groups)
@@ -358,7 +365,14 @@ def make_lm(ref: ModelRef, settings: EvalSettings):
     prefix-sharing scorer by default, lm-eval's own HFLM with backend="hf"."""
     from .scorer import make_lm as make_scorer
 
+    if settings.backend == "vllm":
+        from .devices import vllm_lm
+
+        return vllm_lm(ref, settings)
     device = resolve_device(settings.device)
+    if settings.device_map:  # placed by accelerate over the visible GPUs: never moved again
+        return make_scorer(ref.model(device, settings.dtype, device_map=settings.device_map),
+                           ref.tokenizer(), backend=settings.backend, batch_size=settings.batch_size)
     return make_scorer(ref.model(device, settings.dtype), ref.tokenizer(), backend=settings.backend,
                        batch_size=settings.batch_size, device=device)
 

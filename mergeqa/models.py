@@ -109,17 +109,19 @@ class ModelRef:
             self._loaded["tokenizer"] = _friendly_load(self.path, AutoTokenizer.from_pretrained)
         return self._loaded["tokenizer"]
 
-    def model(self, device: str = "cpu", dtype: str = "auto"):
-        """The transformers model, loaded once per process for this (device, dtype)."""
-        key = ("model", device, dtype)
+    def model(self, device: str = "cpu", dtype: str = "auto", device_map: str | None = None):
+        """The transformers model, loaded once per process for this (device, dtype); with
+        device_map="auto", sharded by accelerate over the GPUs this process sees instead."""
+        key = ("model", device, dtype) + ((device_map,) if device_map else ())
         if key not in self._loaded:
             import torch
             from transformers import AutoModelForCausalLM
 
             torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+            placement = {"device_map": device_map} if device_map else {}
             model = _friendly_load(self.path, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype,
-                                   use_safetensors=True)
-            self._loaded[key] = model.to(device).eval()
+                                   use_safetensors=True, **placement)
+            self._loaded[key] = (model if device_map else model.to(device)).eval()
         return self._loaded[key]
 
 

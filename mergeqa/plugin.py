@@ -44,8 +44,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"cache for the family, merges and results (default: $MERGEQA_CACHE_DIR or {default_cache_dir()})")
     group.addoption("--merge-seed", type=int, metavar="N", default=0,
                     help="random seed for mergekit (dare_* methods) (default: 0)")
-    group.addoption("--backend", choices=("mergeqa-hf", "hf"), default="mergeqa-hf",
-                    help="lm-eval scorer: mergeqa's prefix-sharing one or lm-eval's hf (default: mergeqa-hf)")
+    group.addoption("--backend", choices=("mergeqa-hf", "hf", "vllm"), default="mergeqa-hf",
+                    help="lm-eval scorer: mergeqa's prefix-sharing one, lm-eval's hf, or lm-eval's vllm "
+                         "where vLLM is installed (default: mergeqa-hf)")
+    group.addoption("--executor", metavar="local|ray|ray://HOST:PORT", default="local",
+                    help="where merges, evaluations and probes run: here, or as jobs on a Ray cluster "
+                         "(pip install mergeqa[ray]) (default: local)")
+    group.addoption("--device-map", choices=("none", "auto"), default="none",
+                    help="auto: shard each model over the GPUs this process sees (accelerate) (default: none)")
     group.addoption("--tasks-path", nargs="+", action="extend", metavar="DIR", default=[],
                     help="extra directories of lm-eval task YAML (default: none)")
     group.addoption("--eval-limit", type=int, metavar="N", default=None,
@@ -63,6 +69,9 @@ def _share_cores(config: pytest.Config) -> None:
     """Under xdist, give each worker its share of the cores: torch's default (all cores in every
     worker) oversubscribes them, which measured 17x slower on 2 cores with 2 workers."""
     workerinput = getattr(config, "workerinput", None)
+    from .devices import pin_worker_gpus
+
+    pin_worker_gpus(workerinput)  # and its own GPUs: CUDA_VISIBLE_DEVICES from the worker id
     if workerinput is None or "OMP_NUM_THREADS" in os.environ:
         return
     threads = max(1, (os.cpu_count() or 1) // int(workerinput.get("workercount", 1)))
@@ -93,6 +102,11 @@ def pytest_configure(config: pytest.Config) -> None:
             models=opt.model, parents=opt.parents, base=opt.base, merge_configs=opt.merge_config,
             cache_dir=opt.mergeqa_cache or default_cache_dir(), device=opt.device, dtype=opt.dtype,
             seed=opt.merge_seed)
+        from .devices import check_backend
+        from .executor import make_executor
+
+        make_executor(opt.executor)  # an unknown spec, or Ray missing: a usage error now
+        check_backend(opt.backend)
         thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path)
         gate = config.stash[session_key]
         if thresholds.path is not None or gate.embedded:
@@ -216,7 +230,8 @@ def _eval_settings(config: pytest.Config):
     if any(t.startswith("family") for t in tasks):
         paths.insert(0, str(gate.family().tasks_dir))
     return EvalSettings(cache_dir=gate.cache_dir, device=gate.device, dtype=gate.dtype,
-                        backend=opt.backend, limit=opt.eval_limit, task_paths=tuple(paths))
+                        backend=opt.backend, limit=opt.eval_limit, task_paths=tuple(paths),
+                        device_map=None if opt.device_map == "none" else opt.device_map)
 
 
 @pytest.fixture(scope="session")
@@ -233,20 +248,28 @@ def eval_settings(pytestconfig):
 def evaluations(pytestconfig, eval_settings, thresholds):
     """evaluations(ref) -> EvalResult on the retention suite, evaluated once per model and cache."""
     from .engine import evaluate
+    from .executor import make_executor, prefetch
 
     suite = thresholds.suite(thresholds.get("retention", "suite"))
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     quiet = pytestconfig.get_verbosity() < 0 or reporter is None
     progress = None if quiet else (lambda msg: reporter.write_line(f"mergeqa: {msg}"))
     memo: dict = {}
+    executor = make_executor(pytestconfig.option.executor, device=eval_settings.device,
+                             dtype=eval_settings.dtype)
 
     def run(ref):
+        if executor.distributed and not memo:  # every merge and model at once, as parallel jobs
+            memo.update(prefetch(pytestconfig.stash[session_key], suite["tasks"], eval_settings,
+                                 executor, num_fewshot=suite.get("num_fewshot"), progress=progress))
         if ref.path not in memo:
-            memo[ref.path] = evaluate(ref, suite["tasks"], eval_settings,
+            memo[ref.path] = evaluate(ref, suite["tasks"], eval_settings, executor=executor,
                                       num_fewshot=suite.get("num_fewshot"), progress=progress)
         return memo[ref.path]
 
-    return run
+    yield run
+    if executor.distributed:
+        executor.shutdown()
 
 
 @pytest.fixture(scope="session")
