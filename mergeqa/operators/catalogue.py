@@ -562,6 +562,10 @@ class RescaleUnbiased(MergeProperty):
             raise PropertyViolation(f"biased in expectation: {estimate.describe()}")
 
 
+def _z_text(z: float) -> str:
+    return f"= {z:.1f}" if z < 1e6 else "> 1e6 (no rounding noise)"
+
+
 def _fits(reference: torch.Tensor, dtype: torch.dtype) -> bool:
     import torch
 
@@ -675,7 +679,7 @@ class LowPrecisionAgrees(MergeProperty):
                 raise PropertyViolation(
                     f"the {name} merged task vector is {1 + along / length:.4g} x the float32 one along its "
                     f"direction (error {along:+.4g}, {abs(along) / (t_rms * math.sqrt(n)):.1%} of the input "
-                    f"task vectors' norm {t_rms * math.sqrt(n):.4g}, z = {z:.1f}; {n} entries); "
+                    f"task vectors' norm {t_rms * math.sqrt(n):.4g}, z {_z_text(z)}; {n} entries); "
                     f"bound {self.rtol:.0%} at z > {self.z_bound:g}"
                 )
         eps = torch.finfo(dtype).eps
