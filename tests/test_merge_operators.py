@@ -2,8 +2,10 @@
 
 Every (method, property, regime) that applies is searched under the current hypothesis profile
 (``register_profiles``: mergeqa-default in CI, ``--hypothesis-profile=mergeqa-thorough`` to hunt).
-Every finding of ``mergeqa.operators.findings`` is replayed as ``xfail(strict=True)``: when a
-mergekit release fixes one, its XPASS fails the suite and names the entry of KNOWN to delete.
+Every robust finding of ``mergeqa.operators.findings`` is replayed as ``xfail(strict=True)``: when
+a mergekit release fixes one, its XPASS fails the suite and names the entry of KNOWN to delete. A
+finding that shows on some random draws only is a non-strict xfail, and so is the search of its
+cell (the derandomized search meets it; another random stream may not).
 Tests of the kit itself are in test_operator_kit.py.
 """
 
@@ -56,19 +58,29 @@ def operator_settings() -> settings:
     return settings.get_profile("mergeqa-default")
 
 
-def _known_cells() -> set[tuple[str, str, str]]:
-    return {(k.method, k.property, k.regime) for k in KNOWN}
+def _known_cells() -> dict[tuple[str, str, str], KnownViolation]:
+    """Cells with a finding; a robust one wins over a stream-dependent one."""
+    cells: dict[tuple[str, str, str], KnownViolation] = {}
+    for known in KNOWN:
+        cell = (known.method, known.property, known.regime)
+        if cell not in cells or not known.stream_dependent:
+            cells[cell] = known
+    return cells
 
 
 def _holds_cases() -> list[Any]:
-    cases = []
+    cases, known = [], _known_cells()
     for name, operator in OPERATORS.items():
         for prop in CATALOGUE:
             if prop.name == "cpu_cuda_agree" or prop.not_applicable(operator):
                 continue
             for regime in prop.regimes:
-                if (name, prop.name, regime) not in _known_cells():
-                    cases.append(pytest.param(name, prop.name, regime, id=f"{name}-{prop.name}-{regime}"))
+                finding = known.get((name, prop.name, regime))
+                if finding is not None and not finding.stream_dependent:
+                    continue  # replayed strictly below
+                marks = [] if finding is None else [pytest.mark.xfail(
+                    strict=False, raises=PropertyViolation, reason=f"{finding.id}: {finding.stream_dependent}")]
+                cases.append(pytest.param(name, prop.name, regime, id=f"{name}-{prop.name}-{regime}", marks=marks))
     return cases
 
 
@@ -78,7 +90,8 @@ def test_mergekit_method_has_property(method: str, prop: str, regime: str, opera
 
 
 @pytest.mark.parametrize("known", [
-    pytest.param(k, id=k.id, marks=pytest.mark.xfail(strict=True, raises=PropertyViolation, reason=k.reason))
+    pytest.param(k, id=k.id, marks=pytest.mark.xfail(strict=not k.stream_dependent, raises=PropertyViolation,
+                                                     reason=k.stream_dependent or k.reason))
     for k in KNOWN
 ])
 def test_known_violation_still_happens(known: KnownViolation) -> None:

@@ -42,9 +42,11 @@ __all__ = [*_EXPORTS, "PROFILES", "register_profiles"]
 
 #: Settings of the two hypothesis profiles ``register_profiles`` registers.
 PROFILES: dict[str, dict[str, Any]] = {
-    # CI: few examples, the same ones every run (derandomize also turns the example database off).
+    # CI: few examples, the same ones every run (derandomize also turns the example database off);
+    # realistic tensors of up to 2**14 entries (inputs.REALISTIC_MAX_ENTRIES).
     "mergeqa-default": {"max_examples": 10, "derandomize": True},
-    # Local hunting: many random examples, failures remembered in .hypothesis/.
+    # Local hunting: many random examples, failures remembered in .hypothesis/; realistic tensors
+    # of up to 2**21 entries, where fp16 reductions overflow.
     "mergeqa-thorough": {"max_examples": 200, "derandomize": False},
 }
 

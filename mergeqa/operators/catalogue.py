@@ -437,7 +437,8 @@ class DensityKept(MergeProperty):
         merged = call(operator, inputs).double() - inputs.base.double()
         n = merged.numel()
         kept = int(torch.count_nonzero(merged))
-        allowed = 1.0 + self.lost * n + (self.z * math.sqrt(n * density * (1 - density)) if operator.stochastic else 0.0)
+        spread = self.z * math.sqrt(n * density * (1 - density)) if operator.stochastic else 0.0
+        allowed = 1.0 + self.lost * n + spread
         if abs(kept - density * n) > allowed:
             raise PropertyViolation(
                 f"kept {kept} of {n} entries ({kept / n:.3f}) at density {density:.3g}; "
@@ -493,8 +494,10 @@ def estimate_bias(
     z_bound: float = 6.0,
 ) -> BiasEstimate:
     """Draw merges with seeds ``inputs.seed + i`` in batches of ``batch`` until a class is biased
-    (see ``BiasEstimate``), no class is a candidate (``|ratio - 1| <= effect / 2``), or
-    ``max_draws``. The stopping rule only saves draws: a verdict needs both the effect and z."""
+    (see ``BiasEstimate``), or no class is a candidate (``|ratio - 1| <= effect / 2``) and an
+    ``effect`` bias would be detected (``detectable <= effect``), or ``max_draws``. The stopping
+    rule only saves draws: a verdict needs both the effect and z; an "unbiased" verdict at
+    ``max_draws`` states its ``detectable`` bias."""
     import torch
 
     base = inputs.base.double().reshape(-1)
@@ -513,7 +516,7 @@ def estimate_bias(
         estimate = BiasEstimate(len(rows), inputs.seed, tuple(mean.tolist()), tuple(error.tolist()),
                                 tuple(z.nan_to_num(0.0).tolist()), effect, z_bound, task_vector.numel())
         candidates = bool(((mean - 1).abs() > effect / 2).any())
-        if estimate.biased or not candidates or len(rows) >= max_draws:
+        if estimate.biased or len(rows) >= max_draws or not (candidates or estimate.detectable > effect):
             return estimate
 
 
@@ -623,7 +626,9 @@ class LowPrecisionAgrees(MergeProperty):
     * non-finite output where the float32 merge is finite and fits in the dtype fails;
     * the component of ``e`` along ``v`` (the merge pulled towards or away from the base, e.g. a
       collapse to the base) must stay within ``rtol`` (2%) of ``|T|``, unless it is within
-      ``z_bound`` (6) standard errors of the rounding noise (the rest of ``e``, per entry);
+      ``z_bound`` (6) standard errors of the rounding noise (the rest of ``e``, per entry). Not
+      checked when ``|v|`` is below ``resolved`` (2) x the error of rounding the float32 merge to
+      the dtype: a merged task vector the dtype cannot hold has no direction to compare;
     * at most ``mismatch`` (1%, and at least 2) of the entries may differ by more than ``factor``
       (8) x eps(dtype) x (|float32 merge| + |base|) + ``rtol`` x rms(T): rounding moves top-k
       and sign decisions only between near-tied entries.
@@ -637,6 +642,7 @@ class LowPrecisionAgrees(MergeProperty):
     z_bound: float = 6.0
     factor: float = 8.0
     mismatch: float = 0.01
+    resolved: float = 2.0
 
     def requirement(self, operator: MergeOperator) -> str | None:
         low = [d for d in operator.dtypes if d != "float32"]
@@ -668,9 +674,13 @@ class LowPrecisionAgrees(MergeProperty):
         t_rms = float(task.pow(2).mean().sqrt())
         # Against the float32 merge rounded once to the dtype: what a perfect low-precision merge
         # returns (a bf16 checkpoint cannot hold base + 1e-5, whatever the method).
-        reference = reference.to(dtype).double()
+        rounded = reference.to(dtype).double()
+        resolution = float((rounded - reference).norm())
+        reference = rounded
         v, e = (reference - anchor).reshape(-1), (got - reference).reshape(-1)
-        if float(v.norm()) > 0:
+        if float(v.norm()) <= self.resolved * resolution:
+            _note(f"merged task vector below {name}'s resolution")  # its direction is rounding noise
+        else:
             along = float(e @ v) / float(v.norm())
             noise = float((e - along * v / v.norm()).norm()) / math.sqrt(n)
             z = abs(along) / noise if noise > 0 else math.inf

@@ -23,6 +23,9 @@ class KnownViolation:
     ``example`` replays it (``get_property(property).check(operator, **example)``); ``root``
     names the cause shared by findings copied across methods; ``upstream`` says why it is worth
     reporting to mergekit ("" when it is not: documented behaviour, or inputs no merge meets).
+    ``stream_dependent`` says why the finding shows on some random draws only (``reseeded``
+    examples: other data of the same recipe); "" means it is robust, and only robust findings
+    are strict xfails.
     """
 
     method: str
@@ -33,6 +36,7 @@ class KnownViolation:
     root: str
     upstream: str = ""
     variant: str = ""  # tells apart two distinct violations of one (method, property, regime)
+    stream_dependent: str = ""
 
     @property
     def id(self) -> str:
@@ -93,9 +97,10 @@ KNOWN: tuple[KnownViolation, ...] = (
     ),
     KnownViolation(
         "model_stock", "scale_equivariant", "realistic",
-        dict(inputs=RealisticInputs(shape=(256,), models=2, data_seed=127).build(), scale=0.125),
-        "the norm product is clamped at an absolute 1e-6: offsets of a 256-entry norm vector with "
-        "fine-tuning deltas (norm ~3e-3, scaled 1/8) fall under it and the cosine shrinks",
+        dict(inputs=RealisticInputs(shape=(256,), models=2, kind="correlated").build(), scale=0.125),
+        "the norm product is clamped at an absolute 1e-6: correlated offsets of a 256-entry norm vector "
+        "with fine-tuning deltas (norm ~3.6e-3, scaled 1/8: product 2e-7) fall under it and the cosine "
+        "shrinks",
         root="model_stock absolute clamp",
         upstream="small tensors (norm vectors) of ordinary fine-tunes merge towards the base",
     ),
@@ -112,6 +117,7 @@ KNOWN: tuple[KnownViolation, ...] = (
         "the KL importance of softmaxes is computed in bf16, where p / q rounds to 1 for fine-tuning "
         "deltas: the importance is 0 everywhere and the fusion mask keeps nothing (merge = base)",
         root="arcee_fusion low-precision KL", upstream="bf16 arcee_fusion of fine-tunes returns the base",
+        stream_dependent="on 2-3 of 10 data seeds: whether the bf16 KL rounds to exactly 0 depends on the draw",
     ),
     KnownViolation(
         "arcee_fusion", "dtype_preserved", "realistic",
@@ -139,18 +145,21 @@ KNOWN: tuple[KnownViolation, ...] = (
         "with one weight 0 the tangent vector is exactly 0; its norm plus eps=1e-8 is 0 in fp16, and "
         "sin(0) / 0 = NaN in every entry", root="multislerp fp16 eps",
         upstream="fp16 multislerp with a zero weight (e.g. a per-layer weight gradient from 0) is all NaN",
+        stream_dependent="on 6-7 of 10 data seeds: the fp16 tangent is exactly 0 only when rounding cancels",
     ),
     KnownViolation(
         "multislerp", "fp16_finite", "realistic",
         _realistic(shape=(256,), models=2, with_base=False, dtype="float16", params={"weight": [0.1, 0.0]}),
         "same root as multislerp/endpoints[realistic]: a zero weight leaves a zero tangent, NaN in fp16",
         root="multislerp fp16 eps",
+        stream_dependent="on 6-7 of 10 data seeds: the fp16 tangent is exactly 0 only when rounding cancels",
     ),
     KnownViolation(
         "multislerp", "finite_on_degenerate", "realistic",
         _realistic(shape=(256,), models=2, with_base=False, kind="untouched", dtype="float16",
                    params={"weight": [0.0, 1.0]}),
         "same root as multislerp/endpoints[realistic]", root="multislerp fp16 eps",
+        stream_dependent="on 6-7 of 10 data seeds: the fp16 tangent is exactly 0 only when rounding cancels",
     ),
     KnownViolation(
         "multislerp", "zero_task_vectors", "realistic",
@@ -367,7 +376,8 @@ KNOWN: tuple[KnownViolation, ...] = (
         dict(inputs=MergeInputs.of(models=[[0.0, 0.0], [0.0, 0.0]], base=[0.0, 1024.0], dtype="float16")),
         "offset norms and dots overflow fp16", root="model_stock fp16 dot products",
     ),
-    *(KnownViolation(method, "rescale_unbiased", "degenerate", _TWO_ENTRIES, _L1_RESCALE, root="L1 rescale on tiny tensors")
+    *(KnownViolation(method, "rescale_unbiased", "degenerate", _TWO_ENTRIES, _L1_RESCALE,
+                     root="L1 rescale on tiny tensors")
       for method in ("dare_ties", "dare_linear", "della", "della_linear")),
     *(KnownViolation(
         method, "finite_on_degenerate", "degenerate",
@@ -377,6 +387,21 @@ KNOWN: tuple[KnownViolation, ...] = (
         root="della one-entry rows",
     ) for method in ("della", "della_linear")),
 )
+
+
+def reseeded(known: KnownViolation, seed: int) -> dict[str, Any]:
+    """``known``'s example with other random draws: a realistic recipe gets ``data_seed=seed``
+    (other tensors of the same recipe), a stochastic method's call ``seed * 10**6`` (another
+    window of its random stream). A finding robust to the random stream fails on every one."""
+    inputs: MergeInputs = known.example["inputs"]
+    if inputs.source is not None and inputs.source.startswith("RealisticInputs("):
+        recipe_text, rest = inputs.source.split(".build()", 1)
+        recipe = eval(recipe_text, {"RealisticInputs": RealisticInputs})  # noqa: S307 - our own repr
+        source = f"{dataclasses.replace(recipe, data_seed=seed)!r}.build(){rest}"
+        inputs = eval(source, {"RealisticInputs": RealisticInputs})  # noqa: S307 - our own repr
+    if known.method.startswith(("dare", "della")):
+        inputs = inputs.with_seed(inputs.seed + seed * 10**6)
+    return {**known.example, "inputs": inputs}
 
 
 # ----------------------------------------------------------------------------- reproductions
@@ -422,7 +447,8 @@ def reproduction(known: KnownViolation) -> str:
                   "print('finite:', bool(low.isfinite().all()), 'float32 finite:', bool(ref.isfinite().all()))",
                   "anchor = base.double() if base is not None else 0",
                   "v = (ref.double() - anchor).flatten()",
-                  "print('task vector, low precision / float32:', float((low.double() - anchor).flatten() @ v / (v @ v)))"]
+                  "low_v = (low.double() - anchor).flatten()",
+                  "print('task vector, low precision / float32:', float(low_v @ v / (v @ v)))"]
     elif prop in ("finite_on_degenerate",):
         lines += ["out = merge(models, base)", "print('finite:', bool(out.isfinite().all()), out.flatten()[:4])"]
     elif prop == "dtype_preserved":
@@ -430,7 +456,8 @@ def reproduction(known: KnownViolation) -> str:
     elif prop in ("idempotent", "zero_task_vectors", "endpoints"):
         want = {"idempotent": "models[0]", "zero_task_vectors": "base"}.get(
             prop, "base" if known.example.get("returns") == "base" else f"models[{known.example.get('returns')}]")
-        lines += ["out = merge(models, base)", f"print('max |merge - {want}|:', float((out.double() - {want}.double()).abs().max()))"]
+        lines += ["out = merge(models, base)",
+                  f"print('max |merge - {want}|:', float((out.double() - {want}.double()).abs().max()))"]
     elif prop == "scale_equivariant":
         scale = known.example["scale"]
         lines += [f"c = {scale!r}", "out = merge(models, base) * c",

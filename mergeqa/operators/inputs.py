@@ -385,8 +385,8 @@ def realistic_inputs(
     """Return a strategy for one call of ``operator`` in the realistic regime (``RealisticInputs``).
 
     Draws the model count, base, dtype, an LLM-like shape of ``min_entries`` up to
-    ``max_entries`` entries (default: ``realistic_max_entries()``, i.e. per profile), a kind of task vector, a delta band
-    (relative to the weight std 0.02), 0 or 4 outliers, a data seed, the parameters and an RNG
+    ``max_entries`` entries (default: ``realistic_max_entries()``, i.e. per profile), a kind of
+    task vector, a delta band (relative to the weight std 0.02), 0 or 4 outliers, a data seed, the parameters and an RNG
     seed. Costs a dozen draws whatever the size; building costs one randn per tensor (about 10 ms
     per million entries). Shrinking simplifies sizes, kinds and seeds, not single values.
     """
@@ -403,7 +403,8 @@ def realistic_inputs(
         limit = max_entries if max_entries is not None else realistic_max_entries()
         n = draw(counts)
         recipe = RealisticInputs(
-            shape=draw(_realistic_shapes(limit, min_entries)), models=n, with_base=_take_base(draw, operator, with_base),
+            shape=draw(_realistic_shapes(limit, min_entries)), models=n,
+            with_base=_take_base(draw, operator, with_base),
             kind=draw(kind_strategy), delta=0.02 * draw(band_strategy), outliers=draw(outliers),
             dtype=draw(dtype_strategy), data_seed=draw(_SEEDS),
             params=draw_parameters(draw, operator, n, min_total_weight),
