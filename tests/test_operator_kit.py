@@ -348,24 +348,24 @@ def test_bias_estimate_has_power_and_tells_tiny_tensors_from_expectation() -> No
     dare, della = mergekit_operator("dare_linear"), mergekit_operator("della")
     exact = as_operator(_exact_dare, base="required", max_models=1, stochastic=True)
     tiny = estimate_bias(dare, _two_entries())           # mergekit's L1 matching on 2 entries: 0.75 x
-    assert tiny.biased and all(abs(r - 0.75) < 0.1 for r in tiny.ratios)
+    assert tiny.verdict == "biased" and all(abs(r - 0.75) < 0.1 for r in tiny.ratios)
     large = estimate_bias(dare, _realistic_task())        # ... on 4096 entries: unbiased
-    assert not large.biased and max(abs(r - 1) for r in large.ratios) < 0.02
+    assert large.verdict == "unbiased" and max(abs(r - 1) for r in large.ratios) < 0.02
     assert max(large.errors) < 0.05 / 6                   # power: a 5% bias would be > 6 standard errors
     magnitude = estimate_bias(della, _realistic_task())   # DELLA: biased by magnitude class at any size
-    assert magnitude.biased and magnitude.ratios[0] < 0.8 < 1.05 < magnitude.ratios[-1]
-    assert not estimate_bias(exact, _two_entries(0.5, 4)).biased  # 1/p rescaling: unbiased even on 4 entries
+    assert magnitude.verdict == "biased" and magnitude.ratios[0] < 0.8 < 1.05 < magnitude.ratios[-1]
+    assert estimate_bias(exact, _two_entries(0.5, 4)).verdict != "biased"  # 1/p rescaling, even on 4 entries
 
 
-@pytest.mark.parametrize(("method", "inputs", "biased"), [
-    ("dare_linear", _two_entries(), True),
-    ("dare_linear", _realistic_task(), False),
-    ("della", _realistic_task(), True),
+@pytest.mark.parametrize(("method", "inputs", "verdict"), [
+    ("dare_linear", _two_entries(), "biased"),
+    ("dare_linear", _realistic_task(), "unbiased"),
+    ("della", _realistic_task(), "biased"),
 ], ids=["dare-tiny", "dare-realistic", "della-realistic"])
-def test_bias_verdict_is_the_same_on_disjoint_seed_windows(method: str, inputs: MergeInputs, biased: bool) -> None:
-    # Three windows here (bench/operator_table.py --stability shows ten); a window is 1000 seeds apart.
-    verdicts = [estimate_bias(mergekit_operator(method), inputs.with_seed(1000 * w)).biased for w in range(3)]
-    assert verdicts == [biased] * 3
+def test_bias_verdict_is_the_same_on_disjoint_seed_windows(method: str, inputs: MergeInputs, verdict: str) -> None:
+    # Three windows here (bench/operator_table.py --stability shows ten); windows are 1000 seeds apart.
+    verdicts = [estimate_bias(mergekit_operator(method), inputs.with_seed(1000 * w)).verdict for w in range(3)]
+    assert verdicts == [verdict] * 3
 
 
 # ----------------------------------------------------------------------------- findings

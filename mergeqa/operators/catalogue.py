@@ -471,6 +471,14 @@ class BiasEstimate:
         return any(abs(r - 1) > self.effect and abs(z) > self.z_bound for r, z in zip(self.ratios, self.z))
 
     @property
+    def verdict(self) -> str:
+        """"biased", "unbiased" (no class off by more than ``effect`` with the power to see it),
+        or "undecided" (no bias shown, but one of ``effect`` would not have been detected)."""
+        if self.biased:
+            return "biased"
+        return "unbiased" if self.detectable <= self.effect else "undecided"
+
+    @property
     def detectable(self) -> float:
         """The smallest bias this estimate would have flagged in its noisiest class: the power
         statement behind an "unbiased" verdict (max of ``effect`` and ``z_bound`` errors)."""
