@@ -54,9 +54,9 @@ _L1_RESCALE = ("rescales by the L1 norm ratio, not 1/p per kept entry: on two en
                "|kept|_1] = 0.75 x (all-dropped draws give 0); the bias is O(1/n) and under 0.3% from "
                "256 entries")
 _DELLA_BIAS = ("MagPrune keeps an entry with probability p_i rising with its magnitude rank (density +- "
-               "epsilon) but rescales every kept entry by one L1 ratio instead of 1/p_i: large entries "
-               "come out ~1.2x, small ones ~0.7x in expectation, at any size")
-_DELLA_UPSTREAM = "DELLA's paper rescales each kept entry by 1/p_i; the merge amplifies large deltas by ~20%"
+               "epsilon) but rescales every kept entry by one L1 ratio instead of 1/p_i: in expectation the "
+               "smallest quarter of the entries comes out 0.73x and the largest 1.11x, at any size")
+_DELLA_UPSTREAM = "DELLA's paper rescales each kept entry by 1/p_i; the merge shrinks small deltas by ~27%"
 
 #: Degenerate inputs of a DARE/DELLA call: two equal entries, density 0.5.
 _TWO_ENTRIES = dict(inputs=MergeInputs.of(models=[[1.0, 1.0]], base=[0.0, 0.0], dtype="float32",
