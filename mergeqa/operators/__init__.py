@@ -1,7 +1,11 @@
-"""Property tests for merge operators: hypothesis strategies, a catalogue of properties, and
-``check_merge_operator`` for authors of merge methods.
+"""Property tests for merge operators, for authors of merge methods.
 
-Importing this package is cheap: torch, hypothesis and mergekit load when a name below is used.
+Layers, each importing only those before it: ``strategies`` (tensors), ``description`` (what an
+operator promises: ``MergeOperator``), ``inputs`` (one call, realistic or degenerate),
+``catalogue`` (the properties), ``runner`` (hypothesis search, ``check_merge_operator``);
+``mergekit_adapter`` describes mergekit's methods and ``findings`` lists what mergekit 0.1.5
+violates. Importing this package is cheap: torch, hypothesis and mergekit load when a name below
+is used.
 
     from mergeqa.operators import check_merge_operator
     check_merge_operator(my_merge, ["idempotent", "order_invariant"], weights="weight")
@@ -13,19 +17,24 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CATALOGUE": "properties",
-    "Endpoint": "properties",
-    "MergeInputs": "properties",
-    "MergeOperator": "properties",
-    "MergeProperty": "properties",
-    "PerModel": "properties",
-    "PropertyResult": "properties",
-    "PropertyViolation": "properties",
-    "as_operator": "properties",
-    "check_merge_operator": "properties",
-    "evaluate": "properties",
-    "get_property": "properties",
-    "merge_inputs": "properties",
+    "Endpoint": "description",
+    "MergeOperator": "description",
+    "PerModel": "description",
+    "PropertyViolation": "description",
+    "MergeInputs": "inputs",
+    "RealisticInputs": "inputs",
+    "REGIMES": "inputs",
+    "merge_inputs": "inputs",
+    "realistic_inputs": "inputs",
+    "CATALOGUE": "catalogue",
+    "MergeProperty": "catalogue",
+    "estimate_bias": "catalogue",
+    "get_property": "catalogue",
+    "PropertyResult": "runner",
+    "as_operator": "runner",
+    "check_merge_operator": "runner",
+    "evaluate": "runner",
+    "run_property": "runner",
     "mergekit_operator": "mergekit_adapter",
 }
 
@@ -33,9 +42,11 @@ __all__ = [*_EXPORTS, "PROFILES", "register_profiles"]
 
 #: Settings of the two hypothesis profiles ``register_profiles`` registers.
 PROFILES: dict[str, dict[str, Any]] = {
-    # CI: few examples, the same ones every run (derandomize also turns the example database off).
+    # CI: few examples, the same ones every run (derandomize also turns the example database off);
+    # realistic tensors of up to 2**14 entries (inputs.REALISTIC_MAX_ENTRIES).
     "mergeqa-default": {"max_examples": 10, "derandomize": True},
-    # Local hunting: many random examples, failures remembered in .hypothesis/.
+    # Local hunting: many random examples, failures remembered in .hypothesis/; realistic tensors
+    # of up to 2**21 entries, where fp16 reductions overflow.
     "mergeqa-thorough": {"max_examples": 200, "derandomize": False},
 }
 

@@ -2,7 +2,8 @@
 
 Tensors go through ``mergekit.merge_methods.merge_tensors``, state dicts through
 ``merge_state_dicts``; the structure (base policy, model counts, parameters) is read from each
-method's ``spec``, and what a spec cannot say (endpoints, which parameter is a density, what the
+method's ``spec`` (a deterministic pruner's ``rescale`` flag is drawn both ways), and what a
+spec cannot say (endpoints, which parameter is a density, what the
 method does not promise) comes from ``METHOD_NOTES``. Not for: running full merges from YAML.
 """
 
@@ -11,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hypothesis import strategies as st
+
 from mergeqa.errors import MergeQAUsageError, did_you_mean
 from mergeqa.operators import strategies as mst
-from mergeqa.operators.properties import Endpoint, MergeOperator, PerModel
+from mergeqa.operators.description import Endpoint, MergeOperator, PerModel
 
 if TYPE_CHECKING:
     import torch
@@ -136,6 +139,10 @@ def describe(method: MergeMethod) -> tuple[dict[str, Any], list[str]]:
             fields["density"] = "density"
         elif parameter.name in ("normalize", "normalize_weights") and not parameter.required:
             fields["normalizes_weights"] = parameter.default is True
+        elif parameter.name == "rescale" and sparsifies and not fields["stochastic"]:
+            # Deterministic pruning rescales only when asked (ties: rescale: true): draw both.
+            # Random pruning keeps its default: without rescaling it is biased by design.
+            fields["parameters"]["rescale"] = st.booleans()
         elif parameter.required:
             missing.append(parameter.name)
     return fields, missing

@@ -1,7 +1,7 @@
 """Hypothesis strategies for the inputs of merge operators, in the style of hypothesis.extra.numpy.
 
 They compose: ``shapes`` and ``float_dtypes`` feed ``aligned_tensors`` (tensors that can be merged
-together), which ``mergeqa.operators.properties.merge_inputs`` turns into one call of an operator.
+together), which ``mergeqa.operators.inputs.merge_inputs`` turns into one call of an operator.
 Every strategy checks its arguments when it is called, not when it draws, and says what it costs.
 Not for: model loading or anything that needs a checkpoint on disk.
 """

@@ -1,0 +1,482 @@
+"""What mergekit 0.1.5 violates: each finding with its regime, shrunk example, cause and a
+reproduction that calls mergekit directly.
+
+The test suite replays every finding as a strict xfail (so a fix in mergekit shows up as an
+XPASS naming the entry to delete) and ``bench/operator_table.py`` prints them as a table. Only
+findings that do not depend on the random stream are listed: deterministic ones, and statistical
+ones whose effect is many standard errors past the bound (see ``catalogue.estimate_bias``).
+Not for: searching (``runner``), which finds these and more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mergeqa.operators.inputs import MergeInputs, RealisticInputs, Regime, _literal
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownViolation:
+    """A violation of mergekit 0.1.5 and why it happens.
+
+    ``example`` replays it (``get_property(property).check(operator, **example)``); ``root``
+    names the cause shared by findings copied across methods; ``upstream`` says why it is worth
+    reporting to mergekit ("" when it is not: documented behaviour, or inputs no merge meets).
+    ``stream_dependent`` says why the finding shows on some random draws only (``reseeded``
+    examples: other data of the same recipe); "" means it is robust, and only robust findings
+    are strict xfails.
+    """
+
+    method: str
+    property: str
+    regime: Regime
+    example: dict[str, Any]
+    reason: str
+    root: str
+    upstream: str = ""
+    variant: str = ""  # tells apart two distinct violations of one (method, property, regime)
+    stream_dependent: str = ""
+
+    @property
+    def id(self) -> str:
+        return "-".join(filter(None, (self.method, self.property, self.regime, self.variant)))
+
+
+def _fp16_task_vector_overflow(**params: Any) -> dict[str, Any]:
+    """base 32768, model -32768: the task vector (-65536) overflows fp16, the merge (~26214) does not."""
+    return dict(inputs=MergeInputs.of(models=[[-32768.0, 0.0]], base=[32768.0, 0.0], dtype="float16",
+                                      params={"weight": [0.1], **params}))
+
+
+_GTA_FP16 = "task vectors are computed in the input dtype: model - base overflows fp16 though the merge fits"
+_L1_RESCALE = ("rescales by the L1 norm ratio, not 1/p per kept entry: on two entries E[kept * |x|_1 / "
+               "|kept|_1] = 0.75 x (all-dropped draws give 0); the bias is O(1/n) and under 0.3% from "
+               "256 entries")
+_DELLA_BIAS = ("MagPrune keeps an entry with probability p_i rising with its magnitude rank (density +- "
+               "epsilon) but rescales every kept entry by one L1 ratio instead of 1/p_i: in expectation the "
+               "smallest quarter of the entries comes out 0.73x and the largest 1.11x, at any size")
+_DELLA_UPSTREAM = "DELLA's paper rescales each kept entry by 1/p_i; the merge shrinks small deltas by ~27%"
+
+#: Degenerate inputs of a DARE/DELLA call: two equal entries, density 0.5.
+_TWO_ENTRIES = dict(inputs=MergeInputs.of(models=[[1.0, 1.0]], base=[0.0, 0.0], dtype="float32",
+                                          params={"density": [0.5], "weight": [1.0]}))
+
+
+def _realistic(**fields: Any) -> dict[str, Any]:
+    return {"inputs": RealisticInputs(**fields).build()}
+
+
+#: Every finding, realistic first.
+KNOWN: tuple[KnownViolation, ...] = (
+    # ------------------------------------------------------------------ realistic inputs
+    KnownViolation(
+        "ties", "fp16_finite", "realistic",
+        _realistic(shape=(512, 1024), delta=0.2, dtype="float16",
+                   params={"rescale": True, "density": [0.5], "weight": [1.0]}),
+        "rescale: true matches L1 norms summed in fp16: |delta|_1 of 512k entries of ~0.2 is ~84000 > 65504, "
+        "inf / finite = inf, 0 * inf = NaN everywhere (1M entries of ~0.1 overflow too)",
+        root="fp16 L1 reduction", upstream="heavy fine-tunes in fp16 with rescale: true give an all-NaN tensor",
+    ),
+    KnownViolation(
+        "model_stock", "low_precision_agrees", "realistic",
+        _realistic(shape=(64, 256), models=2, kind="correlated", delta=2e-5, dtype="float16"),
+        "offset dot products are taken entry by entry in fp16: products of fine-tuning deltas (~2e-5, "
+        "1e-3 of the weights) underflow to 0, so cos = 0, t = 0 and the merge is the base exactly "
+        "(float32: t = 0.97); at deltas ~1e-4 t drops to ~0.75",
+        root="model_stock fp16 dot products",
+        upstream="fp16 model_stock silently returns the base for ordinary fine-tunes",
+    ),
+    KnownViolation(
+        "model_stock", "fp16_finite", "realistic",
+        _realistic(shape=(1024, 2048), models=2, kind="correlated", delta=0.2, dtype="float16"),
+        "offset norms ~290: the norm product and the dot product overflow fp16 (inf / inf = NaN); "
+        "a dot just under 65504 with the norm product over it gives cos = 0 and silently the base",
+        root="model_stock fp16 dot products",
+        upstream="fp16 model_stock of heavy fine-tunes is all NaN (or the base)",
+    ),
+    KnownViolation(
+        "model_stock", "scale_equivariant", "realistic",
+        dict(inputs=RealisticInputs(shape=(256,), models=2, kind="correlated").build(), scale=0.125),
+        "the norm product is clamped at an absolute 1e-6: correlated offsets of a 256-entry norm vector "
+        "with fine-tuning deltas (norm ~3.6e-3, scaled 1/8: product 2e-7) fall under it and the cosine "
+        "shrinks",
+        root="model_stock absolute clamp",
+        upstream="small tensors (norm vectors) of ordinary fine-tunes merge towards the base",
+    ),
+    KnownViolation(
+        "sce", "low_precision_agrees", "realistic",
+        _realistic(shape=(256,), models=2, dtype="float16", params={"select_topk": 0.5}),
+        "sce_weight squares the task vectors in fp16: deltas of ~2e-4 square to ~4e-8, at the bottom of "
+        "fp16's subnormals, so the per-model weights are rounding noise (merged task vector 0.48x)",
+        root="sce fp16 squares", upstream="fp16 SCE weights of ordinary fine-tunes are rounding noise",
+    ),
+    KnownViolation(
+        "arcee_fusion", "low_precision_agrees", "realistic",
+        _realistic(shape=(256,), dtype="bfloat16"),
+        "the KL importance of softmaxes is computed in bf16, where p / q rounds to 1 for fine-tuning "
+        "deltas: the importance is 0 everywhere and the fusion mask keeps nothing (merge = base)",
+        root="arcee_fusion low-precision KL", upstream="bf16 arcee_fusion of fine-tunes returns the base",
+        stream_dependent="on 2-3 of 10 data seeds: whether the bf16 KL rounds to exactly 0 depends on the draw",
+    ),
+    KnownViolation(
+        "arcee_fusion", "dtype_preserved", "realistic",
+        _realistic(shape=(256,), dtype="bfloat16"),
+        "the fusion mask is .float(), which promotes bf16/fp16 merges to float32",
+        root="arcee_fusion float mask", upstream="bf16 checkpoints come out float32 (twice the size)",
+    ),
+    KnownViolation(
+        "ramplus_tl", "dtype_preserved", "realistic",
+        _realistic(shape=(256,), dtype="bfloat16"),
+        "rho = shared / unique.clamp(epsilon) is float32 and promotes the bf16/fp16 merge",
+        root="ramplus_tl float32 rho", upstream="bf16 checkpoints come out float32 (twice the size)",
+    ),
+    KnownViolation(
+        "nearswap", "fp16_finite", "realistic",
+        _realistic(shape=(256,), dtype="float16", params={"t": 0.0}),
+        "t / |a-b| runs as reciprocal(|a-b|.clamp(1e-6)) * t: 1/1e-6 = inf in fp16 and inf * 0 = NaN "
+        "wherever fp16 rounding leaves model == base (7% of entries at fine-tuning deltas)",
+        root="nearswap fp16 reciprocal", upstream="fp16 nearswap gives NaN where model and base agree",
+    ),
+    KnownViolation(
+        "multislerp", "endpoints", "realistic",
+        dict(inputs=RealisticInputs(shape=(256,), models=2, with_base=False, dtype="float16",
+                                    params={"weight": [1.0, 0.0]}).build(), returns=0),
+        "with one weight 0 the tangent vector is exactly 0; its norm plus eps=1e-8 is 0 in fp16, and "
+        "sin(0) / 0 = NaN in every entry", root="multislerp fp16 eps",
+        upstream="fp16 multislerp with a zero weight (e.g. a per-layer weight gradient from 0) is all NaN",
+        stream_dependent="on 6-7 of 10 data seeds: the fp16 tangent is exactly 0 only when rounding cancels",
+    ),
+    KnownViolation(
+        "multislerp", "fp16_finite", "realistic",
+        _realistic(shape=(256,), models=2, with_base=False, dtype="float16", params={"weight": [0.1, 0.0]}),
+        "same root as multislerp/endpoints[realistic]: a zero weight leaves a zero tangent, NaN in fp16",
+        root="multislerp fp16 eps",
+        stream_dependent="on 6-7 of 10 data seeds: the fp16 tangent is exactly 0 only when rounding cancels",
+    ),
+    KnownViolation(
+        "multislerp", "finite_on_degenerate", "realistic",
+        _realistic(shape=(256,), models=2, with_base=False, kind="untouched", dtype="float16",
+                   params={"weight": [0.0, 1.0]}),
+        "same root as multislerp/endpoints[realistic]", root="multislerp fp16 eps",
+        stream_dependent="on 6-7 of 10 data seeds: the fp16 tangent is exactly 0 only when rounding cancels",
+    ),
+    KnownViolation(
+        "multislerp", "zero_task_vectors", "realistic",
+        dict(inputs=RealisticInputs(shape=(256,), models=3, params={"weight": [0.0, 0.0, 1.0]}).build().at_base()),
+        "3+ models that leave a tensor untouched (frozen layers) raise 'weighted sum of the input tensors "
+        "is zero' instead of returning the base", root="multislerp zero sum",
+        upstream="frozen layers abort a 3-model multislerp merge",
+    ),
+    KnownViolation(
+        "multislerp", "dtype_preserved", "realistic",
+        _realistic(shape=(256,), models=3, kind="untouched", params={"weight": [0.0, 0.0, 1.0]}),
+        "same root as multislerp/zero_task_vectors[realistic]: untouched tensors raise ValueError",
+        root="multislerp zero sum",
+    ),
+    *(KnownViolation(
+        "nearswap", prop, "realistic",
+        _realistic(shape=(256,), dtype="float16", params={"t": 0.0}),
+        "same root as nearswap/fp16_finite[realistic]: inf * 0 = NaN where fp16 model == base",
+        root="nearswap fp16 reciprocal",
+    ) for prop in ("low_precision_agrees",)),
+    KnownViolation(
+        "nearswap", "zero_task_vectors", "realistic",
+        dict(inputs=RealisticInputs(shape=(256,), dtype="float16", params={"t": 0.0}).build().at_base()),
+        "same root as nearswap/fp16_finite[realistic]: an untouched fp16 tensor merges to NaN",
+        root="nearswap fp16 reciprocal",
+    ),
+    KnownViolation(
+        "nearswap", "endpoints", "realistic",
+        dict(inputs=RealisticInputs(shape=(256,), dtype="float16", params={"t": 0.0}).build(), returns="base"),
+        "same root as nearswap/fp16_finite[realistic]", root="nearswap fp16 reciprocal",
+    ),
+    KnownViolation(
+        "nearswap", "finite_on_degenerate", "realistic",
+        _realistic(shape=(256,), kind="untouched", dtype="float16", params={"t": 0.0}),
+        "same root as nearswap/fp16_finite[realistic]: every entry of an untouched tensor is NaN",
+        root="nearswap fp16 reciprocal",
+    ),
+    *(KnownViolation(
+        method, "rescale_unbiased", "realistic",
+        _realistic(shape=(4096,), params={"density": [0.5], "weight": [1.0]}),
+        _DELLA_BIAS, root="DELLA L1 rescale", upstream=_DELLA_UPSTREAM if method == "della" else "",
+    ) for method in ("della", "della_linear")),
+    # ------------------------------------------------------------------ degenerate inputs
+    KnownViolation(
+        "linear", "finite_on_degenerate", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0]], dtype="float32", params={"weight": [0.0]})),
+        "normalize=True divides by the sum of the weights: all-zero weights give 0/0 = NaN, not an error",
+        root="all-zero weights",
+    ),
+    KnownViolation(
+        "multislerp", "finite_on_degenerate", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0], [0.0]], dtype="float32", params={"weight": [0.0, 0.0]})),
+        "normalize_weights divides by the sum of the weights: all-zero weights give NaN, not an error",
+        root="all-zero weights",
+    ),
+    KnownViolation(
+        "multislerp", "zero_task_vectors", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[1.0, 1.0], [1.0, 1.0]], base=[1.0, 1.0], dtype="float16",
+                                   params={"weight": [0.1, 0.0]})),
+        "eps=1e-8 underflows to 0 in fp16, so zero task vectors are normalised as 0/0 = NaN",
+        root="multislerp fp16 eps", variant="fp16",
+    ),
+    KnownViolation(
+        "multislerp", "zero_task_vectors", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], base=[1.0, 1.0],
+                                   dtype="float32", params={"weight": [0.0, 0.0, 1.0]})),
+        "3+ models that leave a tensor untouched (e.g. frozen layers) raise 'weighted sum of the input "
+        "tensors is zero'", root="multislerp zero sum", variant="three-models",
+        upstream="frozen layers abort a 3-model multislerp merge",
+    ),
+    KnownViolation(
+        "multislerp", "idempotent", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0625, 0.0625], [0.0625, 0.0625]], dtype="float16",
+                                   params={"weight": [0.1, 0.0]})),
+        "identical fp16 inputs leave a zero tangent, sin(0) / 0 = NaN", root="multislerp fp16 eps",
+    ),
+    KnownViolation(
+        "multislerp", "endpoints", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[1.0, 1.0], [1.0, 1.0]], dtype="float16",
+                                   params={"weight": [1.0, 0.0]}), returns=0),
+        "fp16: the tangent norm plus eps=1e-8 is exactly 0, so sin(0) / 0 = NaN at a vertex",
+        root="multislerp fp16 eps",
+    ),
+    KnownViolation(
+        "multislerp", "dtype_preserved", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0625, 0.0625], [0.0625, 0.0625], [0.0625, 0.0625]],
+                                   base=[0.0625, 0.0625], dtype="float32", params={"weight": [0.0, 0.0, 1.0]})),
+        "same root as zero_task_vectors[three-models]: zero task vectors raise ValueError",
+        root="multislerp zero sum",
+    ),
+    KnownViolation(
+        "multislerp", "scale_equivariant", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.001953125, 0.001953125, 0.001953125],
+                                           [0.001953125, 0.001953125, 0.03125]],
+                                   base=[0.001953125, 0.0078125, 0.001953125], dtype="float32",
+                                   params={"weight": [1.0, 1.0]}), scale=2.0**-16),
+        "eps=1e-8 is added to task-vector norms: at norms ~5e-7 an entry is off by 7%",
+        root="absolute epsilon",
+    ),
+    KnownViolation(
+        "multislerp", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0, 0.0], [0.0, 0.0]], dtype="float16",
+                                   params={"weight": [0.1, 0.0]})),
+        "eps=1e-8 is 0 in fp16, zero vectors give 0/0 = NaN", root="multislerp fp16 eps",
+    ),
+    *(KnownViolation(
+        "nearswap", prop, "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0625, 0.0625]], base=[0.0625, 0.0625], dtype="float16",
+                                   params={"t": 0.0}), **({"returns": "base"} if prop == "endpoints" else {})),
+        "at t=0, inf * 0 = NaN in fp16 where a == b (see nearswap/fp16_finite[realistic])",
+        root="nearswap fp16 reciprocal",
+    ) for prop in ("zero_task_vectors", "endpoints", "finite_on_degenerate", "fp16_finite", "low_precision_agrees")),
+    KnownViolation(
+        "arcee_fusion", "low_precision_agrees", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[1.0, 1.0]], base=[1.0, 16.0], dtype="float16")),
+        "softmax(base) underflows to 0 in fp16 (eps=1e-8 is 0 too): p / q = inf, importance NaN, "
+        "nothing fused", root="arcee_fusion low-precision KL",
+    ),
+    *(KnownViolation(
+        method, "dtype_preserved", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[1.0, 1.0]], base=[1.0, 1.0], dtype="bfloat16")),
+        f"same as {method}/dtype_preserved[realistic]", root=root,
+    ) for method, root in (("arcee_fusion", "arcee_fusion float mask"), ("ramplus_tl", "ramplus_tl float32 rho"))),
+    KnownViolation(
+        "sce", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[[-16384.0, 0.0], [0.0, 0.0]]], base=[[16384.0, 0.0], [0.0, 0.0]],
+                                   dtype="float16", params={"select_topk": 1.0})),
+        "sce_weight squares the task vectors in fp16: 32768**2 overflows, inf / inf = NaN",
+        root="sce fp16 squares",
+    ),
+    KnownViolation(
+        "sce", "finite_on_degenerate", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[64.0, 0.0, 0.0], [-256.0, 0.0, 0.0], [64.0, 0.0, 0.0]],
+                                   base=[64.0, 0.0, 0.0], dtype="float16", params={"select_topk": 1.0})),
+        "sce_weight squares the task vectors in fp16: a task vector of -320 already overflows (102400)",
+        root="sce fp16 squares",
+    ),
+    KnownViolation(
+        "sce", "scale_equivariant", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[1.0, 1.0], [0.5, 0.5]], base=[0.0, 0.0], dtype="float32",
+                                   params={"select_topk": 1.0}), scale=2.0**-11),
+        "sce_weight falls back to uniform weights when the summed mean square of the task vectors is "
+        "below an absolute 1e-6", root="absolute epsilon",
+    ),
+    KnownViolation(
+        "sce", "density_kept", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[[0.0625, 0.0625], [0.0625, 0.0625]]] * 2,
+                                   base=[[0.0, 0.0], [0.0, 0.0]], dtype="float32", params={"select_topk": 0.5})),
+        "select_topk ranks entries by variance across task vectors and counts only non-zero variance: "
+        "fine-tunes that agree exactly keep nothing (merge = base)", root="sce zero variance",
+    ),
+    KnownViolation(
+        "ram", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[-32768.0, 0.0]], base=[32768.0, 0.0], dtype="float16")),
+        "task vectors are computed in fp16: model - base overflows (-65536 -> -inf), and -inf + inf = NaN",
+        root="fp16 task vector overflow",
+    ),
+    KnownViolation(
+        "ramplus_tl", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[32768.0, 0.0], [-32768.0, 0.0]], base=[32768.0, 0.0],
+                                   dtype="float16")),
+        "same as ram/fp16_finite: fp16 task vectors overflow, -inf + inf = NaN", root="fp16 task vector overflow",
+    ),
+    KnownViolation(
+        "nuslerp", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[32768.0, 0.0], [-32768.0, 0.0]], base=[32768.0, 0.0],
+                                   dtype="float16", params={"weight": [0.0, 1.0]})),
+        "task vectors (model - base) are taken in fp16 and overflow, though the merge (-32768) fits",
+        root="fp16 task vector overflow",
+    ),
+    KnownViolation(
+        "arcee_fusion", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[-32768.0, 0.0]], base=[32768.0, 0.0], dtype="float16")),
+        "the difference model - base overflows fp16 (-inf), and -inf * a zero mask entry = NaN",
+        root="fp16 task vector overflow",
+    ),
+    KnownViolation("task_arithmetic", "fp16_finite", "degenerate", _fp16_task_vector_overflow(), _GTA_FP16,
+                   root="fp16 task vector overflow"),
+    *(KnownViolation(method, "fp16_finite", "degenerate", _fp16_task_vector_overflow(density=[1.0]), _GTA_FP16,
+                     root="fp16 task vector overflow")
+      for method in ("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
+                     "della_linear")),
+    KnownViolation(
+        "karcher", "order_invariant", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0625, 0.0625], [-0.0625, -0.0625]], dtype="float32"),
+             permutation=[1, 0]),
+        "antipodal inputs have no mean direction; the iteration starts from the first model, so the "
+        "merge of A and -A is A or -A depending on order", root="karcher antipodal",
+    ),
+    KnownViolation(
+        "karcher", "scale_equivariant", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.001953125, 0.001953125], [0.001953125, 0.001953125]],
+                                   dtype="float32"), scale=0.001953125),
+        "tol=1e-5 is an absolute threshold on tensor norms: tensors with a smaller norm count as zero "
+        "and merge to 0", root="absolute epsilon",
+    ),
+    KnownViolation(
+        "model_stock", "scale_equivariant", "degenerate",
+        dict(inputs=MergeInputs.of(
+            models=[[[0.03125, 0.03125, 0.03125], [0.03125, 0.03125, 0.03125]]] * 4,
+            base=[[0.03125, 0.03125, 0.03125], [0.03125, 0.03125, 0.015625]], dtype="float32"), scale=0.0625),
+        "same root as model_stock/scale_equivariant[realistic]: the 1e-6 clamp on the norm product",
+        root="model_stock absolute clamp",
+    ),
+    KnownViolation(
+        "model_stock", "finite_on_degenerate", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[128.0, 0.0], [-128.0, 0.0], [-128.0, 0.0]], base=[128.0, 0.0],
+                                   dtype="float16")),
+        "dot products of the offsets are taken in fp16: 256**2 overflows, inf / inf = NaN",
+        root="model_stock fp16 dot products",
+    ),
+    KnownViolation(
+        "model_stock", "fp16_finite", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0, 0.0], [0.0, 0.0]], base=[0.0, 1024.0], dtype="float16")),
+        "offset norms and dots overflow fp16", root="model_stock fp16 dot products",
+    ),
+    *(KnownViolation(method, "rescale_unbiased", "degenerate", _TWO_ENTRIES, _L1_RESCALE,
+                     root="L1 rescale on tiny tensors")
+      for method in ("dare_ties", "dare_linear", "della", "della_linear")),
+    *(KnownViolation(
+        method, "finite_on_degenerate", "degenerate",
+        dict(inputs=MergeInputs.of(models=[[0.0]], base=[0.0], dtype="float32",
+                                   params={"density": [0.5], "weight": [0.0]})),
+        "a row of one entry makes rank normalisation 0/0: bernoulli(NaN) raises RuntimeError",
+        root="della one-entry rows",
+    ) for method in ("della", "della_linear")),
+)
+
+
+def reseeded(known: KnownViolation, seed: int) -> dict[str, Any]:
+    """``known``'s example with other random draws: a realistic recipe gets ``data_seed=seed``
+    (other tensors of the same recipe), a stochastic method's call ``seed * 10**6`` (another
+    window of its random stream). A finding robust to the random stream fails on every one."""
+    inputs: MergeInputs = known.example["inputs"]
+    if inputs.source is not None and inputs.source.startswith("RealisticInputs("):
+        recipe_text, rest = inputs.source.split(".build()", 1)
+        recipe = eval(recipe_text, {"RealisticInputs": RealisticInputs})  # noqa: S307 - our own repr
+        source = f"{dataclasses.replace(recipe, data_seed=seed)!r}.build(){rest}"
+        inputs = eval(source, {"RealisticInputs": RealisticInputs})  # noqa: S307 - our own repr
+    if known.method.startswith(("dare", "della")):
+        inputs = inputs.with_seed(inputs.seed + seed * 10**6)
+    return {**known.example, "inputs": inputs}
+
+
+# ----------------------------------------------------------------------------- reproductions
+
+
+def _tensor_source(inputs: MergeInputs) -> tuple[str, str]:
+    """Python defining ``base`` and ``models`` for ``inputs``, and the mergekit parameters."""
+    source = inputs.source or ""
+    if source.startswith("RealisticInputs("):
+        recipe = eval(source.split(".build()")[0], {"RealisticInputs": RealisticInputs})  # noqa: S307 - our repr
+        lines = [recipe.torch_source()]
+        if ".copies_of_first()" in source:
+            lines.append("models = [models[0]] * len(models)")
+        if ".at_base()" in source:
+            lines.append("models = [base] * len(models)")
+        if not recipe.with_base:
+            lines.append("base = None")
+    else:
+        dtype = str(inputs.dtype).removeprefix("torch.")
+        lines = [f"models = [torch.tensor(m, dtype=torch.{dtype}) for m in "
+                 f"{_literal([m.tolist() for m in inputs.models])}]",
+                 "base = None" if inputs.base is None else
+                 f"base = torch.tensor({_literal(inputs.base.tolist())}, dtype=torch.{dtype})"]
+    return "\n".join(lines), _literal(dict(inputs.params))
+
+
+def reproduction(known: KnownViolation) -> str:
+    """Pasteable Python that shows ``known`` with torch and mergekit alone (no mergeqa)."""
+    inputs: MergeInputs = known.example["inputs"]
+    tensors, params = _tensor_source(inputs)
+    method = known.method
+    lines = ["import torch", "from mergekit.merge_methods import merge_tensors", "", tensors,
+             f"params = {params}",
+             "def merge(models, base, **extra):",
+             "    tensors = list(models) if base is None else [base, *models]",
+             f"    return merge_tensors(tensors, {method!r}, parameters={{**params, **extra}},",
+             "                         base_index=None if base is None else 0)"]
+    prop = known.property
+    seeded = f"torch.manual_seed({inputs.seed}); " if known.method.startswith(("dare", "della")) else ""
+    if prop in ("fp16_finite", "low_precision_agrees"):
+        lines += [f"{seeded}low = merge(models, base)",
+                  f"{seeded}ref = merge([m.float() for m in models], None if base is None else base.float())",
+                  "print('finite:', bool(low.isfinite().all()), 'float32 finite:', bool(ref.isfinite().all()))",
+                  "anchor = base.double() if base is not None else 0",
+                  "v = (ref.double() - anchor).flatten()",
+                  "low_v = (low.double() - anchor).flatten()",
+                  "print('task vector, low precision / float32:', float(low_v @ v / (v @ v)))"]
+    elif prop in ("finite_on_degenerate",):
+        lines += ["out = merge(models, base)", "print('finite:', bool(out.isfinite().all()), out.flatten()[:4])"]
+    elif prop == "dtype_preserved":
+        lines += ["print(models[0].dtype, '->', merge(models, base).dtype)"]
+    elif prop in ("idempotent", "zero_task_vectors", "endpoints"):
+        want = {"idempotent": "models[0]", "zero_task_vectors": "base"}.get(
+            prop, "base" if known.example.get("returns") == "base" else f"models[{known.example.get('returns')}]")
+        lines += ["out = merge(models, base)",
+                  f"print('max |merge - {want}|:', float((out.double() - {want}.double()).abs().max()))"]
+    elif prop == "scale_equivariant":
+        scale = known.example["scale"]
+        lines += [f"c = {scale!r}", "out = merge(models, base) * c",
+                  "scaled = merge([m * c for m in models], None if base is None else base * c)",
+                  "print('max |merge(c x) - c merge(x)| / c:', float((scaled - out).abs().max() / c))"]
+    elif prop == "order_invariant":
+        perm = known.example["permutation"]
+        lines += ["out = merge(models, base)", f"swapped = merge([models[i] for i in {perm}], base)",
+                  "print('max |difference|:', float((out - swapped).abs().max()))"]
+    elif prop == "density_kept":
+        lines += ["out = merge(models, base)",
+                  "print('kept fraction:', float((out - base).count_nonzero()) / out.numel(), 'params:', params)"]
+    elif prop == "rescale_unbiased":
+        lines += ["tv = (sum(m.double() for m in models) / len(models) - base.double()).flatten()",
+                  "classes = tv.abs().argsort().tensor_split(min(4, tv.numel()))",
+                  "draws = []",
+                  "for seed in range(1000):",
+                  "    torch.manual_seed(seed)",
+                  "    y = (merge(models, base).double() - base.double()).flatten()",
+                  "    draws.append([float(y[g] @ tv[g] / (tv[g] @ tv[g])) for g in classes])",
+                  "print('E[merged tv] / tv by |tv| class:', torch.tensor(draws).mean(0))"]
+    return "\n".join(lines) + "\n"
