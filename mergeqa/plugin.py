@@ -54,6 +54,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where the comparison table and plots go (default: next to --junitxml, else ./mergeqa-report)")
     group.addoption("--gate", action="store_true", default=False,
                     help="collect mergeqa's built-in checks even without --model/--merge-config (default: off)")
+    group.addoption("--conflict-pairs", metavar="JSONL", default=None,
+                    help="consistency pairs for the conflict checks (default: [conflict] pairs, else the embedded set)")
+    group.addoption("--questions", metavar="JSONL", default=None,
+                    help="MT-Bench question.jsonl for the judged checks (default: [judge] questions, else the embedded set)")
+    group.addoption("--judge", metavar="PATH", default=None,
+                    help="judge: 'reference' or a local transformers model directory (default: [judge] judge, 'reference')")
+    group.addoption("--judge-url", metavar="URL", default=None,
+                    help="OpenAI-compatible endpoint to judge with, e.g. http://127.0.0.1:8000/v1 (default: [judge] url; "
+                         "key from $OPENAI_API_KEY or [judge] api_key_env)")
+    group.addoption("--judge-model", metavar="NAME", default=None,
+                    help="model name the --judge-url endpoint serves (default: [judge] model)")
 
 
 def _share_cores(config: pytest.Config) -> None:
