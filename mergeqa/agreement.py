@@ -135,12 +135,6 @@ class Embedder:
                                     "saved with SentenceTransformer.save(), or leave it empty for all-MiniLM-L6-v2")
         return cls(path, device)
 
-    @property
-    def identity(self) -> str:
-        """What names this embedder in cache keys and junit: the directory's name and size."""
-        files = sorted(p for p in self.path.rglob("*") if p.is_file())
-        return f"{self.path.name}:{sum(p.stat().st_size for p in files)}"
-
     def model(self):
         key = (str(self.path), self.device)
         if key not in _MODELS:

@@ -9,6 +9,7 @@ model and cache (seconds), and one test loads all-MiniLM-L6-v2 from its package 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -185,3 +186,60 @@ def test_family_answers_and_conflict_runs_are_cached(family, tmp_path):
                          Agreement())
     assert not first.cached and again.cached and again.conflicts == first.conflicts
     assert len(first.answers) == len(prompts_of(pairs))
+
+
+@pytest.mark.slow
+def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_path):
+    """The planted case end to end: a "merge" (a copy of the arithmetic parent, so its content hash
+    differs) whose cached answers to the b side of every pair are perturbed; the gate must fail
+    its conflict rate and its paired test against the parent whose answers it perturbs."""
+    import shutil
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+    from dataclasses import asdict, replace
+
+    from mergeqa.conflict import prompts_of
+    from mergeqa.generation import GenerationSettings, entry_path, generate, prompts_hash
+    from mergeqa.models import ModelRef
+
+    cache = tmp_path / "cache"
+    planted_dir = tmp_path / "planted"
+    shutil.copytree(family.parents["arithmetic"], planted_dir)
+    config = json.loads((planted_dir / "config.json").read_text())
+    (planted_dir / "config.json").write_text(json.dumps({**config, "mergeqa_planted": True}))
+    pairs = read_pairs(default_pairs_path())
+    conversations = [[p] for p in prompts_of(pairs)]
+    settings = GenerationSettings(max_new_tokens=16, device="cpu", dtype="float32")  # what the check uses
+    clean = generate(ModelRef("arithmetic", family.parents["arithmetic"], "parent"), conversations, settings, cache)
+    answers = dict(zip(prompts_of(pairs), clean.first()))
+    for pair in pairs:
+        answers[pair.b] += " [0] 1"  # another last list and number: every b answer now differs
+    planted = ModelRef("planted", planted_dir, "merged")
+    turns = [[answers[c[0]]] for c in conversations]
+    path = entry_path(cache, planted.content_hash, prompts_hash(conversations), settings)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({k: v for k, v in asdict(replace(clean, turns=turns, model="planted",
+                                                                  model_hash=planted.content_hash)).items()
+                                if k != "cached"}))
+    junit = tmp_path / "junit.xml"
+    from mergeqa.plugin import CHECKS_DIR
+    from mergeqa.session import FIXTURES_DIR
+
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_conflict.py"), "--model",
+                           str(planted_dir), "--parents", str(family.parents["arithmetic"]),
+                           str(family.parents["lists"]), "--device", "cpu", "--mergeqa-cache", str(cache),
+                           "--thresholds", str(FIXTURES_DIR.parent / "thresholds.toml"), "-p", "no:cacheprovider",
+                           "-q", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    rate = cases["test_conflict_rate[planted]"]
+    assert rate.find("failure") is not None, out[-3000:]
+    message = rate.find("failure").text
+    assert message.startswith("planted: conflict rate on 80 consistency pairs") and "should agree" in message
+    props = {p.get("name"): p.get("value") for p in rate.iter("property")}
+    assert float(props["mergeqa.conflict.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.rate.outcome"] == "fail"
+    paired = cases["test_conflict_vs_parents[planted]"]
+    assert paired.find("failure") is not None and "against arithmetic" in paired.find("failure").text, out[-3000:]

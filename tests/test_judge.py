@@ -299,3 +299,72 @@ def test_score_gate_uses_the_paired_test_over_questions():
     assert good.data["scores"]["m"]["score"] == 10.0 and good.data["scores"]["a"]["bleu"] == 10.0
     garbled = score_verdict(setup, _scores("m", [10] * 40, parse_errors=20), parents)
     assert garbled.outcome == "error" and "no [[rating]] in 20 of 100" in garbled.reason
+
+
+# -- through the gate on the family ------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(family, cache_dir, tmp_path):
+    """The built-in checks on one default merge (ties) of the embedded family: decided through the
+    verdict machinery (no errors), figures in junit as mergeqa.judge.*, mergeqa.ab.*, mergeqa.conflict.*."""
+    import os
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from mergeqa.plugin import CHECKS_DIR
+    from mergeqa.session import FIXTURES_DIR
+
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_judge.py"),
+                           str(CHECKS_DIR / "test_conflict.py"), "-k", "ties", "--device", "cpu",
+                           "--mergeqa-cache", str(cache_dir), "--thresholds", str(FIXTURES_DIR.parent / "thresholds.toml"),
+                           "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"test_judged_score[ties]", "test_ab_win_rate[ties]", "test_conflict_rate[ties]",
+                          "test_conflict_vs_parents[ties]", "test_agrees_with_skill_owner[ties]"}, out[-3000:]
+    props = {p.get("name"): p.get("value") for c in cases.values() for p in c.iter("property")}
+    for name in ("judge.score", "ab.arithmetic", "ab.lists", "conflict.rate", "conflict.paired.arithmetic",
+                 "conflict.owner.lists"):
+        assert props[f"mergeqa.{name}.outcome"] in ("pass", "fail", "inconclusive"), (name, out[-3000:])
+    assert props["mergeqa.judge.score.judge"] == "reference:v1" and props["mergeqa.ab.lists.n"] == "40"
+    assert props["mergeqa.ab.arithmetic.swap_disagreement"] == "0.0"  # the reference judge is symmetric
+    assert 0 <= float(props["mergeqa.ab.lists.ci_low"]) <= float(props["mergeqa.ab.lists.obtained"]) <= 1
+    assert {"mergeqa.judge.score.bleu", "mergeqa.judge.score.chrf", "mergeqa.judge.score.p_noninferiority",
+            "mergeqa.conflict.rate.ci_high", "mergeqa.conflict.owner.arithmetic.obtained"} <= set(props)
+    assert not [n for n, c in cases.items() if c.find("error") is not None], out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_local_model_judge_is_prompted_cached_and_its_untagged_replies_counted(family, tmp_path):
+    """The family's base as a (hopeless) judge: it never writes [[rating]], so every reply is a
+    counted parse error and the verdict an error naming the judge, not a silent drop."""
+    from mergeqa.thresholds import load_thresholds
+
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("\n".join(json.dumps(q) for q in FASTCHAT_LINES[1:]) + "\n")
+    setup = JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", questions=str(qs),
+                                       judge=str(family.base))
+    assert setup.judge.identity.startswith("local:base:")
+    from mergeqa.models import ModelRef
+
+    parent = ModelRef("arithmetic", family.parents["arithmetic"], "parent")
+    scores = setup.scores(parent)
+    assert scores.parse_errors == 4 and scores.judged == 0  # 2 questions x 2 turns, none tagged
+    v = score_verdict(setup, scores, {"arithmetic": scores})
+    assert v.outcome == "error" and "no [[rating]] in 4 of 4 replies" in v.reason and setup.judge.identity in v.reason
+    again = JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", questions=str(qs),
+                                       judge=str(family.base))
+    assert again.answers(parent).cached and again.scores(parent).turns == scores.turns
+
+
+def test_judge_and_judge_url_together_is_a_usage_error(tmp_path):
+    from mergeqa.thresholds import load_thresholds
+
+    with pytest.raises(MergeQAUsageError, match="--judge and --judge-url"):
+        JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="x",
+                                   judge_url="http://127.0.0.1:1/v1")
+    with pytest.raises(MergeQAUsageError, match="--judge nowhere: no such directory"):
+        JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="nowhere")
