@@ -115,6 +115,8 @@ def generate(ref, conversations: Sequence[Sequence[str]], settings: GenerationSe
     """`ref`'s (a ModelRef) answers to every turn of `conversations` (lists of user turns),
     generating only when the cache lacks them. cached_only=True returns None instead."""
     conversations = [list(c) for c in conversations]
+    if not conversations:
+        raise ValueError("no conversations to answer")
     for i, c in enumerate(conversations):
         if not c or not all(isinstance(t, str) for t in c):
             raise ValueError(f"conversation {i}: expected a non-empty list of user turns (strings), got {c!r}")

@@ -13,17 +13,13 @@ from mergeqa.verdict import decide
 
 @pytest.fixture(scope="session")
 def conflict_setup(pytestconfig, mergeqa_session, thresholds):
-    """The pairs, agreement rule and limits of this run (mergeqa.conflict.ConflictSetup)."""
+    """The pairs, agreement rule and limits of this run (mergeqa.conflict.ConflictSetup); a bad
+    pairs file is a MergeQAUsageError, which the plugin reports in one line."""
     from mergeqa.conflict import ConflictSetup
-    from mergeqa.errors import MergeQAUsageError
     from mergeqa.models import resolve_device
 
-    try:
-        return ConflictSetup.from_thresholds(thresholds, pytestconfig.option.conflict_pairs,
-                                             mergeqa_session.cache_dir, resolve_device(mergeqa_session.device),
-                                             mergeqa_session.dtype)
-    except MergeQAUsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    return ConflictSetup.from_thresholds(thresholds, pytestconfig.option.conflict_pairs, mergeqa_session.cache_dir,
+                                         resolve_device(mergeqa_session.device), mergeqa_session.dtype)
 
 
 def test_conflict_rate(merged_model, parent_models, base_model, conflict_setup, request):

@@ -14,18 +14,15 @@ from mergeqa.verdict import decide
 
 @pytest.fixture(scope="session")
 def judge_setup(pytestconfig, mergeqa_session, thresholds):
-    """Questions, judge and limits of this run (mergeqa.judge.JudgeSetup)."""
-    from mergeqa.errors import MergeQAUsageError
+    """Questions, judge and limits of this run (mergeqa.judge.JudgeSetup); a bad question file or
+    judge is a MergeQAUsageError, which the plugin reports in one line."""
     from mergeqa.judge import JudgeSetup
     from mergeqa.models import resolve_device
 
     opt = pytestconfig.option
-    try:
-        return JudgeSetup.from_thresholds(thresholds, mergeqa_session.cache_dir, resolve_device(mergeqa_session.device),
-                                          mergeqa_session.dtype, questions=opt.questions, judge=opt.judge,
-                                          judge_url=opt.judge_url, judge_model=opt.judge_model)
-    except MergeQAUsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    return JudgeSetup.from_thresholds(thresholds, mergeqa_session.cache_dir, resolve_device(mergeqa_session.device),
+                                      mergeqa_session.dtype, questions=opt.questions, judge=opt.judge,
+                                      judge_url=opt.judge_url, judge_model=opt.judge_model)
 
 
 def test_judged_score(merged_model, parent_models, base_model, judge_setup, request):
