@@ -57,7 +57,8 @@ class Match:
 class Agreement:
     """The rule: lists compare item by item, numbers by value, answers of at most `short_words`
     words exactly (normalised), anything longer by embedding cosine >= `similarity`.
-    An empty answer agrees with nothing (an answer that says nothing confirms nothing)."""
+    An empty answer agrees only with another empty answer (so a model that answers nothing
+    conflicts on every pair that must differ)."""
 
     similarity: float = 0.8
     short_words: int = 8
@@ -66,7 +67,7 @@ class Agreement:
     def short_match(self, x: str, y: str) -> Match | None:
         """The decision for short answers, or None when embeddings must decide."""
         if not x.strip() or not y.strip():
-            return Match(False, "empty")
+            return Match(not x.strip() and not y.strip(), "empty")
         lx, ly = last_list(x), last_list(y)
         if lx is not None and ly is not None:
             return Match(lx == ly, "list")

@@ -36,7 +36,8 @@ from mergeqa.errors import MergeQAUsageError
     ("[1 2 3]", "sorted: [1 2 3]", True, "list"),
     ("[1 2 3]", "[3 2 1]", False, "list"),
     ("Paris.", "paris", True, "exact"),
-    ("", "", False, "empty"),
+    ("", "", True, "empty"),
+    ("", "19", False, "empty"),
 ])
 def test_short_answers_agree_exactly_or_numerically(x, y, agree, method):
     m = Agreement().short_match(x, y)
