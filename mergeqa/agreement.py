@@ -12,6 +12,7 @@ and the reference judge; not a grader of free text beyond similarity.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache import digest, write_json
 from .errors import MergeQAUsageError
 
 LIST_RE = re.compile(r"\[([^\[\]]*)\]")
@@ -119,14 +121,16 @@ class Embedder:
     path: Path
     device: str = "cpu"
     batch_size: int = 64
+    cache_dir: Path | None = None  # where similarities are kept across runs (None: in memory only)
     _memo: dict[str, object] = field(default_factory=dict, repr=False)
     load_seconds: float | None = None
 
     @classmethod
-    def from_setting(cls, value: str, base: Path | None = None, device: str = "cpu") -> Embedder:
+    def from_setting(cls, value: str, base: Path | None = None, device: str = "cpu",
+                     cache_dir: Path | None = None) -> Embedder:
         """"" -> the packaged all-MiniLM-L6-v2; else a directory (relative to `base`)."""
         if not value:
-            return cls(default_embedder_path(), device)
+            return cls(default_embedder_path(), device, cache_dir=cache_dir)
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
@@ -134,7 +138,7 @@ class Embedder:
             raise MergeQAUsageError(f"[conflict] embedding_model = {value!r}: {path} is not a sentence-transformers "
                                     "model directory (no modules.json or config.json); name a local directory "
                                     "saved with SentenceTransformer.save(), or leave it empty for all-MiniLM-L6-v2")
-        return cls(path, device)
+        return cls(path, device, cache_dir=cache_dir)
 
     def model(self):
         key = (str(self.path), self.device)
@@ -160,10 +164,28 @@ class Embedder:
             self._memo.update(zip(todo, vectors))
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 0))
 
+    def identity(self) -> str:
+        """The model directory and the names and sizes of its files (a cache key part)."""
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        return digest(str(self.path.name), [(str(p.relative_to(self.path)), p.stat().st_size) for p in files])
+
     def similarities(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Cosine similarity of each pair's two texts."""
+        """Cosine similarity of each pair's two texts; with a `cache_dir`, a batch of pairs seen
+        before is read back without loading the model (a second gate run)."""
         if not pairs:
             return []
+        entry = None
+        if self.cache_dir is not None:
+            key = digest(self.identity(), [list(p) for p in pairs])
+            entry = Path(self.cache_dir) / "similarities" / f"{key[:24]}.json"
+            try:
+                return json.loads(entry.read_text())
+            except (OSError, ValueError):
+                pass
         left = self.encode([x for x, _ in pairs])
         right = self.encode([y for _, y in pairs])
-        return [float(v) for v in (left * right).sum(axis=1)]
+        sims = [float(v) for v in (left * right).sum(axis=1)]
+        if entry is not None:
+            write_json(entry, sims)
+        return sims
+

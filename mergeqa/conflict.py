@@ -294,7 +294,7 @@ class ConflictSetup:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in owners.items()):
             raise MergeQAUsageError(f"{thresholds.path or 'thresholds'}: [conflict] owners maps a skill to the parent "
                                     'directory name that owns it, e.g. owners = { arithmetic = "math_parent" }')
-        embedder = Embedder.from_setting(get("embedding_model"), base, device)
+        embedder = Embedder.from_setting(get("embedding_model"), base, device, cache_dir=Path(cache_dir))
         rule = Agreement(similarity=get("similarity"), short_words=int(get("short_words")), embedder=embedder)
         settings = GenerationSettings(max_new_tokens=int(get("new_tokens")), device=device, dtype=dtype)
         return cls(pairs, rule, settings, Path(cache_dir), dict(owners), get("max_conflict_rate"),

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cache import digest, log_event
+from .cache import digest, log_event, write_json
 
 ANSWERS_VERSION = 1  # bump when the entry format or the decoding changes
 
@@ -96,18 +94,9 @@ def _read(path: Path) -> Answers | None:
 
 
 def _write(path: Path, answers: Answers) -> None:
-    """Atomic: a temporary file in the same directory, renamed over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = asdict(answers)
     data.pop("cached")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, data)
 
 
 def generate(ref, conversations: Sequence[Sequence[str]], settings: GenerationSettings, cache_dir: Path,

