@@ -50,11 +50,10 @@ def main() -> None:
     args = parser.parse_args()
     from mergeqa.cache import default_cache_dir
     from mergeqa.conflict import (
-        ConflictRun,
         ConflictSetup,
-        outcomes,
         owner_verdict,
         paired_verdicts,
+        planted_run,
         rate_figures,
         rate_verdict,
     )
@@ -103,15 +102,10 @@ def main() -> None:
 
     # the planted case: the arithmetic parent, its answers to the b side of every pair perturbed
     clean = runs[parents[0].name]
-    answers = dict(clean.answers)
-    for pair in setup.pairs:
-        ans = answers[pair.b]
-        answers[pair.b] = (f"{int(ans) + 1}" if ans.strip().isdigit()
-                           else "[" + " ".join(ans.strip("[] ").split()[::-1]) + "]" if ans.startswith("[") else ans + " x")
-    planted = ConflictRun("planted", outcomes(setup.pairs, answers, setup.rule), answers)
+    planted = planted_run(clean, setup.pairs, setup.rule)
     v = rate_verdict(planted, setup.max_rate, alpha)
     paired = paired_verdicts(planted, {clean.model: clean}, alpha)[0]
-    print(f"\nplanted ({parents[0].name}'s answers, b side perturbed): rate {planted.rate:.3f} "
+    print(f"\nplanted ({parents[0].name}'s answers, b side perturbed: last number + 1, a 0 added to the last list): rate {planted.rate:.3f} "
           f"[{v.figures['ci_low']:.3f}..{v.figures['ci_high']:.3f}] -> conflict.rate {v.outcome}; "
           f"vs {clean.model} ({clean.rate:.3f}) McNemar p={paired.figures['p_more_conflicts']:.2g} -> {paired.outcome}")
     print("  message: " + v.message().splitlines()[0])

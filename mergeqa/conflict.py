@@ -139,6 +139,30 @@ def conflict_run(ref, pairs: list[ConsistencyPair], settings: GenerationSettings
     return ConflictRun(ref.name, outcomes(pairs, answers, rule), answers, got.cached)
 
 
+def perturb_answer(answer: str) -> str:
+    """A wrong variant of an answer, for planted cases: one more item in its last list, its last
+    number plus one, or (a sentence, nothing) a short wrong answer."""
+    import re
+
+    from .agreement import last_list, last_number
+
+    if last_list(answer) is not None:
+        head, _, tail = answer.rpartition("]")
+        return f"{head} 0]{tail}"
+    if last_number(answer) is not None:
+        return re.sub(r"-?\d+(?:\.\d+)?(?!.*\d)", lambda m: str(int(float(m.group(0))) + 1), answer, flags=re.S)
+    return "[0] 1"
+
+
+def planted_run(run: ConflictRun, pairs: list[ConsistencyPair], rule: Agreement, name: str = "planted") -> ConflictRun:
+    """`run`'s answers with the b side of every pair perturbed: a merge that answers one side of
+    each pair differently, which the conflict checks must fail."""
+    answers = dict(run.answers)
+    for pair in pairs:
+        answers[pair.b] = perturb_answer(run.answers[pair.b])
+    return ConflictRun(name, outcomes(pairs, answers, rule), answers)
+
+
 # -- deciding ------------------------------------------------------------------------------------
 def rate_interval(conflicts: int, n: int, alpha: float) -> tuple[float, float]:
     """The Wilson interval at 1 - 2 alpha (each side a one-sided alpha test, as in

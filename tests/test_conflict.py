@@ -21,6 +21,8 @@ from mergeqa.conflict import (
     outcomes,
     owner_verdict,
     paired_verdicts,
+    perturb_answer,
+    planted_run,
     prompts_of,
     rate_verdict,
     read_pairs,
@@ -126,12 +128,8 @@ def _true_answer(prompt: str) -> str:
     return str(int(a) + int(b))
 
 
-def _run(name, pairs, answer=_true_answer, perturb_b=False) -> ConflictRun:
+def _run(name, pairs, answer=_true_answer) -> ConflictRun:
     answers = {p: answer(p) for p in prompts_of(pairs)}
-    if perturb_b:  # the planted merge: one side of every pair answered differently
-        for pair in pairs:
-            ans = answers[pair.b]
-            answers[pair.b] = (str(int(ans) + 1) if ans.isdigit() else "[" + " ".join(ans.strip("[]").split()[::-1]) + "]")
     return ConflictRun(name, outcomes(pairs, answers, Agreement()), answers)
 
 
@@ -148,9 +146,9 @@ def test_a_perfect_model_has_no_conflicts_and_passes(pairs):
 
 
 def test_a_planted_merge_with_one_side_perturbed_fails_every_conflict_check(pairs):
-    """The planted case: answers to the b side of each pair changed (numbers +1, lists reversed)."""
+    """The planted case: answers to the b side of each pair perturbed (mergeqa.conflict.perturb_answer)."""
     clean = _run("parent", pairs)
-    planted = _run("planted", pairs, perturb_b=True)
+    planted = planted_run(clean, pairs, Agreement())
     # most consistent pairs now disagree (a prompt shared by two pairs can be perturbed on both sides)
     assert planted.rate > 0.6
     rate = rate_verdict(planted, 0.05, 0.05, references={"parent": clean})
@@ -187,9 +185,10 @@ def test_family_answers_and_conflict_runs_are_cached(family, tmp_path):
     pairs = read_pairs(default_pairs_path())
     ref = ModelRef("arithmetic", family.parents["arithmetic"], "parent")
     settings = GenerationSettings(max_new_tokens=16)
-    first = conflict_run(ref, pairs, settings, tmp_path, Agreement())
+    rule = Agreement(embedder=FakeEmbedder())  # the parent may answer a list prompt with a sentence
+    first = conflict_run(ref, pairs, settings, tmp_path, rule)
     again = conflict_run(ModelRef("arithmetic", family.parents["arithmetic"], "parent"), pairs, settings, tmp_path,
-                         Agreement())
+                         rule)
     assert not first.cached and again.cached and again.conflicts == first.conflicts
     assert len(first.answers) == len(prompts_of(pairs))
 
@@ -219,8 +218,9 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
     settings = GenerationSettings(max_new_tokens=16, device="cpu", dtype="float32")  # what the check uses
     clean = generate(ModelRef("arithmetic", family.parents["arithmetic"], "parent"), conversations, settings, cache)
     answers = dict(zip(prompts_of(pairs), clean.first()))
+    original = dict(answers)
     for pair in pairs:
-        answers[pair.b] += " [0] 1"  # another last list and number: every b answer now differs
+        answers[pair.b] = perturb_answer(original[pair.b])  # what planted_run does, as a model's cached answers
     planted = ModelRef("planted", planted_dir, "merged")
     turns = [[answers[c[0]]] for c in conversations]
     path = entry_path(cache, planted.content_hash, prompts_hash(conversations), settings)

@@ -316,7 +316,7 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
 
     junit = tmp_path / "junit.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_judge.py"),
-                           str(CHECKS_DIR / "test_conflict.py"), "-k", "ties", "--device", "cpu",
+                           str(CHECKS_DIR / "test_conflict.py"), "-k", "ties and not dare", "--device", "cpu",
                            "--mergeqa-cache", str(cache_dir), "--thresholds", str(FIXTURES_DIR.parent / "thresholds.toml"),
                            "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
