@@ -79,3 +79,17 @@ def log_event(cache_dir: Path, event: str, **fields: object) -> None:
     line = json.dumps({"event": event, "pid": os.getpid(), **fields}, default=str)
     with open(cache_dir / "events.jsonl", "a") as f:
         f.write(line + "\n")
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write one JSON cache file atomically: a temporary file in the same directory, renamed over
+    the target, so a reader sees the old entry or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -63,6 +63,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--unsafe-exec", action="store_true", default=False,
                     help="run model-written code (HumanEval) even where bubblewrap cannot sandbox it; "
                          "reports then say 'unsandboxed' (default: off: refuse)")
+    group.addoption("--conflict-pairs", metavar="JSONL", default=None,
+                    help="consistency pairs for the conflict checks (default: [conflict] pairs, else the embedded set)")
+    group.addoption("--questions", metavar="JSONL", default=None,
+                    help="MT-Bench question.jsonl for the judged checks (default: [judge] questions, else the embedded set)")
+    group.addoption("--judge", metavar="PATH", default=None,
+                    help="judge: 'reference' or a local transformers model directory (default: [judge] judge, 'reference')")
+    group.addoption("--judge-url", metavar="URL", default=None,
+                    help="OpenAI-compatible endpoint to judge with, e.g. http://127.0.0.1:8000/v1 (default: [judge] url; "
+                         "key from $OPENAI_API_KEY or [judge] api_key_env)")
+    group.addoption("--judge-model", metavar="NAME", default=None,
+                    help="model name the --judge-url endpoint serves (default: [judge] model)")
 
 
 def _share_cores(config: pytest.Config) -> None:

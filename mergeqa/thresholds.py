@@ -40,6 +40,13 @@ DEFAULTS: dict[str, dict] = {
                 "phenomena": ["subject_number", "verb_tense", "person", "agreement", "syntactic_role",
                               "relative_depth", "part_of_speech"],
                 "datasets": []},
+    "conflict": {"pairs": "", "max_conflict_rate": 0.05, "min_owner_agreement": 0.9, "similarity": 0.8,
+                 "short_words": 8, "embedding_model": "", "new_tokens": 16,
+                 "owners": {"arithmetic": "arithmetic", "lists": "lists"}},
+    "judge": {"questions": "", "judge": "reference", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY",
+              "timeout": 60.0, "retries": 3, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
+              "score_margin": 0.5, "score_test": "permutation", "max_swap_disagreement": 0.35,
+              "max_parse_errors": 0.1},
     # Built-in suites; a thresholds file adds suites or replaces one of the same name.
     "suites": {"family": {"tasks": ["family_arithmetic", "family_lists", "family_grammar"]},
                "code": {"tasks": ["mergeqa_humaneval"]}},
@@ -49,6 +56,7 @@ CHOICES = {
     ("statistics", "correction"): ("holm", "bh"),
     ("statistics", "inconclusive"): ("fail", "warn"),
     ("statistics", "decision"): ("non_inferiority", "significant_drop"),
+    ("judge", "score_test"): ("permutation", "ttest"),
 }
 # (section, key) -> (low, high, low inclusive, high inclusive); every number is also finite.
 RANGES = {

@@ -1,0 +1,351 @@
+"""Judged evaluation of two-turn answers: per-model scores (single-answer grading, 1-10 per turn),
+pairwise A/B against each parent (both orders, a flip counts as a tie), BLEU and chrF against the
+references, and the verdicts the gate decides on (`judge.score`, `ab.<parent>`).
+
+    setup = JudgeSetup.from_config(...)           # questions, judge, settings, limits
+    scores = setup.scores(ref)                    # ModelScores: per question, per turn, BLEU, chrF
+    ab = setup.pairwise(merged, parent)           # Pairwise: wins, ties, losses, flips, parse errors
+    score_verdict(scores, {p: setup.scores(p)}, ...), ab_verdict(ab, ...)
+
+Statistics come from mergeqa.significance (paired test over questions) and mergeqa.stats (Wilson).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..generation import Answers, GenerationSettings, generate
+from ..verdict import Verdict
+from .judges import Judge, JudgeUnavailable, PairItem, RateItem
+from .questions import Question
+
+
+# -- per-model scores ------------------------------------------------------------------------------
+@dataclass
+class ModelScores:
+    """One model's judged scores: `turns[q][t]` the rating of turn t of question q (None when not
+    judged: a parse error or no reference); `per_question` the mean over its judged turns."""
+
+    model: str
+    turns: list[list[float | None]]
+    parse_errors: int
+    unjudged: int  # turns the judge could not grade (the reference judge without a reference)
+    bleu: float | None
+    chrf: float | None
+    answers: list[list[str]] = field(default_factory=list)
+
+    @property
+    def per_question(self) -> list[float | None]:
+        out = []
+        for ts in self.turns:
+            got = [t for t in ts if t is not None]
+            out.append(sum(got) / len(got) if got else None)
+        return out
+
+    @property
+    def judged(self) -> int:
+        return sum(t is not None for ts in self.turns for t in ts)
+
+    def mean(self) -> float | None:
+        got = [s for s in self.per_question if s is not None]
+        return sum(got) / len(got) if got else None
+
+    def turn_mean(self, t: int) -> float | None:
+        got = [ts[t] for ts in self.turns if t < len(ts) and ts[t] is not None]
+        return sum(got) / len(got) if got else None
+
+    def parse_error_rate(self) -> float:
+        total = self.judged + self.parse_errors
+        return self.parse_errors / total if total else 0.0
+
+    def summary(self) -> dict:
+        """Plain JSON for Verdict.data and the comparison table."""
+        r = lambda x: None if x is None else round(x, 4)  # noqa: E731
+        return {"score": r(self.mean()), "turn1": r(self.turn_mean(0)), "turn2": r(self.turn_mean(1)),
+                "bleu": r(self.bleu), "chrf": r(self.chrf), "judged_turns": self.judged,
+                "parse_errors": self.parse_errors, "questions": len(self.turns)}
+
+
+def reference_metrics(questions: list[Question], answers: list[list[str]]) -> tuple[float | None, float | None]:
+    """Corpus BLEU and chrF (sacrebleu, as lm-eval computes them) over every turn with a reference."""
+    hyps, refs = [], []
+    for q, a in zip(questions, answers):
+        for t, answer in enumerate(a):
+            ref = q.reference_for(t)
+            if ref is not None:
+                hyps.append(answer)
+                refs.append(ref)
+    if not hyps:
+        return None, None
+    import sacrebleu
+
+    return (float(sacrebleu.corpus_bleu(hyps, [refs]).score), float(sacrebleu.corpus_chrf(hyps, [refs]).score))
+
+
+# -- pairwise --------------------------------------------------------------------------------------
+@dataclass
+class Pairwise:
+    """The merge against one parent, per question, judged in both orders. `outcomes[q]` is "win",
+    "loss" or "tie" for the merge (two orders that disagree make a tie and count in `flips`), or
+    None when either order's reply had no verdict tag (counted in `parse_errors`)."""
+
+    merged: str
+    parent: str
+    outcomes: list[str | None]
+    flips: int
+    parse_errors: int
+    unjudged: int = 0
+
+    @property
+    def judged(self) -> int:
+        return sum(o is not None for o in self.outcomes)
+
+    def count(self, what: str) -> int:
+        return sum(o == what for o in self.outcomes)
+
+    @property
+    def win_rate(self) -> float | None:
+        n = self.judged
+        return (self.count("win") + 0.5 * self.count("tie")) / n if n else None
+
+    @property
+    def swap_disagreement(self) -> float:
+        return self.flips / self.judged if self.judged else 0.0
+
+    def parse_error_rate(self) -> float:
+        total = self.judged + self.parse_errors
+        return self.parse_errors / total if total else 0.0
+
+
+def _merge_view(verdict: str, merge_is: str) -> str:
+    """A judge's "A"/"B"/"C" as the merge's win/loss/tie, the merge shown as `merge_is`."""
+    if verdict == "C":
+        return "tie"
+    return "win" if verdict == merge_is else "loss"
+
+
+def combine_orders(first, second) -> tuple[str | None, bool, bool]:
+    """(outcome, flipped, parse_error) of one question from the judgment with the merge as A
+    (`first`) and the one with the merge as B (`second`)."""
+    if first.value is None or second.value is None:
+        errs = {first.error, second.error}
+        return None, False, "parse" in errs
+    a, b = _merge_view(first.value, "A"), _merge_view(second.value, "B")
+    return (a, False, False) if a == b else ("tie", True, False)
+
+
+# -- the run's setup -------------------------------------------------------------------------------
+@dataclass
+class JudgeSetup:
+    """What the judged checks share in one run: questions, judge, generation settings, limits;
+    answers, scores and pairwise results memoised per model (and cached on disk by content)."""
+
+    questions: list[Question]
+    judge: Judge
+    settings: GenerationSettings
+    cache_dir: Path
+    source: str = "embedded"
+    min_win_rate: float = 0.45
+    score_margin: float = 0.5
+    score_test: str = "permutation"
+    max_swap_disagreement: float = 0.35
+    max_parse_errors: float = 0.1
+    alpha: float = 0.05
+
+    def __post_init__(self):
+        self._answers: dict[Path, Answers] = {}
+        self._scores: dict[Path, ModelScores] = {}
+        self._pairs: dict[tuple[Path, Path], Pairwise] = {}
+
+    def answers(self, ref) -> Answers:
+        if ref.path not in self._answers:
+            self._answers[ref.path] = generate(ref, [list(q.turns) for q in self.questions], self.settings,
+                                               self.cache_dir)
+        return self._answers[ref.path]
+
+    def scores(self, ref) -> ModelScores:
+        if ref.path not in self._scores:
+            answers = self.answers(ref).turns
+            items, where = [], []
+            for qi, (q, a) in enumerate(zip(self.questions, answers)):
+                for t in range(len(a)):
+                    items.append(RateItem(q.turns[:t + 1], tuple(a[:t + 1]), q.reference_for(t)))
+                    where.append((qi, t))
+            judgments = self.judge.rate(items)
+            turns: list[list[float | None]] = [[None] * len(a) for a in answers]
+            for (qi, t), j in zip(where, judgments):
+                turns[qi][t] = j.value
+            bleu, chrf = reference_metrics(self.questions, answers)
+            self._scores[ref.path] = ModelScores(ref.name, turns, sum(j.error == "parse" for j in judgments),
+                                                 sum(j.error == "no_reference" for j in judgments), bleu, chrf,
+                                                 answers)
+        return self._scores[ref.path]
+
+    def pairwise(self, merged, parent) -> Pairwise:
+        key = (merged.path, parent.path)
+        if key not in self._pairs:
+            ours, theirs = self.answers(merged).turns, self.answers(parent).turns
+            refs = [tuple(q.reference_for(t) for t in range(len(q.turns))) for q in self.questions]
+            first = [PairItem(q.turns, tuple(a), tuple(b), r) for q, a, b, r in zip(self.questions, ours, theirs, refs)]
+            second = [PairItem(q.turns, tuple(b), tuple(a), r) for q, a, b, r in zip(self.questions, ours, theirs, refs)]
+            judged = self.judge.compare(first + second)
+            outcomes, flips, errors = [], 0, 0
+            for j1, j2 in zip(judged[:len(first)], judged[len(first):]):
+                outcome, flipped, parse_error = combine_orders(j1, j2)
+                outcomes.append(outcome)
+                flips += flipped
+                errors += parse_error
+            unjudged = sum(o is None for o in outcomes) - errors
+            self._pairs[key] = Pairwise(merged.name, parent.name, outcomes, flips, errors, unjudged)
+        return self._pairs[key]
+
+    @classmethod
+    def from_thresholds(cls, thresholds, cache_dir: Path, device: str, dtype: str, *, questions: str | None = None,
+                        judge: str | None = None, judge_url: str | None = None,
+                        judge_model: str | None = None) -> JudgeSetup:
+        """Options win over [judge]; relative paths in the thresholds file are relative to it."""
+        from ..errors import MergeQAUsageError
+        from .judges import EndpointJudge, LocalJudge, ReferenceJudge
+        from .questions import default_questions_path, read_questions
+
+        get = lambda key: thresholds.get("judge", key)  # noqa: E731
+        base = Path(thresholds.path).parent if thresholds.path else Path(".")
+        where = questions or get("questions")
+        path = (Path(where) if questions else base / where) if where else default_questions_path()
+        source = str(path) if where else "embedded"
+        settings = GenerationSettings(max_new_tokens=int(get("new_tokens")), device=device, dtype=dtype)
+        url, name = judge_url or get("url"), judge or get("judge")
+        if url:
+            if judge:
+                raise MergeQAUsageError("--judge and --judge-url both name a judge; pass one of them")
+            the_judge = EndpointJudge(url, judge_model or get("model"), cache_dir, key_env=get("api_key_env"),
+                                      timeout=get("timeout"), retries=int(get("retries")),
+                                      max_tokens=int(get("judge_new_tokens")))
+        elif name == "reference":
+            the_judge = ReferenceJudge()
+        else:
+            from ..models import ModelRef, validate_model_dir
+
+            judge_path = validate_model_dir(name if judge else base / name, "--judge")
+            the_judge = LocalJudge(ModelRef(judge_path.name, judge_path, "judge"),
+                                   GenerationSettings(max_new_tokens=int(get("judge_new_tokens")), device=device,
+                                                      dtype=dtype), cache_dir)
+        return cls(read_questions(path), the_judge, settings, Path(cache_dir), source, get("min_win_rate"),
+                   get("score_margin"), get("score_test"), get("max_swap_disagreement"), get("max_parse_errors"),
+                   thresholds.get("statistics", "alpha"))
+
+    def figures(self) -> dict:
+        """What names the judgment in junit: the judge, its prompts, the questions."""
+        return {"judge": self.judge.identity, "prompts_hash": self.judge.prompts_hash,
+                "questions": self.source, "n_questions": len(self.questions)}
+
+
+# -- verdicts --------------------------------------------------------------------------------------
+def unavailable_verdict(check: str, subject: str, exc: JudgeUnavailable) -> Verdict:
+    text = str(exc)
+    reason, _, fix = text.partition(" Fix: ")
+    return Verdict(check, subject, "error", reason=reason, fix=fix)
+
+
+def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, ModelScores],
+                  references: dict[str, ModelScores] | None = None) -> Verdict:
+    """judge.score: per question, the merge's score minus the parents' mean score, tested with the
+    paired test of mergeqa.significance (non-inferiority margin `score_margin` points): pass when
+    the merge is shown no worse than the parents' mean by more than the margin, fail when it is
+    significantly worse, else inconclusive. Error when the judge's replies could not be parsed
+    often enough, or no question was judged for every model."""
+    from ..significance import compare_paired
+
+    models = {merged.model: merged, **parents}
+    data = {"scores": {n: s.summary() for n, s in {**(references or {}), **models}.items()}}
+    base = {**setup.figures(), "parse_errors": merged.parse_errors,
+            **{f"{k}": v for k, v in merged.summary().items() if k in ("turn1", "turn2", "bleu", "chrf")}}
+    worst = max(models.values(), key=lambda s: s.parse_error_rate())
+    if worst.parse_error_rate() > setup.max_parse_errors:
+        return Verdict("judge.score", merged.model, "error", base, data=data,
+                       reason=(f"the judge ({setup.judge.identity}) gave no [[rating]] in {worst.parse_errors} of "
+                               f"{worst.parse_errors + worst.judged} replies for {worst.model} "
+                               f"({worst.parse_error_rate():.0%} > max_parse_errors {setup.max_parse_errors:g})"),
+                       fix="use a stronger judge model, or raise [judge] judge_new_tokens so the reply reaches its tag")
+    rows = [(m, [p.per_question[i] for p in parents.values()]) for i, m in enumerate(merged.per_question)]
+    rows = [(m, ps) for m, ps in rows if m is not None and all(p is not None for p in ps)]
+    if len(rows) < 2 or not parents:
+        return Verdict("judge.score", merged.model, "error", base, data=data,
+                       reason=f"only {len(rows)} questions were judged for the merge and every parent",
+                       fix="give questions with references to the reference judge, or name an LLM judge (--judge/--judge-url)")
+    ours = [m for m, _ in rows]
+    mean_parents = [sum(ps) / len(ps) for _, ps in rows]
+    c = compare_paired(ours, mean_parents, margin=setup.score_margin, alpha=setup.alpha, method=setup.score_test)
+    obtained, reference = sum(ours) / len(ours), sum(mean_parents) / len(mean_parents)
+    v = Verdict("judge.score", merged.model, c.verdict,
+                {"obtained": round(obtained, 4), "reference": round(reference, 4), "threshold": round(reference, 4),
+                 **{k: c.figures()[k] for k in ("effect", "ci_low", "ci_high", "p_regression", "p_noninferiority",
+                                                 "n", "method", "margin")}, **base},
+                summary=f"judged two-turn score against the parents' mean on {c.n} questions",
+                expected=f">= the parents' mean {reference:.3g} (non-inferiority margin {setup.score_margin:g})",
+                delta=round(obtained - reference, 4), details=[c.describe("parents' mean")], data=data)
+    if c.verdict == "fail":
+        v.cause = "the merge answers worse than its parents on average: a skill was lost or the two-turn format broke"
+        v.fix = "see test_retention for the skill that dropped; lower the interfering parent's weight or density"
+    elif c.verdict == "inconclusive":
+        v.fix = "add questions (--questions) or accept with [statistics] inconclusive = \"warn\""
+    return v
+
+
+def win_interval(ab: Pairwise, alpha: float) -> tuple[float, float]:
+    """Wilson interval at 1 - 2 alpha for the win rate with ties as half. Half a win is not a
+    count, so with an odd number of ties the interval spans those of the floor and the ceiling."""
+    from ..stats import wilson_interval
+
+    n, doubled = ab.judged, 2 * ab.count("win") + ab.count("tie")
+    low, _ = wilson_interval(doubled // 2, n, confidence=1 - 2 * alpha)
+    _, high = wilson_interval((doubled + 1) // 2, n, confidence=1 - 2 * alpha)
+    return float(low), float(high)
+
+
+def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
+    """ab.<parent>: win rate (ties as half) of the merge against the parent >= min_win_rate: pass
+    when the Wilson interval lies at or above it, fail when below, else inconclusive; error when
+    the swap-disagreement or parse-error rate passes its ceiling (the judge is not to be trusted)."""
+    check = f"ab.{ab.parent}"
+    fig = {**setup.figures(), "wins": ab.count("win"), "ties": ab.count("tie"), "losses": ab.count("loss"),
+           "n": ab.judged, "swap_disagreement": round(ab.swap_disagreement, 4), "flips": ab.flips,
+           "parse_errors": ab.parse_errors}
+    data = {"parent": ab.parent, "win_rate": None if ab.win_rate is None else round(ab.win_rate, 4),
+            "swap_disagreement": round(ab.swap_disagreement, 4), "parse_errors": ab.parse_errors}
+    if ab.parse_error_rate() > setup.max_parse_errors:
+        return Verdict(check, ab.merged, "error", fig, data=data,
+                       reason=(f"the judge ({setup.judge.identity}) gave no [[A]]/[[B]]/[[C]] for {ab.parse_errors} of "
+                               f"{ab.parse_errors + ab.judged} pairs ({ab.parse_error_rate():.0%} > max_parse_errors "
+                               f"{setup.max_parse_errors:g})"),
+                       fix="use a stronger judge model, or raise [judge] judge_new_tokens so the reply reaches its tag")
+    if ab.judged == 0:
+        return Verdict(check, ab.merged, "error", fig, data=data,
+                       reason=f"no question could be judged against {ab.parent} ({ab.unjudged} without a reference)",
+                       fix="give the questions references, or name an LLM judge (--judge/--judge-url)")
+    if ab.swap_disagreement > setup.max_swap_disagreement:
+        return Verdict(check, ab.merged, "error", fig, data=data,
+                       reason=(f"the judge ({setup.judge.identity}) changed its verdict when the answers swapped places "
+                               f"on {ab.flips} of {ab.judged} questions ({ab.swap_disagreement:.0%} > "
+                               f"max_swap_disagreement {setup.max_swap_disagreement:g}): position bias"),
+                       fix="use a stronger judge, or raise [judge] max_swap_disagreement knowingly")
+    low, high = win_interval(ab, setup.alpha)
+    rate, floor = ab.win_rate, setup.min_win_rate
+    outcome = "pass" if low >= floor else "fail" if high < floor else "inconclusive"
+    level = f"{100 * (1 - 2 * setup.alpha):g}%"
+    data.update(ci_low=round(low, 4), ci_high=round(high, 4))
+    v = Verdict(check, ab.merged, outcome,
+                {"obtained": round(rate, 4), "threshold": floor, "ci_low": round(low, 4), "ci_high": round(high, 4),
+                 **fig},
+                summary=(f"A/B win rate against {ab.parent} (ties as half) on {ab.judged} questions, both orders "
+                         f"({level} Wilson {low:.3f}..{high:.3f})"),
+                expected=f">= {floor:g} (the whole {level} interval)", delta=round(rate - floor, 4),
+                details=[f"wins {ab.count('win')}, ties {ab.count('tie')} ({ab.flips} from flips), losses "
+                         f"{ab.count('loss')}; swap disagreement {ab.swap_disagreement:.0%}"], data=data)
+    if outcome == "fail":
+        v.cause = f"the judge prefers {ab.parent}'s answers: the merge lost what {ab.parent} does well"
+        v.fix = f"raise {ab.parent}'s weight or density on the merge, or compare retention per task"
+    elif outcome == "inconclusive":
+        v.fix = "add questions (--questions) or accept with [statistics] inconclusive = \"warn\""
+    return v

@@ -1,0 +1,76 @@
+"""MT-Bench questions in FastChat's `question.jsonl` format, read as they are:
+
+    {"question_id": 81, "category": "writing", "turns": ["...", "..."], "reference": ["...", "..."]}
+
+`reference` is optional (FastChat gives it for math, reasoning and coding). Unknown keys are kept
+out of the way, not rejected, so a file from FastChat's repository runs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MergeQAUsageError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "judge"
+EXAMPLE = ('{"question_id": 1, "category": "math", "turns": ["23 + 14 =", "37 + 5 ="], '
+           '"reference": ["37", "42"]}')
+
+
+def default_questions_path() -> Path:
+    return DATA_DIR / "question.jsonl"
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: int | str
+    category: str
+    turns: tuple[str, ...]
+    reference: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def reference_for(self, turn: int) -> str | None:
+        if self.reference is None or turn >= len(self.reference):
+            return None
+        ref = self.reference[turn]
+        return ref if isinstance(ref, str) and ref.strip() else None
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """The questions of a question.jsonl; a malformed line is one usage error naming file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise MergeQAUsageError(f"{path}: cannot read the questions ({exc.strerror}); pass an MT-Bench "
+                                "question.jsonl with --questions or [judge] questions") from None
+    out: list[Question] = []
+    seen: set = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise MergeQAUsageError(f"{where}: not JSON ({exc}); one question per line, e.g. {EXAMPLE}") from None
+        if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("turns"), list):
+            raise MergeQAUsageError(f"{where}: needs question_id and turns (a list of strings), e.g. {EXAMPLE}")
+        turns = row["turns"]
+        if not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+            raise MergeQAUsageError(f"{where}: turns must be a non-empty list of non-empty strings")
+        ref = row.get("reference")
+        if ref is not None and (not isinstance(ref, list) or not all(isinstance(r, str) for r in ref)):
+            raise MergeQAUsageError(f"{where}: reference must be a list of strings, one per turn")
+        qid = row["question_id"]
+        if qid in seen:
+            raise MergeQAUsageError(f"{where}: question_id {qid!r} appears twice; ids must be unique")
+        seen.add(qid)
+        extra = {k: v for k, v in row.items() if k not in ("question_id", "category", "turns", "reference")}
+        out.append(Question(qid, str(row.get("category", "")), tuple(turns), tuple(ref) if ref is not None else None,
+                            extra))
+    if not out:
+        raise MergeQAUsageError(f"{path}: no questions; write one JSON object per line, e.g. {EXAMPLE}")
+    return out

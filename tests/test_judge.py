@@ -1,0 +1,370 @@
+"""Judged evaluation (mergeqa.judge): FastChat's question format, the verdict-tag parsers, the
+reference judge, pairwise discipline (both orders, flips as ties, ceilings), the verdicts, and
+the OpenAI-compatible endpoint judge against a local HTTP server this file starts on 127.0.0.1.
+
+Cost: the endpoint tests take about a second each (bounded: a handful of requests, timeouts of
+0.5 s, every server thread stops by itself); the family tests generate 40 two-turn answers per
+model once per cache (seconds), then read them back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mergeqa.errors import MergeQAUsageError
+from mergeqa.judge import (
+    EndpointJudge,
+    JudgeSetup,
+    JudgeUnavailable,
+    Judgment,
+    PairItem,
+    RateItem,
+    ReferenceJudge,
+    read_questions,
+)
+from mergeqa.judge.evaluation import ModelScores, Pairwise, ab_verdict, combine_orders, score_verdict
+from mergeqa.judge.prompts import pair_messages, parse_pair, parse_rating, single_messages
+
+# -- a local OpenAI-compatible server ---------------------------------------------------------------
+STALL_S = 1.5  # how long the stalling server sleeps (each stalled request; the client gives up at 0.5 s)
+
+
+class FakeEndpoint:
+    """A chat-completions server on 127.0.0.1 that answers from a script: each request takes the
+    next step ("ok:<text>", "429", "500", "stall"); the last step repeats. Records every request."""
+
+    def __init__(self, steps: list[str]):
+        self.steps, self.requests = list(steps), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                step = outer.steps.pop(0) if len(outer.steps) > 1 else outer.steps[0]
+                if step == "stall":
+                    time.sleep(STALL_S)
+                    return self._reply(200, _completion("too late [[A]]"))
+                if step in ("429", "500"):
+                    return self._reply(int(step), {"error": {"message": "busy", "type": "rate_limit"}},
+                                       {"retry-after-ms": "20"})
+                return self._reply(200, _completion(step.removeprefix("ok:")))
+
+            def _reply(self, status, payload, headers=None):
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (the stall test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _completion(text: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "judge-1",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def _judge(url, tmp_path, **kw) -> EndpointJudge:
+    return EndpointJudge(url, "judge-1", tmp_path, timeout=kw.pop("timeout", 0.5), retries=kw.pop("retries", 2), **kw)
+
+
+ITEM = RateItem(("23 + 14 =",), ("37",), "37")
+PAIR = PairItem(("23 + 14 =",), ("37",), ("36",), ("37",))
+
+
+def test_endpoint_sends_a_correct_chat_request_and_parses_the_tags(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-test")
+    with FakeEndpoint(["ok:Correct. Rating: [[9]]", "ok:A is right. [[A]]"]) as server:
+        judge = _judge(server.url, tmp_path, key_env="MY_JUDGE_KEY")
+        assert judge.rate([ITEM]) == [Judgment(9.0, "Correct. Rating: [[9]]")]
+        assert judge.compare([PAIR])[0].value == "A"
+    first = server.requests[0]
+    assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer sk-test"
+    body = first["body"]
+    assert body["model"] == "judge-1" and body["temperature"] == 0 and body["max_tokens"] == 96
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert "[[rating]]" in body["messages"][0]["content"] and "37" in body["messages"][1]["content"]
+    assert "[[A]]" in server.requests[1]["body"]["messages"][0]["content"]
+
+
+def test_endpoint_replies_are_cached_per_request(tmp_path):
+    with FakeEndpoint(["ok:[[7]]"]) as server:
+        judge = _judge(server.url, tmp_path)
+        judge.rate([ITEM])
+        again = _judge(server.url, tmp_path).rate([ITEM])
+    assert len(server.requests) == 1 and again[0].value == 7.0
+
+
+def test_a_reply_without_a_verdict_tag_is_a_counted_parse_error(tmp_path):
+    with FakeEndpoint(["ok:I think the answer is fine, probably an eight."]) as server:
+        got = _judge(server.url, tmp_path).rate([ITEM])
+    assert got[0].value is None and got[0].error == "parse" and "eight" in got[0].reply
+    assert len(server.requests) == 1  # not retried: the reply is kept and counted
+
+
+def test_429_then_success_is_retried(tmp_path):
+    with FakeEndpoint(["429", "500", "ok:[[8]]"]) as server:
+        started = time.perf_counter()
+        got = _judge(server.url, tmp_path, retries=3).rate([ITEM])
+    assert got[0].value == 8.0 and len(server.requests) == 3
+    assert time.perf_counter() - started < 5  # Retry-After of 20 ms honoured, no long backoff
+
+
+def test_429_past_the_retries_is_judge_unavailable(tmp_path):
+    with FakeEndpoint(["429"]) as server, pytest.raises(JudgeUnavailable, match="429.*after 2 attempts"):
+        _judge(server.url, tmp_path, retries=1).rate([ITEM])
+    assert len(server.requests) == 2
+
+
+def test_a_stall_past_the_timeout_is_judge_unavailable_and_nothing_hangs(tmp_path):
+    with FakeEndpoint(["stall"]) as server:
+        started = time.perf_counter()
+        with pytest.raises(JudgeUnavailable, match=r"did not answer within 0.5 s \(2 attempts\)"):
+            _judge(server.url, tmp_path, retries=1).rate([ITEM])
+        took = time.perf_counter() - started
+    assert took < 2 * 0.5 + 2, took  # two timed-out attempts and one short backoff, not a hang
+    assert not list((tmp_path / "judgments").rglob("*.json"))  # nothing cached for a failed request
+
+
+def test_a_server_that_is_down_is_judge_unavailable_naming_the_url(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    started = time.perf_counter()
+    with pytest.raises(JudgeUnavailable, match=f"{url} is unreachable") as info:
+        _judge(url, tmp_path, retries=1).rate([ITEM])
+    assert "Fix: start the server or correct --judge-url" in str(info.value)
+    assert time.perf_counter() - started < 5
+
+
+def test_the_check_turns_an_unavailable_judge_into_an_error_verdict():
+    from mergeqa.judge.evaluation import unavailable_verdict
+
+    v = unavailable_verdict("ab.lists", "ties", JudgeUnavailable("judge endpoint http://x is unreachable. Fix: start it"))
+    assert v.outcome == "error" and v.reason == "judge endpoint http://x is unreachable." and v.fix == "start it"
+
+
+def test_endpoint_without_a_model_name_is_a_usage_error(tmp_path):
+    with pytest.raises(MergeQAUsageError, match="--judge-model"):
+        EndpointJudge("http://127.0.0.1:9/v1", "", tmp_path)
+
+
+# -- prompts and parsers ----------------------------------------------------------------------------
+@pytest.mark.parametrize("reply, value", [("Rating: [[7]]", 7.0), ("[[ 8.5 ]]", 8.5), ("[[3]] then [[9]]", 9.0),
+                                          ("Rating: [6]", 6.0), ("no tag, 7/10", None), ("[[11]]", None)])
+def test_parse_rating(reply, value):
+    assert parse_rating(reply) == value
+
+
+@pytest.mark.parametrize("reply, value", [("[[A]]", "A"), ("so [[B]].", "B"), ("[[C]]", "C"),
+                                          ("[[A]] or [[B]]", None), ("A is better", None)])
+def test_parse_pair(reply, value):
+    assert parse_pair(reply) == value
+
+
+def test_prompts_show_no_model_names_and_put_the_reference_first():
+    single = single_messages(["23 + 14 =", "37 + 5 ="], ["37", "42"], "42")
+    assert single[1]["content"].startswith("[Reference answer to the last question]\n42")
+    pair = pair_messages(["q"], ["x"], ["y"], [None])
+    text = pair[0]["content"] + pair[1]["content"]
+    assert "Reference" not in pair[1]["content"] and "Assistant A" in text and "Assistant B" in text
+    assert "order" in pair[0]["content"] and "length" in pair[0]["content"]
+
+
+# -- questions ----------------------------------------------------------------------------------------
+FASTCHAT_LINES = [  # FastChat's exact format: question_id, category, turns, optional reference
+    {"question_id": 81, "category": "writing", "turns": ["Compose a haiku about merging models.",
+                                                         "Rewrite it so every line starts with M."]},
+    {"question_id": 111, "category": "math", "turns": ["What is 23 + 14?", "And that plus 5?"],
+     "reference": ["37", "42"]},
+    {"question_id": 121, "category": "coding", "turns": ["sort [5 4 9] =", "reverse [4 5 9] ="],
+     "reference": ["[4 5 9]", "[9 5 4]"]},
+]
+
+
+def test_a_fastchat_question_file_reads_unchanged(tmp_path):
+    path = tmp_path / "question.jsonl"
+    path.write_text("\n".join(json.dumps(q) for q in FASTCHAT_LINES) + "\n")
+    qs = read_questions(path)
+    assert [q.question_id for q in qs] == [81, 111, 121] and qs[0].reference is None
+    assert qs[1].turns == ("What is 23 + 14?", "And that plus 5?") and qs[1].reference_for(1) == "42"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", ":1: not JSON"),
+    (json.dumps({"question_id": 1, "turns": "one"}), ":1: needs question_id and turns"),
+    (json.dumps({"question_id": 1, "turns": ["a"], "reference": "x"}), ":1: reference must be a list"),
+])
+def test_a_malformed_question_line_is_a_usage_error_naming_it(tmp_path, line, message):
+    path = tmp_path / "q.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(MergeQAUsageError, match=f"{path}{message}"):
+        read_questions(path)
+
+
+# -- the reference judge and the pairwise discipline ------------------------------------------------
+def test_reference_judge_grades_against_the_reference():
+    judge = ReferenceJudge()
+    got = judge.rate([RateItem(("q",), ("37",), "37"), RateItem(("q",), ("the answer is 37",), "37"),
+                      RateItem(("q",), ("36",), "37"), RateItem(("q",), ("cat",), "37"), RateItem(("q",), ("37",))])
+    assert [j.value for j in got] == [10.0, 10.0, 3.0, 1.0, None] and got[-1].error == "no_reference"
+    pairs = judge.compare([PAIR, PairItem(("q",), ("36",), ("37",), ("37",)), PairItem(("q",), ("1",), ("2",), ("3",))])
+    assert [j.value for j in pairs] == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("first, second, outcome, flipped", [
+    ("A", "B", "win", False),   # the merge wins in both orders
+    ("B", "A", "loss", False),
+    ("C", "C", "tie", False),
+    ("A", "A", "tie", True),    # position bias: whoever is first wins -> a flip, counted as a tie
+    ("A", "C", "tie", True),
+])
+def test_both_orders_combine_and_a_flip_is_a_tie(first, second, outcome, flipped):
+    got, was_flipped, parse_error = combine_orders(Judgment(first), Judgment(second))
+    assert (got, was_flipped, parse_error) == (outcome, flipped, False)
+
+
+def test_a_parse_error_in_either_order_leaves_the_question_out_and_counts():
+    assert combine_orders(Judgment("A"), Judgment(None, error="parse")) == (None, False, True)
+
+
+def _setup(**kw) -> JudgeSetup:
+    return JudgeSetup([], ReferenceJudge(), None, Path("."), **kw)
+
+
+def test_win_rate_verdicts_pass_fail_and_inconclusive_with_wilson():
+    setup = _setup()
+    strong = Pairwise("m", "p", ["win"] * 30 + ["tie"] * 10, 0, 0)
+    weak = Pairwise("m", "p", ["loss"] * 30 + ["tie"] * 10, 0, 0)
+    close = Pairwise("m", "p", ["win"] * 9 + ["loss"] * 11, 0, 0)
+    assert [ab_verdict(setup, x).outcome for x in (strong, weak, close)] == ["pass", "fail", "inconclusive"]
+    v = ab_verdict(setup, strong)
+    assert v.check == "ab.p" and v.obtained == 0.875 and v.figures["ci_low"] < 0.875 < v.figures["ci_high"]
+    assert v.data["win_rate"] == 0.875 and v.figures["judge"] == "reference:v1"
+
+
+def test_swap_disagreement_and_parse_errors_past_their_ceilings_are_errors():
+    setup = _setup(max_swap_disagreement=0.3, max_parse_errors=0.1)
+    biased = Pairwise("m", "p", ["tie"] * 16 + ["win"] * 24, flips=16, parse_errors=0)
+    garbled = Pairwise("m", "p", ["win"] * 30 + [None] * 10, flips=0, parse_errors=10)
+    v = ab_verdict(setup, biased)
+    assert v.outcome == "error" and "swapped places on 16 of 40" in v.reason
+    assert ab_verdict(setup, garbled).outcome == "error"
+    assert ab_verdict(_setup(max_swap_disagreement=0.5), biased).outcome == "pass"
+
+
+def _scores(name, per_question, parse_errors=0):
+    return ModelScores(name, [[s, s] for s in per_question], parse_errors, 0, 10.0, 20.0)
+
+
+def test_score_gate_uses_the_paired_test_over_questions():
+    setup = _setup(score_margin=0.5)
+    parents = {"a": _scores("a", [10, 1] * 20), "b": _scores("b", [1, 10] * 20)}  # mean 5.5 on each question
+    good = score_verdict(setup, _scores("m", [10] * 40), parents)
+    bad = score_verdict(setup, _scores("m", [1] * 40), parents)
+    assert (good.outcome, bad.outcome) == ("pass", "fail")
+    assert good.figures["reference"] == 5.5 and good.figures["method"] == "permutation"
+    assert good.data["scores"]["m"]["score"] == 10.0 and good.data["scores"]["a"]["bleu"] == 10.0
+    garbled = score_verdict(setup, _scores("m", [10] * 40, parse_errors=20), parents)
+    assert garbled.outcome == "error" and "no [[rating]] in 20 of 100" in garbled.reason
+
+
+# -- through the gate on the family ------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(family, cache_dir, tmp_path):
+    """The built-in checks on one default merge (ties) of the embedded family: decided through the
+    verdict machinery (no errors), figures in junit as mergeqa.judge.*, mergeqa.ab.*, mergeqa.conflict.*."""
+    import os
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from mergeqa.plugin import CHECKS_DIR
+    from mergeqa.session import FIXTURES_DIR
+
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_judge.py"),
+                           str(CHECKS_DIR / "test_conflict.py"), "-k", "ties and not dare", "--device", "cpu",
+                           "--mergeqa-cache", str(cache_dir), "--thresholds", str(FIXTURES_DIR.parent / "thresholds.toml"),
+                           "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"test_judged_score[ties]", "test_ab_win_rate[ties]", "test_conflict_rate[ties]",
+                          "test_conflict_vs_parents[ties]", "test_agrees_with_skill_owner[ties]"}, out[-3000:]
+    props = {p.get("name"): p.get("value") for c in cases.values() for p in c.iter("property")}
+    for name in ("judge.score", "ab.arithmetic", "ab.lists", "conflict.rate", "conflict.paired.arithmetic",
+                 "conflict.owner.lists"):
+        assert props[f"mergeqa.{name}.outcome"] in ("pass", "fail", "inconclusive"), (name, out[-3000:])
+    assert props["mergeqa.judge.score.judge"] == "reference:v1" and props["mergeqa.ab.lists.n"] == "40"
+    assert props["mergeqa.ab.arithmetic.swap_disagreement"] == "0.0"  # the reference judge is symmetric
+    assert 0 <= float(props["mergeqa.ab.lists.ci_low"]) <= float(props["mergeqa.ab.lists.obtained"]) <= 1
+    assert {"mergeqa.judge.score.bleu", "mergeqa.judge.score.chrf", "mergeqa.judge.score.p_noninferiority",
+            "mergeqa.conflict.rate.ci_high", "mergeqa.conflict.owner.arithmetic.obtained"} <= set(props)
+    assert not [n for n, c in cases.items() if c.find("error") is not None], out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_local_model_judge_is_prompted_cached_and_its_untagged_replies_counted(family, tmp_path):
+    """The family's base as a (hopeless) judge: it never writes [[rating]], so every reply is a
+    counted parse error and the verdict an error naming the judge, not a silent drop."""
+    from mergeqa.thresholds import load_thresholds
+
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("\n".join(json.dumps(q) for q in FASTCHAT_LINES[1:]) + "\n")
+    setup = JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", questions=str(qs),
+                                       judge=str(family.base))
+    assert setup.judge.identity.startswith("local:base:")
+    from mergeqa.models import ModelRef
+
+    parent = ModelRef("arithmetic", family.parents["arithmetic"], "parent")
+    scores = setup.scores(parent)
+    assert scores.parse_errors == 4 and scores.judged == 0  # 2 questions x 2 turns, none tagged
+    v = score_verdict(setup, scores, {"arithmetic": scores})
+    assert v.outcome == "error" and "no [[rating]] in 4 of 4 replies" in v.reason and setup.judge.identity in v.reason
+    again = JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", questions=str(qs),
+                                       judge=str(family.base))
+    assert again.answers(parent).cached and again.scores(parent).turns == scores.turns
+
+
+def test_judge_and_judge_url_together_is_a_usage_error(tmp_path):
+    from mergeqa.thresholds import load_thresholds
+
+    with pytest.raises(MergeQAUsageError, match="--judge and --judge-url"):
+        JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="x",
+                                   judge_url="http://127.0.0.1:1/v1")
+    with pytest.raises(MergeQAUsageError, match="--judge nowhere: no such directory"):
+        JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="nowhere")
