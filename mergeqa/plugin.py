@@ -88,10 +88,16 @@ def pytest_configure(config: pytest.Config) -> None:
             models=opt.model, parents=opt.parents, base=opt.base, merge_configs=opt.merge_config,
             cache_dir=opt.mergeqa_cache or default_cache_dir(), device=opt.device, dtype=opt.dtype,
             seed=opt.merge_seed)
-        thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path)
+        embedded = config.stash[session_key].embedded  # the family's defaults fit only the family
+        thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path, embedded=embedded)
         # Names the checks are parametrised by: a wrong one is a usage error now, not a
         # collection error later.
-        thresholds.suite(thresholds.get("retention", "suite"))
+        if thresholds.get("retention", "suite"):
+            thresholds.suite(thresholds.get("retention", "suite"))
+        else:  # no suite (a model that is not the family, no thresholds file): one line says so
+            from .init import NoSuiteNotice
+
+            config.pluginmanager.register(NoSuiteNotice(thresholds), "mergeqa-no-suite")
         from .probing.engine import datasets_from_thresholds
 
         try:
@@ -116,6 +122,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("merged_model", names, ids=names, indirect=True, scope="session")
     if "retention_task" in metafunc.fixturenames:
         thresholds = metafunc.config.stash[thresholds_key]
+        if not thresholds.get("retention", "suite"):
+            from .init import no_suite_param
+
+            metafunc.parametrize("retention_task", [no_suite_param(thresholds)], scope="session")
+            return
         tasks = thresholds.suite(thresholds.get("retention", "suite"))["tasks"]
         metafunc.parametrize("retention_task", tasks, ids=tasks, scope="session")
 
@@ -203,7 +214,8 @@ def _eval_settings(config: pytest.Config):
     from .engine import EvalSettings
 
     opt, gate, thresholds = config.option, config.stash[session_key], config.stash[thresholds_key]
-    tasks = thresholds.suite(thresholds.get("retention", "suite"))["tasks"]
+    suite = thresholds.get("retention", "suite")
+    tasks = thresholds.suite(suite)["tasks"] if suite else []
     paths = [str(BUNDLED_TASKS)] + list(opt.tasks_path)
     if any(t.startswith("family") for t in tasks):
         paths.insert(0, str(gate.family().tasks_dir))

@@ -85,6 +85,10 @@ class ProbingEngine:
         key = digest(self.settings.key(), self.dtype)[:12]
         return self.cache_dir / "probes" / f"{ref.content_hash[:16]}-{dataset.content_hash}-{key}"
 
+    def cached(self, ref) -> list[str]:
+        """Names of the datasets whose result for `ref` the cache already holds (computes nothing)."""
+        return [d.name for d in self.datasets.values() if self._entry(ref, d).is_dir()]
+
     def _missing(self, ref) -> list[ProbeDataset]:
         return [d for d in self.datasets.values() if (ref.content_hash, d.name) not in self._memo
                 and not self._entry(ref, d).is_dir()]
