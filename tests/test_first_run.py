@@ -218,3 +218,12 @@ def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, caps
     assert "family: not built" in out and "ties" in out and "not built yet" in out
     assert "family_arithmetic: a family task: its items exist once the family is built" in out
     assert not list(cache.glob("family-*")) and not events(cache)
+
+
+@pytest.mark.slow
+def test_a_dry_run_finds_the_family_where_build_family_put_it(family, cache_dir):
+    from mergeqa.session import GateSession
+
+    gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[], cache_dir=cache_dir,
+                                    device="cpu", dtype="float32", seed=0)
+    assert gate.built_family() is not None and gate.built_family().root == family.root
