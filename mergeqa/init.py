@@ -18,7 +18,8 @@ import pytest
 from .errors import MergeQAUsageError, did_you_mean
 from .models import validate_model_dir
 
-BUILTIN_SUITES = ("leaderboard_v1", "leaderboard_v2", "code")  # the order `init` tries them in
+BUILTIN_SUITES = ("leaderboard_v1", "leaderboard_v2", "code")
+GENERAL_SUITES = BUILTIN_SUITES[:2]  # what `init` picks from by itself; code only when asked for
 PERPLEXITY_TASK = "wikitext"  # written as [sanity] perplexity_task when its data is on this machine
 
 
@@ -116,17 +117,17 @@ def choose_suite(suite: str | None, tasks: list[str] | None, task_paths) -> tupl
                                     f"Available: {', '.join(BUILTIN_SUITES)}; or pass --tasks NAME ... for your own")
         return suite, builtins[suite], availability_by_task(builtins[suite]["tasks"], task_paths), "--suite"
     tried = []
-    for name in BUILTIN_SUITES:
+    for name in GENERAL_SUITES:
         by_task = availability_by_task(builtins[name]["tasks"], task_paths)
         leaves = [d for ds in by_task.values() for d in ds]
         tried.append(f"{name} {sum(d.available for d in leaves)}/{len(leaves)}")
         if leaves and all(d.available for d in leaves):
-            return name, builtins[name], by_task, ("the first built-in suite whose datasets are all on this "
-                                                   f"machine (tasks available: {', '.join(tried)})")
-    name = BUILTIN_SUITES[0]
+            return name, builtins[name], by_task, ("the first leaderboard suite whose datasets are all on "
+                                                   f"this machine (datasets here: {', '.join(tried)})")
+    name = GENERAL_SUITES[0]
     return name, builtins[name], availability_by_task(builtins[name]["tasks"], task_paths), (
-        f"no built-in suite has all its datasets on this machine (tasks available: {', '.join(tried)}); "
-        f"{name} is written so that you see what to fetch")
+        f"no leaderboard suite has its datasets on this machine (datasets here: {', '.join(tried)}): fetch "
+        "those marked below, or run `mergeqa init` with --tasks YOUR_TASKS or --suite code")
 
 
 def _prompts(chat: bool) -> dict:
@@ -220,7 +221,8 @@ def init(model, parents, base=None, *, suite: str | None = None, tasks: list[str
     leaves = [d for ds in by_task.values() for d in ds]
     summary = [f"mergeqa init: wrote {out}",
                f"  suite {name}: {len(spec['tasks'])} task(s), {sum(d.available for d in leaves)} of {len(leaves)} "
-               "dataset(s) available offline" + ("" if all(d.available for d in leaves) else " (see the file's comments)"),
+               "dataset(s) available offline" + ("" if all(d.available for d in leaves) else
+                                                 f"; a run stops at the first missing one ({why})"),
                f"  sanity prompts: {', '.join(_prompts(chat))}"
                + ("" if chat else " (no chat prompt: the tokenizer has no chat template)"),
                f"  capabilities: placeholders for {', '.join(p.name for p in parents)} (edit [retention.capabilities])"]

@@ -148,8 +148,14 @@ def plan(args) -> str:
     task_lines = []
     leaves_of: dict[str, dict] = {}
     for task in suite["tasks"]:
-        leaves, problem = _load(task, settings, suite.get("num_fewshot"), family_missing=(
-            task.startswith("family") and family is None))
+        if task.startswith("family") and family is None:  # its size is in the recipe
+            from .family import load_recipe
+
+            n = load_recipe()["eval_items"]
+            task_lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written when the family "
+                              f"is built); smallest drop detectable: {_mde(n, alpha, power)}")
+            continue
+        leaves, problem = _load(task, settings, suite.get("num_fewshot"))
         if problem:
             task_lines.append(f"  {task}: {problem}")
             continue
@@ -221,14 +227,12 @@ def plan(args) -> str:
     return "\n".join(lines)
 
 
-def _load(task: str, settings, num_fewshot, *, family_missing: bool):
+def _load(task: str, settings, num_fewshot):
     """({leaf: Task}, None) or ({}, why it cannot be planned)."""
     from .availability import task_datasets
     from .engine import load_tasks
     from .errors import MergeQAUsageError
 
-    if family_missing:
-        return {}, "a family task: its items exist once the family is built"
     if not task.startswith("family"):
         missing = [d for d in task_datasets([task], settings.task_paths) if not d.available]
         if missing:

@@ -145,11 +145,20 @@ def test_init_writes_the_chat_prompt_only_with_a_chat_template(tiny_merge, tmp_p
     config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     (chat / "tokenizer_config.json").write_text(json.dumps(config))
     monkeypatch.chdir(tmp_path)
-    assert main(["init", "--model", str(chat), "--parents", str(tiny_merge["math"]), str(tiny_merge["code"]),
-                 "--suite", "code"]) == 0
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty HF cache: no benchmark is here
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    argv = ["init", "--model", str(chat), "--parents", str(tiny_merge["math"]), str(tiny_merge["code"])]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
     text = (tmp_path / "thresholds.toml").read_text()
     assert 'chat_capital = { prompt = "What is the capital of France?", chat = true, expect = ["Paris"] }' in text
-    assert "#   mergeqa_humaneval: custom loader: available" in text
+    assert 'suite = "leaderboard_v1"  # no leaderboard suite has its datasets on this machine' in text
+    assert "#   arc_challenge: allenai/ai2_arc (ARC-Challenge): NOT available offline" in text
+    assert "#   mmlu: 0 of 57 subtasks available offline (cais/mmlu: 0 of 57)" in text
+    assert "a run stops at the first missing one" in printed
+    assert main([*argv, "--suite", "code", "--force"]) == 0
+    assert "#   mergeqa_humaneval: custom loader: available" in (tmp_path / "thresholds.toml").read_text()
     assert main(["init", "--model", str(chat), "--parents", str(tiny_merge["math"]), "--suite", "leaderbord_v1",
                  "--force"]) == 4
     assert "Did you mean 'leaderboard_v1'?" in capsys.readouterr().err
@@ -164,6 +173,9 @@ def test_init_then_the_run_with_its_file_then_the_plan(tiny_merge, user_dir, use
     from mergeqa.thresholds import load_thresholds
 
     monkeypatch.chdir(user_dir)
+    monkeypatch.setenv("HF_HOME", str(user_dir / "hf"))  # an empty HF cache: the same file on every machine
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     argv = ["init", "--model", str(tiny_merge["merged"]), "--parents", str(tiny_merge["math"]),
             str(tiny_merge["code"]), "--tasks", "capital_mc", "--tasks-path", str(user_tasks)]
     assert main(argv) == 0
@@ -216,7 +228,12 @@ def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "mergeqa plan: the embedded default" in out
     assert "family: not built" in out and "ties" in out and "not built yet" in out
-    assert "family_arithmetic: a family task: its items exist once the family is built" in out
+    from mergeqa.family import load_recipe
+    from mergeqa.stats.power import minimum_detectable_effect
+
+    n = load_recipe()["eval_items"]
+    assert (f"family_arithmetic: n={n} items (the family recipe's eval_items; written when the family is built); "
+            f"smallest drop detectable: {100 * minimum_detectable_effect(n, 0.2):.1f} points") in out
     assert not list(cache.glob("family-*")) and not events(cache)
 
 
