@@ -164,7 +164,8 @@ def render(model: Path, parents: list[Path], base: Path | None, *, suite_name: s
             "[sanity.prompts]"]
     out += [f"{_key(k)} = {_toml(v)}" for k, v in prompts.items()]
     if not chat:
-        out.append(f"# no chat prompt: {model.name}'s tokenizer has no chat template (add one with chat = true if it gets one)")
+        out.append(f"# no chat prompt: {model.name}'s tokenizer has no chat template (add one with chat = true "
+                   "if it gets one)")
     out += ["", "[lint]"] + [f"{k} = {_toml(v)}" for k, v in d["lint"].items()]
     out += ["", "[retention]",
             f"suite = {_toml(suite_name)}  # {why}"]
@@ -206,7 +207,8 @@ def init(model, parents, base=None, *, suite: str | None = None, tasks: list[str
     paths = [str(BUNDLED_TASKS), *map(str, task_paths)]
     name, spec, by_task, why = choose_suite(suite, tasks, paths)
     chat = has_chat_template(model)
-    ppl = PERPLEXITY_TASK if all(d.available for d in availability_by_task([PERPLEXITY_TASK], paths)[PERPLEXITY_TASK]) else ""
+    ppl_data = availability_by_task([PERPLEXITY_TASK], paths)[PERPLEXITY_TASK]
+    ppl = PERPLEXITY_TASK if ppl_data and all(d.available for d in ppl_data) else ""
     text = render(model, parents, base, suite_name=name, suite=spec, by_task=by_task, why=why, chat=chat,
                   perplexity_task=ppl, task_paths=[Path(p).resolve() for p in task_paths])
     out.parent.mkdir(parents=True, exist_ok=True)

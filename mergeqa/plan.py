@@ -234,10 +234,11 @@ def _load(task: str, settings, num_fewshot):
     from .errors import MergeQAUsageError
 
     if not task.startswith("family"):
-        missing = [d for d in task_datasets([task], settings.task_paths) if not d.available]
+        data = task_datasets([task], settings.task_paths)
+        missing = [d for d in data if not d.available]
         if missing:
-            return {}, (f"{len(missing)} dataset(s) NOT available offline, e.g. {missing[0].line()}: "
-                        "the run would stop at this task")
+            return {}, (f"NOT available offline: {len(missing)} of {len(data)} dataset(s), e.g. {missing[0].source} "
+                        f"({missing[0].where}); the run would stop at this task")
     try:
         leaves, _ = load_tasks([task], settings, num_fewshot)
     except MergeQAUsageError as exc:
