@@ -46,8 +46,11 @@ class NoSuiteNotice:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config) -> None:
         if hasattr(config, "workerinput"):
             return
-        skipped = terminalreporter.stats.get("skipped", [])
-        if any(self.line in str(getattr(r, "longrepr", "")) for r in skipped):
+        def reason(report) -> str:  # a skip's longrepr is (path, line, "Skipped: reason")
+            longrepr = getattr(report, "longrepr", None)
+            return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+
+        if any(self.line in reason(r) for r in terminalreporter.stats.get("skipped", [])):
             terminalreporter.write_line(self.line)
 
 
