@@ -123,108 +123,136 @@ def plan(args) -> str:
     path = args.thresholds or ("thresholds.toml" if Path("thresholds.toml").is_file() else None)
     thresholds = load_thresholds(path, embedded=gate.embedded)
     suite_name = thresholds.get("retention", "suite")
-    suite = thresholds.suite(suite_name) if suite_name else {"tasks": []}
-    ppl_task = thresholds.get("sanity", "perplexity_task")
+    tasks = thresholds.suite(suite_name)["tasks"] if suite_name else []
     wants_family = gate.embedded or (gate.parent_paths is None and not gate.merge_configs) or any(
-        t.startswith("family") for t in [*suite["tasks"], ppl_task])
+        t.startswith("family") for t in [*tasks, thresholds.get("sanity", "perplexity_task")])
     family = gate.built_family() if wants_family else None
     paths = [str(BUNDLED_TASKS), *args.tasks_path] + ([str(family.tasks_dir)] if family else [])
     settings = EvalSettings(cache_dir=gate.cache_dir, device=args.device, dtype=args.dtype,
                             backend=args.backend, limit=args.eval_limit, task_paths=tuple(paths))
-    alpha, power = thresholds.get("statistics", "alpha"), thresholds.get("statistics", "power")
-    models = _models(gate, family)
-    refs = [m.ref for m in models if m.ref is not None]
-    tokenizer = refs[0].tokenizer() if refs else None
+    planner = Planner(thresholds, settings, _models(gate, family), family_built=family is not None)
     what = "the embedded default (the tiny family and its merges)" if gate.embedded else \
         f"{len(gate.merged_names)} merged model(s) against their parents"
     lines = [f"mergeqa plan: {what}", f"thresholds: {path or 'built-in defaults'}; cache: {gate.cache_dir}"]
     if wants_family:
         lines.append(f"family: {'built, ' + str(family.root) if family else 'not built (the run builds it first)'}")
-    header = len(lines)
+    sections = planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
+    return "\n".join(lines + planner.model_lines() + sections + planner.work_lines())
 
-    # -- retention suite: items, cache, power, tokens ------------------------------------------
-    evaluated = [m for m in models if m.role in ("merged", "parent", "base")]
-    tokens = {"evaluation": 0, "probing": 0, "sanity": 0}
-    task_lines = []
-    leaves_of: dict[str, dict] = {}
-    for task in suite["tasks"]:
-        if task.startswith("family") and family is None:  # its size is in the recipe
-            from .family import load_recipe
 
-            n = load_recipe()["eval_items"]
-            task_lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written when the family "
-                              f"is built); smallest drop detectable: {_mde(n, alpha, power)}")
-            continue
-        leaves, problem = _load(task, settings, suite.get("num_fewshot"))
+@dataclass
+class Planner:
+    """One dry run: each section adds its lines and the forward tokens its work still needs."""
+
+    thresholds: object
+    settings: object
+    models: list[PlannedModel]
+    family_built: bool
+    tokens: dict[str, int] = field(default_factory=lambda: {"evaluation": 0, "probing": 0, "sanity": 0})
+
+    def __post_init__(self):
+        self.refs = [m.ref for m in self.models if m.ref is not None]
+        self.tokenizer = self.refs[0].tokenizer() if self.refs else None
+        self.alpha = self.thresholds.get("statistics", "alpha")
+        self.power = self.thresholds.get("statistics", "power")
+        name = self.thresholds.get("retention", "suite")
+        self.suite = self.thresholds.suite(name) if name else {"tasks": []}
+        probing = [self.thresholds.get("probing", k) for k in ("phenomena", "datasets")]
+        self.n_probes = sum(len(names) for names in probing)
+
+    def _task(self, task: str, roles: tuple[str, ...], num_fewshot=None) -> tuple[int, str, str]:
+        """(items, what they are, the work) for one task; adds its tokens for every model of `roles`
+        whose results the cache lacks. Items 0: the middle string says why it cannot be planned."""
+        leaves, problem = _load(task, self.settings, num_fewshot)
         if problem:
-            task_lines.append(f"  {task}: {problem}")
-            continue
-        leaves_of[task] = leaves
-        n = sum(min(len(t.eval_docs), args.eval_limit or len(t.eval_docs)) for t in leaves.values())
-        work = sum(_request_tokens(t, tokenizer, args.eval_limit, args.backend) for t in leaves.values()) \
-            if tokenizer is not None else None
-        for m in evaluated:
-            if m.ref is not None and set(leaves) <= _cached(m.ref, list(leaves), settings):
-                m.cached_tasks.add(task)
-            todo = m.ref is None or task not in m.cached_tasks
-            if todo and work is not None:
-                tokens["evaluation"] += work
+            return 0, problem, ""
+        limit = self.settings.limit
+        n = sum(min(len(t.eval_docs), limit or len(t.eval_docs)) for t in leaves.values())
+        work = None if self.tokenizer is None else sum(
+            _request_tokens(t, self.tokenizer, limit, self.settings.backend) for t in leaves.values())
+        for m in self.models:
+            if m.role not in roles:
+                continue
+            if m.ref is not None and set(leaves) <= _cached(m.ref, list(leaves), self.settings):
+                if task in self.suite["tasks"]:
+                    m.cached_tasks.add(task)
+            elif work is not None:
+                self.tokens["evaluation"] += work
         sub = f", {len(leaves)} subtasks" if len(leaves) > 1 or task not in leaves else ""
-        task_lines.append(f"  {task}: n={n} items{sub}; smallest drop detectable: {_mde(n, alpha, power)}"
-                          + (f"; {_fmt(work)} forward tokens per model" if work is not None else ""))
-    if suite["tasks"]:
-        lines += ["", f"retention suite {suite_name!r} (paired tests, one-sided alpha {alpha}, power {power}, "
-                  f"{ASSUMED_DISCORDANCE:.0%} of items discordant; Holm across up to {2 * len(suite['tasks'])} "
-                  "comparisons per merge):"] + task_lines
-    else:
-        from .init import no_suite_line
+        return n, f"n={n} items{sub}", f"; {_fmt(work)} forward tokens per model" if work is not None else ""
 
-        lines += ["", no_suite_line(thresholds)]
+    def suite_lines(self) -> list[str]:
+        tasks, alpha, power = self.suite["tasks"], self.alpha, self.power
+        if not tasks:
+            from .init import no_suite_line
 
-    # -- probing -------------------------------------------------------------------------------
-    from .probing.engine import ProbingEngine
+            return ["", no_suite_line(self.thresholds)]
+        lines = ["", f"retention suite {self.thresholds.get('retention', 'suite')!r} (paired tests, one-sided alpha "
+                 f"{alpha}, power {power}, {ASSUMED_DISCORDANCE:.0%} of items discordant; Holm across up to "
+                 f"{2 * len(tasks)} comparisons per merge):"]
+        for task in tasks:
+            if task.startswith("family") and not self.family_built:  # its size is in the recipe
+                from .family import load_recipe
 
-    engine = ProbingEngine.from_thresholds(thresholds, cache_dir=gate.cache_dir, device="cpu", dtype=args.dtype)
-    for m in evaluated:
-        if m.ref is not None:
-            m.cached_probes = engine.cached(m.ref)
-    probe_lines = []
-    for d in engine.datasets.values():
-        n_test = len(d.indices("test"))
-        per_model = sum(len(tokenizer(i.text).input_ids) for i in d.items) if tokenizer is not None else None
-        for m in evaluated:
-            todo = m.ref is None or d.name not in m.cached_probes
-            if todo and per_model is not None:
-                tokens["probing"] += per_model
-        probe_lines.append(f"  {d.name}: {len(d.items)} sentences, test n={n_test}; smallest drop detectable: "
-                           f"{_mde(n_test, alpha, power)}")
-    lines += ["", f"probing ({len(engine.datasets)} sets, every model, best and last layer):"] + probe_lines
+                n = load_recipe()["eval_items"]
+                lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written when the family "
+                             f"is built); smallest drop detectable: {_mde(n, alpha, power)}")
+                continue
+            n, what, work = self._task(task, ("merged", "parent", "base"), self.suite.get("num_fewshot"))
+            power_note = f"; smallest drop detectable: {_mde(n, alpha, power)}" if n else ""
+            lines.append(f"  {task}: {what}{power_note}{work}")
+        return lines
 
-    # -- sanity ---------------------------------------------------------------------------------
-    from .sanity import parse_prompts
+    def probing_lines(self) -> list[str]:
+        from .probing.engine import ProbingEngine
 
-    prompts = parse_prompts(thresholds.get("sanity", "prompts"))
-    chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
-    skipped = [p for p in prompts if p.chat and not chat] if tokenizer is not None else []
-    prompts = [p for p in prompts if p not in skipped]
-    new_tokens = thresholds.get("sanity", "new_tokens")
-    merged = [m for m in models if m.role == "merged"]
-    if tokenizer is not None:
-        per_merge = 2 * sum(len(tokenizer(p.text).input_ids) + new_tokens for p in prompts)
-        tokens["sanity"] = per_merge * len(merged)
-    lines += ["", f"sanity: {len(prompts)} prompts x 2 greedy runs x {new_tokens} new tokens per merge"
-              + (f" ({len(skipped)} chat prompt(s) skipped: no chat template)" if skipped else "")
-              + f"; perplexity: {ppl_task or 'none (no [sanity] perplexity_task)'}"]
-    lines[header:header] = ["", "models:"] + [m.line(len(suite["tasks"]), len(engine.datasets)) for m in models]
-    total = sum(tokens.values())
-    if tokenizer is None:
-        lines += ["", "work: unknown until the models exist (nothing to tokenize with yet)"]
-    else:
-        unbuilt = sum(m.ref is None for m in models)
-        lines += ["", f"work left: about {_fmt(total)} forward tokens (evaluation {_fmt(tokens['evaluation'])}, "
-                  f"probing {_fmt(tokens['probing'])}, sanity {_fmt(tokens['sanity'])}), counted with "
-                  f"{refs[0].name}'s tokenizer" + (f"; {unbuilt} model(s) to build first" if unbuilt else "")]
-    return "\n".join(lines)
+        engine = ProbingEngine.from_thresholds(self.thresholds, cache_dir=self.settings.cache_dir, device="cpu",
+                                               dtype=self.settings.dtype)
+        for m in self.models:
+            m.cached_probes = engine.cached(m.ref) if m.ref is not None else []
+        lines = ["", f"probing ({len(engine.datasets)} sets, every model, best and last layer):"]
+        for d in engine.datasets.values():
+            if self.tokenizer is not None:
+                per_model = sum(len(self.tokenizer(i.text).input_ids) for i in d.items)
+                self.tokens["probing"] += per_model * sum(d.name not in m.cached_probes for m in self.models)
+            n_test = len(d.indices("test"))
+            lines.append(f"  {d.name}: {len(d.items)} sentences, test n={n_test}; smallest drop detectable: "
+                         f"{_mde(n_test, self.alpha, self.power)}")
+        return lines
+
+    def sanity_lines(self) -> list[str]:
+        from .sanity import parse_prompts
+
+        prompts = parse_prompts(self.thresholds.get("sanity", "prompts"))
+        chat = self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+        skipped = [p for p in prompts if p.chat and not chat] if self.tokenizer is not None else []
+        prompts = [p for p in prompts if p not in skipped]
+        new_tokens = self.thresholds.get("sanity", "new_tokens")
+        if self.tokenizer is not None:
+            per_merge = 2 * sum(len(self.tokenizer(p.text).input_ids) + new_tokens for p in prompts)
+            self.tokens["sanity"] = per_merge * sum(m.role == "merged" for m in self.models)
+        ppl_task = self.thresholds.get("sanity", "perplexity_task")
+        if not ppl_task:
+            ppl = "none (no [sanity] perplexity_task)"
+        elif ppl_task.startswith("family") and not self.family_built:
+            ppl = f"{ppl_task} (a family task: its items exist once the family is built)"
+        else:
+            _, what, work = self._task(ppl_task, ("merged", "parent"))
+            ppl = f"{ppl_task}, {what}{work}"
+        return ["", f"sanity: {len(prompts)} prompts x 2 greedy runs x {new_tokens} new tokens per merge"
+                + (f" ({len(skipped)} chat prompt(s) skipped: no chat template)" if skipped else "")
+                + f"; perplexity: {ppl}"]
+
+    def model_lines(self) -> list[str]:
+        return ["", "models:"] + [m.line(len(self.suite["tasks"]), self.n_probes) for m in self.models]
+
+    def work_lines(self) -> list[str]:
+        if self.tokenizer is None:
+            return ["", "work: unknown until the models exist (nothing to tokenize with yet)"]
+        t, unbuilt = self.tokens, sum(m.ref is None for m in self.models)
+        return ["", f"work left: about {_fmt(sum(t.values()))} forward tokens (evaluation {_fmt(t['evaluation'])}, "
+                f"probing {_fmt(t['probing'])}, sanity {_fmt(t['sanity'])}), counted with {self.refs[0].name}'s "
+                "tokenizer" + (f"; {unbuilt} model(s) to build first" if unbuilt else "")]
 
 
 def _load(task: str, settings, num_fewshot):
