@@ -3,6 +3,8 @@
     mergeqa gate [--out DIR] [PYTEST ARGS...]   build the family, merge it, run the gate, write
                                                DIR/junit.xml, DIR/comparison.md, DIR/summary.md
     mergeqa family [--table]                   build (or find) the tiny family; print its table
+    mergeqa init --model M --parents A B ...   write a commented thresholds.toml for your merge
+    mergeqa plan [--model M --parents A B ...] what a run would evaluate, its power and its cost
 
 The gate is plain pytest underneath: everything here can also be done with `pytest --gate`.
 """
@@ -21,14 +23,68 @@ def main(argv: list[str] | None = None) -> int:
     gate.add_argument("--out", default="mergeqa-report", help="report directory (default: mergeqa-report)")
     family = sub.add_parser("family", help="build the tiny family and print where it is")
     family.add_argument("--table", action="store_true", help="also evaluate it: model x task -> acc")
-    for p in (gate, family):
+    init = sub.add_parser("init", help="write a commented thresholds.toml for your merge")
+    init.add_argument("--model", required=True, metavar="PATH", help="the merged checkpoint directory")
+    init.add_argument("--parents", required=True, nargs="+", metavar="PATH", help="the parents' directories")
+    init.add_argument("--base", metavar="PATH", default=None, help="the base checkpoint (default: none)")
+    choice = init.add_mutually_exclusive_group()
+    choice.add_argument("--suite", metavar="NAME", default=None,
+                        help="a built-in suite: leaderboard_v1, leaderboard_v2, code (default: the first whose "
+                             "datasets are all on this machine)")
+    choice.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
+                        help="your own lm-eval tasks (or groups) as the suite (default: a built-in suite)")
+    init.add_argument("--out", default="thresholds.toml", metavar="PATH", help="default: thresholds.toml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file (default: never)")
+    plan = sub.add_parser("plan", help="a dry run: models, tasks, statistical power and work, measuring nothing")
+    plan.add_argument("--model", nargs="+", metavar="PATH", default=[], help="merged checkpoints (default: the "
+                      "embedded family's merges)")
+    plan.add_argument("--parents", nargs="+", metavar="PATH", default=None, help="parent checkpoints")
+    plan.add_argument("--base", metavar="PATH", default=None, help="base checkpoint")
+    plan.add_argument("--merge-config", nargs="+", metavar="YAML", default=[], help="mergekit configs")
+    plan.add_argument("--thresholds", metavar="PATH", default=None,
+                      help="default: ./thresholds.toml if present, else the built-in defaults")
+    plan.add_argument("--eval-limit", type=int, metavar="N", default=None, help="as pytest's --eval-limit")
+    plan.add_argument("--backend", choices=("mergeqa-hf", "hf"), default="mergeqa-hf")
+    plan.add_argument("--dtype", default="float32")
+    plan.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    for p in (init, plan):
+        p.add_argument("--tasks-path", nargs="+", metavar="DIR", default=[],
+                       help="extra directories of lm-eval task YAML (default: none)")
+    for p in (gate, family, plan):
         p.add_argument("--cache", default=None, help="cache directory (default: $MERGEQA_CACHE_DIR or ~/.cache/mergeqa)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "gate":
         return run_gate(Path(args.out), args.cache, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("init", "plan"):
+        return run_usage_checked(args)
     return run_family(args.cache, args.table)
+
+
+def run_usage_checked(args) -> int:
+    """`init` and `plan`: misuse is one line on stderr and exit code 4, as in pytest."""
+    import os
+
+    from .errors import MergeQAUsageError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        if args.command == "init":
+            from .init import init
+
+            _, summary = init(args.model, args.parents, args.base, suite=args.suite, tasks=args.tasks,
+                              task_paths=args.tasks_path, out=Path(args.out), force=args.force)
+            print(summary)
+        else:
+            from .plan import plan
+
+            print(plan(args))
+    except MergeQAUsageError as exc:
+        print(f"mergeqa {args.command}: {exc}", file=sys.stderr)
+        return 4
+    return 0
 
 
 def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:

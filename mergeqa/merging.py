@@ -54,15 +54,22 @@ def input_models(config) -> list[Path]:
     return [validate_model_dir(r, "--merge-config model") for r in sorted(refs)]
 
 
+def merge_target(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
+                 seed: int = 0) -> Path:
+    """Where the merge of this config lives in the cache, built or not (nothing is built)."""
+    from importlib.metadata import version
+
+    config, _ = read_merge_config(config_path, substitutions)
+    inputs = {str(p): content_hash(p) for p in input_models(config)}
+    key = digest(config.model_dump(mode="json"), inputs, seed, version("mergekit"))
+    return Path(cache_dir) / "merges" / f"{Path(config_path).stem}-{key[:16]}"
+
+
 def build_merge(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
                 cuda: bool = False, seed: int = 0) -> Path:
     """The merged model directory for this config, built with mergekit's run_merge if not cached."""
-    from importlib.metadata import version
-
     config, source = read_merge_config(config_path, substitutions)
-    inputs = {str(p): content_hash(p) for p in input_models(config)}
-    key = digest(config.model_dump(mode="json"), inputs, seed, version("mergekit"))
-    target = Path(cache_dir) / "merges" / f"{Path(config_path).stem}-{key[:16]}"
+    target = merge_target(config_path, cache_dir, substitutions=substitutions, seed=seed)
     started = time.perf_counter()
 
     def build(tmp: Path) -> None:

@@ -118,13 +118,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
         make_executor(opt.executor)  # an unknown spec, or Ray missing: a usage error now
         check_backend(opt.backend)
-        thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path)
         gate = config.stash[session_key]
+        # the family's defaults fit only the family
+        thresholds = config.stash[thresholds_key] = load_thresholds(thresholds_path, embedded=gate.embedded)
         if thresholds.path is not None or gate.embedded:
             thresholds.check_parents(gate.parent_names())
         # Names the checks are parametrised by: a wrong one is a usage error now, not a
         # collection error later.
-        thresholds.suite(thresholds.get("retention", "suite"))
+        if thresholds.get("retention", "suite"):
+            thresholds.suite(thresholds.get("retention", "suite"))
+        else:  # no suite (a model that is not the family, no thresholds file): one line says so
+            from .init import NoSuiteNotice
+
+            config.pluginmanager.register(NoSuiteNotice(thresholds), "mergeqa-no-suite")
         from .probing.engine import datasets_from_thresholds
 
         try:
@@ -149,6 +155,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("merged_model", names, ids=names, indirect=True, scope="session")
     if "retention_task" in metafunc.fixturenames:
         thresholds = metafunc.config.stash[thresholds_key]
+        if not thresholds.get("retention", "suite"):
+            from .init import no_suite_param
+
+            metafunc.parametrize("retention_task", [no_suite_param(thresholds)], scope="session")
+            return
         tasks = thresholds.suite(thresholds.get("retention", "suite"))["tasks"]
         metafunc.parametrize("retention_task", tasks, ids=tasks, scope="session")
 
@@ -236,7 +247,8 @@ def _eval_settings(config: pytest.Config):
     from .engine import EvalSettings
 
     opt, gate, thresholds = config.option, config.stash[session_key], config.stash[thresholds_key]
-    tasks = thresholds.suite(thresholds.get("retention", "suite"))["tasks"]
+    suite = thresholds.get("retention", "suite")
+    tasks = thresholds.suite(suite)["tasks"] if suite else []
     paths = [str(BUNDLED_TASKS)] + list(opt.tasks_path)
     if any(t.startswith("family") for t in tasks):
         paths.insert(0, str(gate.family().tasks_dir))

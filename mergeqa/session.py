@@ -78,6 +78,20 @@ class GateSession:
             self._refs["family"] = build_family(self.cache_dir)
         return self._refs["family"]
 
+    def built_family(self):
+        """The family if the cache already holds it, else None: never builds (for dry runs)."""
+        import torch
+        import transformers
+
+        from .cache import digest
+        from .family.build import Family, _source_digest, load_recipe
+
+        # build_family's key, read without building (kept here: an edit under mergeqa/family/
+        # changes the family's own cache key and costs every cache a rebuild)
+        key = digest(load_recipe(), _source_digest(), torch.__version__.split("+")[0], transformers.__version__)
+        root = self.cache_dir / f"family-{key[:16]}"
+        return Family(root) if (root / "recipe.json").is_file() else None
+
     def _substitutions(self) -> dict[str, str]:
         if not self.embedded:
             return {}

@@ -51,6 +51,32 @@ DEFAULTS: dict[str, dict] = {
     "suites": {"family": {"tasks": ["family_arithmetic", "family_lists", "family_grammar"]},
                "code": {"tasks": ["mergeqa_humaneval"]}},
 }
+# For any other model (--model / --merge-config) without a thresholds file: the model-agnostic
+# checks, with the merge guide's sanity prompts; no suite, so retention and regression report one
+# line (mergeqa.init.no_suite_line) instead of measuring the family's tasks on a model they do not fit.
+GENERIC_DEFAULTS: dict[str, dict] = {
+    **DEFAULTS,
+    "sanity": {**DEFAULTS["sanity"], "perplexity_task": "",
+               "prompts": {  # the merge guide's; chat ones run only with a chat template
+                   "greeting": {"prompt": "Hello, how are you?", "match": r"[A-Za-z]"},
+                   "capital": {"prompt": "The capital of France is", "expect": ["Paris"]},
+                   "chat_capital": {"prompt": "What is the capital of France?", "chat": True,
+                                    "expect": ["Paris"]},
+                   "about_ai": {"prompt": "Tell me about AI", "match": r"[A-Za-z]"}}},
+    "retention": {**DEFAULTS["retention"], "suite": "", "capabilities": {}},
+    "suites": {**DEFAULTS["suites"], "leaderboard_v1": {  # "family" stays: it is chosen, never a default
+                   "tasks": ["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"],
+                   "num_fewshot": {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0,
+                                   "winogrande": 5, "gsm8k": 5}},
+               "leaderboard_v2": {"tasks": ["leaderboard"]}},
+}
+
+
+def defaults_for(embedded: bool) -> dict[str, dict]:
+    """The built-in defaults: the family's for the embedded default, GENERIC_DEFAULTS otherwise."""
+    return DEFAULTS if embedded else GENERIC_DEFAULTS
+
+
 CHOICES = {
     ("retention", "mode"): ("significance", "point"),
     ("statistics", "correction"): ("holm", "bh"),
@@ -107,8 +133,9 @@ class Thresholds:
                     f"of this run.{did_you_mean(owner, names)} Parents: {', '.join(names)} (their directory names)")
 
 
-def load_thresholds(path: str | Path | None) -> Thresholds:
-    """Parse and validate a thresholds file; None gives the built-in defaults."""
+def load_thresholds(path: str | Path | None, *, embedded: bool = True) -> Thresholds:
+    """Parse and validate a thresholds file over the built-in defaults (`defaults_for(embedded)`);
+    None gives the defaults alone."""
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -119,7 +146,7 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
                                     "file (the repository's thresholds.toml is a full example)") from None
         except tomllib.TOMLDecodeError as exc:
             raise MergeQAUsageError(f"{path}: {exc}") from None
-    values = {s: dict(d) for s, d in DEFAULTS.items()}
+    values = {s: dict(d) for s, d in defaults_for(embedded).items()}
     where = str(path) if path else "thresholds"
     for section, table in raw.items():
         if section not in DEFAULTS:

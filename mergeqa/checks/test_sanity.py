@@ -53,6 +53,13 @@ def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings,
     from mergeqa.models import resolve_device
 
     task = thresholds.get("sanity", "perplexity_task")
+    if not task:  # no held-out text known to fit this model: say how to give one
+        from mergeqa.verdict import Verdict
+
+        decide(request, Verdict("sanity.perplexity", merged_model.name, "not_applicable", reason=(
+            "no [sanity] perplexity_task: name an lm-eval loglikelihood_rolling task whose data is on "
+            "this machine (e.g. wikitext); `mergeqa init` writes the key")))
+        return
     model = merged_model.model(resolve_device(mergeqa_session.device), mergeqa_session.dtype)
     problem = sanity.vocabulary_problem(model, merged_model.tokenizer())
     ppl = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from mergeqa.errors import MergeQAUsageError
@@ -84,6 +83,10 @@ class ProbingEngine:
 
         key = digest(self.settings.key(), self.dtype)[:12]
         return self.cache_dir / "probes" / f"{ref.content_hash[:16]}-{dataset.content_hash}-{key}"
+
+    def cached(self, ref) -> list[str]:
+        """Names of the datasets whose result for `ref` the cache already holds (computes nothing)."""
+        return [d.name for d in self.datasets.values() if self._entry(ref, d).is_dir()]
 
     def _missing(self, ref) -> list[ProbeDataset]:
         return [d for d in self.datasets.values() if (ref.content_hash, d.name) not in self._memo
