@@ -74,9 +74,9 @@ def test_tasks_load_after_the_directory_moves(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_moved_family_evaluates_from_its_new_place(family, tmp_path):
     """Copy the family, move the copy, evaluate a parent from it with a fresh result cache: the
-    tasks load from the new place, the task configs (and so the cache keys) are those of the
-    original, and the parent still has its skill (>= 0.75 on 60 items: its target is >= 0.90)."""
-    from mergeqa.engine import EvalSettings, evaluate, load_tasks, task_config_hash
+    tasks load their data from the new place (the old one is gone), and the parent still has its
+    skill (>= 0.75 on 60 items: its target is >= 0.90)."""
+    from mergeqa.engine import EvalSettings, evaluate
     from mergeqa.family import Family
     from mergeqa.models import ModelRef
 
@@ -90,10 +90,6 @@ def test_a_moved_family_evaluates_from_its_new_place(family, tmp_path):
     result = evaluate(ModelRef("lists", moved.parents["lists"], "parent"), ["family_lists"], settings)
     assert len(result.tasks["family_lists"].items) == 60
     assert result.score("family_lists") >= 0.75
-
-    original = EvalSettings(cache_dir=tmp_path / "cache", device="cpu", task_paths=(str(family.tasks_dir),))
-    here, there = load_tasks(["family_lists"], original)[0], load_tasks(["family_lists"], settings)[0]
-    assert task_config_hash(here["family_lists"]) == task_config_hash(there["family_lists"])
 
 
 @pytest.mark.slow

@@ -142,7 +142,7 @@ def write_tasks(out: Path, *, skills: dict[str, list[Item]], grammar: tuple[list
     """Write every task's JSONL and YAML under `out`, with the loader they name.
 
     The YAML names its data relative to itself (`jsonl_dataset.load` resolves it at load time), so
-    the directory can move: a family copied elsewhere evaluates the same, with the same cache keys.
+    the directory can move: a family copied elsewhere evaluates the same.
     """
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(__file__).with_name("jsonl_dataset.py"), out / "jsonl_dataset.py")
