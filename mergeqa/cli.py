@@ -3,6 +3,7 @@
     mergeqa gate [--out DIR] [PYTEST ARGS...]   build the family, merge it, run the gate, write
                                                DIR/junit.xml, DIR/comparison.md, DIR/summary.md
     mergeqa family [--table]                   build (or find) the tiny family; print its table
+                                               (base, parents, every default merge)
     mergeqa init --model M --parents A B ...   write a commented thresholds.toml for your merge
     mergeqa plan [--model M --parents A B ...] what a run would evaluate, its power and its cost
 
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     gate = sub.add_parser("gate", help="run the gate (default: on the embedded tiny family)")
     gate.add_argument("--out", default="mergeqa-report", help="report directory (default: mergeqa-report)")
     family = sub.add_parser("family", help="build the tiny family and print where it is")
-    family.add_argument("--table", action="store_true", help="also evaluate it: model x task -> acc")
+    family.add_argument("--table", action="store_true",
+                        help="also its table: base, parents and every default merge x task and probing "
+                             "(computed once, recorded in the family's cache entry)")
     init = sub.add_parser("init", help="write a commented thresholds.toml for your merge")
     init.add_argument("--model", required=True, metavar="PATH", help="the merged checkpoint directory")
     init.add_argument("--parents", required=True, nargs="+", metavar="PATH", help="the parents' directories")
@@ -108,27 +111,28 @@ def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
 
 
 def run_family(cache: str | None, table: bool) -> int:
+    """Build (or find) the family and print where it is; with --table, its recorded table (computed
+    and recorded in the family's cache entry first if absent)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from .engine import EvalSettings, evaluate
     from .family import build_family
-    from .family.tasks import ALL_TASKS
-    from .models import ModelRef
+    from .family.table import family_table, recorded_table, render
 
-    fam = build_family(cache, log=lambda m: print(f"  {m}", file=sys.stderr))
+    log = lambda m: print(f"  {m}", file=sys.stderr)  # noqa: E731
+    fam = build_family(cache, log=log)
     print(f"family: {fam.root}")
-    refs = [ModelRef("base", fam.base, "base")] + [ModelRef(n, p, "parent") for n, p in fam.parents.items()]
-    for ref in refs:
-        print(f"  {ref.name}: {ref.path}")
-    if table:
-        settings = EvalSettings(cache_dir=fam.root.parent, device="cpu", task_paths=(str(fam.tasks_dir),))
-        tasks = [t for t in ALL_TASKS if t != "family_grammar_ppl"]
-        print("\n| model | " + " | ".join(tasks) + " |\n|---|" + "---:|" * len(tasks))
-        for ref in refs:
-            res = evaluate(ref, tasks, settings)
-            print(f"| {ref.name} | " + " | ".join(f"{res.score(t):.3f}" for t in tasks) + " |")
+    for name, path in {"base": fam.base, **fam.parents}.items():
+        print(f"  {name}: {path}")
+    recorded = family_table(cache, log=log) if table else recorded_table(fam)
+    if recorded is not None:
+        print("\n" + render(recorded))
+    else:
+        build = fam.build_info
+        if build:
+            print(f"built in {build['wall_s']} s wall, {build['cpu_s']} s CPU; no table recorded yet "
+                  "(mergeqa family --table computes it)")
     return 0
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from .errors import MergeQAUsageError
 from .models import ModelRef, validate_model_dir
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
-DEFAULT_MERGES_DIR = FIXTURES_DIR / "merges"
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"  # the repository's own (tests)
+DEFAULT_MERGES_DIR = Path(__file__).resolve().parent / "data" / "family" / "merges"  # package data
 
 
 @dataclass

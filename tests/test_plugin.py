@@ -80,7 +80,7 @@ def _events(cache: Path) -> list[dict]:
 def test_gate_on_a_merge_made_by_mergekit_cli(tmp_path, family, private_cache):
     """A merge from `mergekit-yaml` outside the suite runs the same checks as a built one."""
     cfg = tmp_path / "ties.yaml"
-    cfg.write_text(Path("fixtures/merges/ties.yaml").read_text().replace("${base}", str(family.base))
+    cfg.write_text(Path("mergeqa/data/family/merges/ties.yaml").read_text().replace("${base}", str(family.base))
                    .replace("${arithmetic}", str(family.parents["arithmetic"]))
                    .replace("${lists}", str(family.parents["lists"])))
     merged = tmp_path / "cli-ties"

@@ -21,10 +21,12 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+#: The default recipe and merge configs ship inside the package (a wheel carries them).
+DATA_DIR = PACKAGE_DIR.parent / "data" / "family"
 
 
 def default_recipe_path() -> Path:
-    return PACKAGE_DIR.parent.parent / "fixtures" / "family.toml"
+    return DATA_DIR / "family.toml"
 
 
 def load_recipe(path: Path | None = None) -> dict:
@@ -60,6 +62,14 @@ class Family:
     def recipe(self) -> dict:
         return json.loads((self.root / "recipe.json").read_text())
 
+    @property
+    def build_info(self) -> dict:
+        """How the family was built: wall and CPU seconds, torch threads, machine ({} if unknown)."""
+        try:
+            return json.loads((self.root / "build.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
 
 def _source_digest() -> str:
     return digest({p.name: p.read_text() for p in sorted(PACKAGE_DIR.glob("*.py"))})
@@ -75,14 +85,19 @@ def build_family(cache_dir: Path | None = None, recipe_path: Path | None = None,
     key = digest(recipe, _source_digest(), torch.__version__.split("+")[0], transformers.__version__)
     target = cache_dir / f"family-{key[:16]}"
     started = time.perf_counter()
-    build_once(target, lambda tmp: _build(tmp, recipe, log or (lambda msg: None), final=target),
+    build_once(target, lambda tmp: _build(tmp, recipe, log or (lambda msg: None)),
                on_build=lambda: log_event(cache_dir, "family_built", path=str(target),
                                           seconds=round(time.perf_counter() - started, 1)))
     return Family(target)
 
 
-def _build(out: Path, recipe: dict, log, *, final: Path) -> None:
+def _build(out: Path, recipe: dict, log) -> None:
+    import os
+    import platform
+
     import torch
+
+    wall, cpu = time.perf_counter(), time.process_time()
 
     from .grammar import corpus
     from .skills import skill_items
@@ -118,5 +133,9 @@ def _build(out: Path, recipe: dict, log, *, final: Path) -> None:
         save(parent, name)
     torch.manual_seed(seed)
     write_tasks(out / "tasks", skills={s: held for s, (_, held) in skills.items()},
-                grammar=grammar_sets(seed + 7, n_eval, set(grammar)), seed=seed, final_dir=final / "tasks")
+                grammar=grammar_sets(seed + 7, n_eval, set(grammar)), seed=seed)
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    (out / "build.json").write_text(json.dumps({
+        "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "torch": torch.__version__}, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 from .grammar import generate_sentence
@@ -22,6 +23,7 @@ SKILL_TASKS = {"arithmetic": "family_arithmetic", "lists": "family_lists"}
 _MC = """task: {name}
 tag: [mergeqa_family]
 dataset_path: json
+custom_dataset: !function jsonl_dataset.load
 dataset_kwargs:
   data_files:
     test: {data}
@@ -41,6 +43,7 @@ metadata:
 _GEN = """task: {name}
 tag: [mergeqa_family_gen]
 dataset_path: json
+custom_dataset: !function jsonl_dataset.load
 dataset_kwargs:
   data_files:
     test: {data}
@@ -63,6 +66,7 @@ metadata:
 """
 _PAIRS = """task: family_grammar_pairs
 dataset_path: json
+custom_dataset: !function jsonl_dataset.load
 dataset_kwargs:
   data_files:
     test: {data}
@@ -78,6 +82,7 @@ metadata:
 """
 _PPL = """task: family_grammar_ppl
 dataset_path: json
+custom_dataset: !function jsonl_dataset.load
 dataset_kwargs:
   data_files:
     test: {data}
@@ -133,19 +138,19 @@ def grammar_sets(seed: int, n: int, exclude: set[str]) -> tuple[list[dict], list
 
 
 def write_tasks(out: Path, *, skills: dict[str, list[Item]], grammar: tuple[list, list, list],
-                seed: int, final_dir: Path | None = None) -> None:
-    """Write every task's JSONL and YAML under `out`.
+                seed: int) -> None:
+    """Write every task's JSONL and YAML under `out`, with the loader they name.
 
-    The YAML names its data by absolute path (so any cwd works): the path under `final_dir`, where
-    `out` will be once the cache moves it into place.
+    The YAML names its data relative to itself (`jsonl_dataset.load` resolves it at load time), so
+    the directory can move: a family copied elsewhere evaluates the same.
     """
     out.mkdir(parents=True, exist_ok=True)
-    final_dir = Path(final_dir or out).resolve()
+    shutil.copyfile(Path(__file__).with_name("jsonl_dataset.py"), out / "jsonl_dataset.py")
     rng = random.Random(seed)
 
     def dump(name: str, rows: list[dict], template: str, **fmt) -> None:
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (out / f"{name}.yaml").write_text(template.format(name=name, data=json.dumps(str(final_dir / f"{name}.jsonl")), **fmt))
+        (out / f"{name}.yaml").write_text(template.format(name=name, data=json.dumps(f"{name}.jsonl"), **fmt))
 
     for skill, items in skills.items():
         rows = [_mc_row(item, rng) for item in items]

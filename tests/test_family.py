@@ -1,0 +1,110 @@
+"""The embedded family: its recipe and merges ship as package data, its tasks survive a move, and
+its table shows what the recipe promises, within wide, stated bands.
+
+The first two tests take seconds and need no trained model. The last ones use the built family
+(cached; ~3 min on 2 cores the first time). The family trains to slightly different weights on
+another CPU, so they assert bands with margins of 0.05 or more around the recipe's targets
+(parents >= 0.90 on their skill, base <= 0.40, parents <= 0.50 on the other skill), never figures.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mergeqa.family import default_recipe_path, load_recipe
+from mergeqa.family.skills import skill_items
+from mergeqa.family.tasks import grammar_sets, write_tasks
+from mergeqa.session import DEFAULT_MERGES_DIR
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mergeqa"
+
+
+def test_recipe_and_default_merges_are_package_data():
+    assert default_recipe_path().is_relative_to(PACKAGE / "data")
+    assert DEFAULT_MERGES_DIR.is_relative_to(PACKAGE / "data")
+    recipe = load_recipe()
+    assert set(recipe["parents"]) == {"arithmetic", "lists"}
+    methods = {yaml.safe_load(p.read_text())["merge_method"] for p in DEFAULT_MERGES_DIR.glob("*.yaml")}
+    assert {"linear", "slerp", "ties", "dare_ties", "task_arithmetic"} <= methods
+
+
+def test_default_merges_parse_with_the_family_substituted():
+    from mergeqa.merging import read_merge_config
+
+    subs = {"base": "/m/base", "arithmetic": "/m/arithmetic", "lists": "/m/lists"}
+    for path in sorted(DEFAULT_MERGES_DIR.glob("*.yaml")):
+        config, text = read_merge_config(path, subs)
+        assert "${" not in text, path.name
+        assert {str(m) for m in config.referenced_models()} <= set(subs.values()), path.name
+
+
+def _write_small_tasks(out: Path) -> None:
+    skills = {s: skill_items(s, 0, 12)[1] for s in ("arithmetic", "lists")}
+    write_tasks(out, skills=skills, grammar=grammar_sets(7, 12, set()), seed=0)
+
+
+def test_task_yaml_names_its_data_relative_to_itself(tmp_path):
+    _write_small_tasks(tmp_path / "tasks")
+    for y in (tmp_path / "tasks").glob("family_*.yaml"):
+        text = y.read_text()
+        assert str(tmp_path) not in text, f"{y.name} names an absolute path"
+        assert "custom_dataset: !function jsonl_dataset.load" in text, y.name
+
+
+def test_tasks_load_after_the_directory_moves(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    _write_small_tasks(tmp_path / "built")
+    moved = tmp_path / "elsewhere" / "tasks"
+    shutil.move(tmp_path / "built", moved)
+    monkeypatch.chdir(tmp_path)  # neither the old place nor the tasks directory is the cwd
+    tm = TaskManager(include_path=[str(moved)], include_defaults=False)
+    tasks = tm.load(["family_lists", "family_grammar_ppl"])["tasks"]
+    docs = {name: list(task.test_docs()) for name, task in tasks.items()}
+    assert len(docs["family_lists"]) == 12
+    assert docs["family_lists"][0]["prompt"].split()[0] in ("reverse", "sort")
+    assert len(docs["family_grammar_ppl"]) == 6
+
+
+# -- on the built family (slow the first time) ---------------------------------------------------
+@pytest.mark.slow
+def test_a_moved_family_evaluates_from_its_new_place(family, tmp_path):
+    """Copy the family, move the copy, evaluate a parent from it with a fresh result cache: the
+    tasks load their data from the new place (the old one is gone), and the parent still has its
+    skill (>= 0.75 on 60 items: its target is >= 0.90)."""
+    from mergeqa.engine import EvalSettings, evaluate
+    from mergeqa.family import Family
+    from mergeqa.models import ModelRef
+
+    copy = tmp_path / "a" / family.root.name
+    shutil.copytree(family.root, copy)
+    moved = Family(tmp_path / "b" / family.root.name)
+    shutil.move(copy.parent, moved.root.parent)
+    assert not copy.exists()
+
+    settings = EvalSettings(cache_dir=tmp_path / "cache", device="cpu", task_paths=(str(moved.tasks_dir),), limit=60)
+    result = evaluate(ModelRef("lists", moved.parents["lists"], "parent"), ["family_lists"], settings)
+    assert len(result.tasks["family_lists"].items) == 60
+    assert result.score("family_lists") >= 0.75
+
+
+@pytest.mark.slow
+def test_parents_have_their_skill_and_not_the_others(family, tmp_path):
+    """Bands around the recipe's targets, 0.05 to 0.10 wide on 120 items per task."""
+    from mergeqa.engine import EvalSettings, evaluate
+    from mergeqa.models import ModelRef
+
+    settings = EvalSettings(cache_dir=tmp_path, device="cpu", task_paths=(str(family.tasks_dir),), limit=120)
+    tasks = ["family_arithmetic", "family_lists"]
+    score = {name: evaluate(ModelRef(name, path, "x"), tasks, settings)
+             for name, path in {"base": family.base, **family.parents}.items()}
+    assert score["arithmetic"].score("family_arithmetic") >= 0.85
+    assert score["lists"].score("family_lists") >= 0.85
+    assert score["arithmetic"].score("family_lists") <= 0.60
+    assert score["lists"].score("family_arithmetic") <= 0.60
+    for task in tasks:
+        assert score["base"].score(task) <= 0.50
