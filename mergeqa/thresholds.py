@@ -64,6 +64,7 @@ GENERIC_DEFAULTS: dict[str, dict] = {
                                     "expect": ["Paris"]},
                    "about_ai": {"prompt": "Tell me about AI", "match": r"[A-Za-z]"}}},
     "retention": {**DEFAULTS["retention"], "suite": "", "capabilities": {}},
+    "conflict": {**DEFAULTS["conflict"], "owners": {}},  # the family's skills name no parent here
     "suites": {**DEFAULTS["suites"], "leaderboard_v1": {  # "family" stays: it is chosen, never a default
                    "tasks": ["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"],
                    "num_fewshot": {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0,
