@@ -36,6 +36,8 @@ DEFAULTS: dict[str, dict] = {
                 "phenomena": ["subject_number", "verb_tense", "person", "agreement", "syntactic_role",
                               "relative_depth", "part_of_speech"],
                 "datasets": []},
+    "cost": {"max_size_ratio": 1.05, "max_memory_ratio": 1.25, "min_speed_ratio": 0.5,
+             "max_latency_ratio": 2.0, "new_tokens": 16, "repeats": 3},
     # Built-in suites; a thresholds file adds suites or replaces one of the same name.
     "suites": {"family": {"tasks": ["family_arithmetic", "family_lists", "family_grammar"]},
                "code": {"tasks": ["mergeqa_humaneval"]}},
