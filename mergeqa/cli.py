@@ -1,7 +1,8 @@
 """`mergeqa` command line: the main job on the embedded default, and the family table.
 
     mergeqa gate [--out DIR] [PYTEST ARGS...]   build the family, merge it, run the gate, write
-                                               DIR/junit.xml, DIR/comparison.md, DIR/summary.md
+                                               DIR/junit.xml, DIR/comparison.md, DIR/summary.md,
+                                               DIR/report.html
     mergeqa family [--table]                   build (or find) the tiny family; print its table
 
 The gate is plain pytest underneath: everything here can also be done with `pytest --gate`.
@@ -47,7 +48,7 @@ def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
     if junit.is_file():
         summary = junit_summary(junit)
         (out / "summary.md").write_text(summary + "\n")
-        print(f"\nmergeqa: junit {junit}, summary {out / 'summary.md'}")
+        print(f"\nmergeqa: junit {junit}, summary {out / 'summary.md'}, report {out / 'report.html'}")
     return code
 
 

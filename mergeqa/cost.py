@@ -39,6 +39,8 @@ class CheckpointSize:
     layer_bytes: int  # tensor bytes inside blocks (names like model.layers.3.)
     other_bytes: int  # embeddings, norms, lm_head
     dtypes: tuple[str, ...]
+    tensors: int = 0
+    layer_tensors: int = 0
 
     @property
     def bytes_per_layer(self) -> float:
@@ -48,8 +50,10 @@ class CheckpointSize:
         """The size this checkpoint would have with `layers` blocks of the same shape and dtype."""
         if not self.layers or not layers:
             return float(self.bytes_on_disk)
-        header = self.bytes_on_disk - self.layer_bytes - self.other_bytes  # file headers
-        return self.other_bytes + self.bytes_per_layer * layers + header
+        tensors = self.tensors - self.layer_tensors + self.layer_tensors * layers / self.layers
+        header = self.bytes_on_disk - self.layer_bytes - self.other_bytes  # one entry per tensor
+        header_scaled = header * tensors / self.tensors if self.tensors else header
+        return self.other_bytes + self.bytes_per_layer * layers + header_scaled
 
 
 def layer_count(config: dict) -> int:
@@ -64,7 +68,7 @@ def checkpoint_size(path: Path, config: dict) -> CheckpointSize:
     from safetensors import safe_open
 
     files = weight_files(Path(path))
-    params = layer_bytes = other_bytes = 0
+    params = layer_bytes = other_bytes = tensors = layer_tensors = 0
     dtypes: set[str] = set()
     for f in files:
         if f.suffix != ".safetensors":
@@ -79,12 +83,14 @@ def checkpoint_size(path: Path, config: dict) -> CheckpointSize:
                 nbytes = numel * _DTYPE_BYTES.get(dtype, 4)
                 dtypes.add(dtype)
                 params += numel
+                tensors += 1
                 if LAYER_RE.search(name):
                     layer_bytes += nbytes
+                    layer_tensors += 1
                 else:
                     other_bytes += nbytes
     return CheckpointSize(sum(f.stat().st_size for f in files), params, layer_count(config),
-                          layer_bytes, other_bytes, tuple(sorted(dtypes)))
+                          layer_bytes, other_bytes, tuple(sorted(dtypes)), tensors, layer_tensors)
 
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,

@@ -162,7 +162,7 @@ class ReportInput:
         for item in CHECKLIST:
             if item.manual:
                 n = len(self.samples())
-                rows.append((item, f"to read ({n} prompts)" if n else "not run", []))
+                rows.append((item, f"to read ({n} prompt{'s' if n != 1 else ''})" if n else "not run", []))
                 continue
             decided = [v for v in mine if item.decides(v)]
             rows.append((item, combined_outcome(decided, self.policy), decided))
@@ -289,7 +289,7 @@ th{background:#f6f8fa;text-align:left}td.n{text-align:right;font-variant-numeric
 .banner.ok{background:#dafbe1;border-color:#4ac26b}.banner.no{background:#ffebe9;border-color:#ff8182}
 .banner.none{background:#f6f8fa}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;white-space:pre-wrap;font-size:12px}
 details{margin:.3em 0}summary{cursor:pointer}small,.muted{color:#57606a}
-.figs td:first-child{font-family:ui-monospace,monospace;font-size:12px}svg{max-width:100%;height:auto}
+.figs td:first-child{font-family:ui-monospace,monospace;font-size:12px}svg{width:100%;max-width:760px;height:auto}
 @media print{details{display:block}details>*{display:block}summary{list-style:none}body{max-width:none}}
 """
 # Marks images that failed to load in the console (the browser test reads it); nothing else runs.

@@ -71,7 +71,7 @@ def test_checklist_rows_for_a_passing_and_a_failing_merge(report_input):
     assert _row(report_input, "ties", "Model size acceptable")[0] == "fail"
     assert _row(report_input, "linear", "Inference speed acceptable")[0] == "pass"
     assert _row(report_input, "linear", "A/B win rate >= 45 %")[0] == "not run"
-    assert _row(report_input, "linear", "Manual testing")[0] == "to read (1 prompts)"
+    assert _row(report_input, "linear", "Manual testing")[0] == "to read (1 prompt)"
     # a retention verdict on a family task is not the TruthfulQA (safety) item
     assert _row(report_input, "linear", "Safety (TruthfulQA)")[0] == "not run"
     assert [i.title for i in CHECKLIST][-2:] == ["Model size acceptable", "Inference speed acceptable"]
