@@ -141,11 +141,11 @@ def test_retention(request):
 """
 
 
-def test_written_at_session_end_with_the_step_summary(pytester, monkeypatch):
+def test_written_at_session_end_with_the_step_summary_and_without_pytest_html(pytester, monkeypatch):
     summary = pytester.path / "step_summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     pytester.makepyfile(test_gate=GATE_TEST)
-    result = pytester.runpytest_subprocess("--report-dir", "out", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("--report-dir", "out", "-p", "no:cacheprovider", "-p", "no:html")
     result.assert_outcomes(passed=1, failed=1)
     html = (pytester.path / "out" / "report.html").read_text()
     assert "ties: not deployable" in html and "linear: deployable" in html
@@ -158,18 +158,13 @@ def test_written_at_session_end_with_the_step_summary(pytester, monkeypatch):
 
 
 def test_pytest_html_extras_carry_the_figures(pytester):
-    pytest.importorskip("pytest_html", reason="pytest-html is optional (pip install pytest-html)")
+    pytest.importorskip("pytest_html", reason="pytest-html is optional (pip install mergeqa[html])")
     pytester.makepyfile(test_gate=GATE_TEST)
-    result = pytester.runpytest_subprocess("--html", "h.html", "--self-contained-html", "--report-dir", "out")
+    result = pytester.runpytest_subprocess("--html", "h.html", "--self-contained-html", "--report-dir", "out",
+                                "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
-    assert "cost.size[linear]" in (pytester.path / "h.html").read_text()
-
-
-def test_nothing_breaks_without_pytest_html(pytester):
-    pytester.makepyfile(test_gate=GATE_TEST)
-    result = pytester.runpytest_subprocess("-p", "no:html", "--report-dir", "out")
-    result.assert_outcomes(passed=1, failed=1)
-    assert (pytester.path / "out" / "report.html").is_file()
+    page = (pytester.path / "h.html").read_text()
+    assert "cost.size[linear]" in page and "retention[ties]" in page
 
 
 def chromium() -> str | None:
@@ -189,9 +184,7 @@ def render_in_chromium(html: Path, png: Path | None = None, timeout: int = 120) 
 
 @pytest.mark.skipif(chromium() is None, reason="no chromium on this machine (Debian: apt-get install -y chromium)")
 def test_renders_in_a_browser_without_console_errors_or_missing_images(report_input, tmp_path):
-    from mergeqa.probing.plots import plot_phenomenon  # noqa: F401  (matplotlib PNGs are embedded the same way)
-
-    png = tmp_path / "plot.png"
+    png = tmp_path / "plot.png"  # a check's PNG plot, embedded as a data URI
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,3 +203,16 @@ def test_renders_in_a_browser_without_console_errors_or_missing_images(report_in
     images = re.search(r'data-images="(\d+) (\d+)"', proc.stdout)
     assert images, "the page's load handler did not run"
     assert images.group(1) == "1" and images.group(2) == "0", images.group(0)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium on this machine (Debian: apt-get install -y chromium)")
+def test_the_browser_check_sees_a_broken_image(tmp_path):
+    """The render test above could not pass vacuously: a page with a broken image is caught."""
+    from mergeqa.html_report import SCRIPT
+
+    page = tmp_path / "broken.html"
+    page.write_text(f'<!DOCTYPE html><html><body><img src="data:image/png;base64,AAAA" alt="broken">'
+                    f"<script>{SCRIPT}</script></body></html>")
+    proc = render_in_chromium(page)
+    assert 'data-images="1 1"' in proc.stdout
+    assert any("CONSOLE" in line and "image did not load: broken" in line for line in proc.stderr.splitlines())
