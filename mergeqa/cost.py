@@ -98,44 +98,41 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 
 
 # -- dynamic: generate on the fixed prompt set -------------------------------------------------
-class LiveTensorBytes:
+def live_tensor_bytes():
     """A torch dispatch mode counting the bytes of storages created by ops while it is active
-    (freed ones subtracted): `peak` is the high-water mark. CPU or CUDA alike; slow, so used for
+    (freed ones subtracted); `.peak` is the high-water mark. CPU or CUDA alike; slow, so used for
     one memory pass, never while timing."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
 
-    def __new__(cls):
-        from torch.utils._python_dispatch import TorchDispatchMode
+    class LiveTensorBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+            self._seen: set[int] = set()
 
-        class _Mode(TorchDispatchMode):
-            def __init__(self):
-                super().__init__()
-                self.live = self.peak = 0
-                self._seen: set[int] = set()
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self._count(t.untyped_storage())
+            return out
 
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                import torch
-                from torch.utils._pytree import tree_flatten
+        def _count(self, storage):
+            key, n = storage.data_ptr(), storage.nbytes()
+            if not n or key in self._seen:
+                return  # an in-place op or a view: no new memory
+            self._seen.add(key)
+            self.live += n
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key, n)
 
-                out = func(*args, **(kwargs or {}))
-                for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor):
-                        self._count(t.untyped_storage())
-                return out
+        def _free(self, key, n):
+            self._seen.discard(key)
+            self.live -= n
 
-            def _count(self, storage):
-                key, n = storage.data_ptr(), storage.nbytes()
-                if not n or key in self._seen:
-                    return  # an in-place op or a view: no new memory
-                self._seen.add(key)
-                self.live += n
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(storage, self._free, key, n)
-
-            def _free(self, key, n):
-                self._seen.discard(key)
-                self.live -= n
-
-        return _Mode()
+    return LiveTensorBytes()
 
 
 @dataclass
@@ -156,6 +153,7 @@ class CostMeasurement:
     prompts: int
     device: str
     samples: dict[str, str] = field(default_factory=dict)  # prompt name -> greedy continuation
+    problem: str | None = None  # why it could not generate (speeds and memory are then 0)
 
     def figures(self) -> dict[str, float | int | str]:
         return {"size_bytes": self.size.bytes_on_disk, "parameters": self.size.parameters,
@@ -224,7 +222,7 @@ def _peak_memory(model, encoded, new_tokens: int, pad: int, device: str) -> tupl
             _generate(model, ids, mask, new_tokens, pad)
         torch.cuda.synchronize()
         return resident + torch.cuda.max_memory_allocated() - before, "weights + cuda allocator peak"
-    mode = LiveTensorBytes()
+    mode = live_tensor_bytes()
     with mode:
         for ids, mask in encoded:
             _generate(model, ids, mask, new_tokens, pad)
@@ -235,11 +233,16 @@ def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str,
                   repeats: int = 3) -> dict[str, CostMeasurement]:
     """Measure every ModelRef of `refs` on `prompts` (sanity.SanityPrompt) in one go: samples and
     memory per model, then `repeats` interleaved timing rounds; the fastest round counts."""
-    from .sanity import greedy
+    from .sanity import greedy, vocabulary_problem
 
-    setup = {}
+    setup, broken = {}, {}
     for ref in refs:
         model, tok = ref.model(device, dtype), ref.tokenizer()
+        problem = vocabulary_problem(model, tok)
+        if problem:  # generating would index past the embedding: measure what is static only
+            broken[ref.name] = CostMeasurement(ref.name, ref.role, checkpoint_size(ref.path, ref.config), 0,
+                                               "-", 0.0, 0.0, 0.0, 0, new_tokens, 0, device, problem=problem)
+            continue
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         encoded = [_encode(tok, p, device) for p in prompts]
         samples = {p.name: greedy(model, tok, p, new_tokens).text for p in prompts}  # also a warm-up
@@ -249,7 +252,7 @@ def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str,
     for _ in range(max(1, repeats)):
         for name, (ref, model, encoded, pad, _, _) in setup.items():
             rounds[name].append(_timed_round(model, encoded, new_tokens, pad, device))
-    out = {}
+    out = dict(broken)
     for name, (ref, model, encoded, pad, samples, (peak, method)) in setup.items():
         tokens = rounds[name][0][2]
         prefill_s = min(r[0] for r in rounds[name])
@@ -305,6 +308,16 @@ def _table(merged: CostMeasurement, parents: Sequence[CostMeasurement]) -> dict:
                        for m in [merged, *parents]}}
 
 
+def _unmeasured(checks: Sequence[str], merged: CostMeasurement, parents: Sequence[CostMeasurement]) -> list:
+    """error verdicts when a model could not generate (its tokenizer indexes past its embedding)."""
+    from .verdict import Verdict
+
+    bad = next(m for m in [merged, *parents] if m.problem)
+    return [Verdict(c, merged.model, "error", reason=f"{bad.model} cannot generate: {bad.problem}",
+                    fix="the lint and sanity checks name the broken tensor; fix the merge first")
+            for c in checks]
+
+
 def size_verdicts(merged: CostMeasurement, parents: Sequence[CostMeasurement], *, max_size_ratio: float,
                   max_memory_ratio: float) -> list:
     """cost.size (bytes on disk against the expected size) and cost.memory (peak while generating
@@ -342,6 +355,8 @@ def size_verdicts(merged: CostMeasurement, parents: Sequence[CostMeasurement], *
         peak_memory_bytes=merged.peak_memory_bytes, method=merged.memory_method,
         **{f"parent.{p.model}.peak_memory_bytes": p.peak_memory_bytes for p in parents})
     memory.data = size.data
+    if any(m.problem for m in [merged, *parents]):
+        memory = _unmeasured(["cost.memory"], merged, parents)[0]
     return [size, memory]
 
 
@@ -351,6 +366,8 @@ def speed_verdicts(merged: CostMeasurement, parents: Sequence[CostMeasurement], 
     ratio) and cost.latency (ms per prompt against the slowest parent's x depth ratio)."""
     from .verdict import Verdict
 
+    if any(m.problem for m in [merged, *parents]):
+        return _unmeasured(["cost.prefill", "cost.decode", "cost.latency"], merged, parents)
     depth = cost_scale(merged, parents).depth
     by_depth = f", allowing x{depth:.3g} for depth" if depth != 1.0 else ""
     out = []

@@ -131,10 +131,8 @@ class ReportInput:
             meta = {k: str(v) for k, v in run_metadata(gate).items()}
             meta.update({k: str(v) for k, v in config.stash.get(worker_metadata_key, {}).items()})
             merges = list(gate.merged_names)
-            names = {k.split(".")[3] for k in meta if k.startswith("mergeqa.run.parent.")}
-            parents = sorted(names)
-            bases = {k.split(".")[3] for k in meta if k.startswith("mergeqa.run.base.")}
-            base = sorted(bases)[0] if bases else None
+            parents = _models(meta, "parent")
+            base = next(iter(_models(meta, "base")), None)
             configs = _merge_configs(meta)
         merges += sorted({v.subject for v in verdicts} - set(merges) - set(parents) - {base})
         seeds = {"merge_seed": getattr(config.option, "merge_seed", None)}
@@ -152,7 +150,11 @@ class ReportInput:
         if not mine:
             return None, None
         against = [v for v in mine if not accepted(v, self.policy)]
-        order = {id(v): i for i, v in enumerate(v for item in CHECKLIST for v in mine if item.decides(v))}
+        order: dict[int, int] = {}
+        for item in CHECKLIST:  # a verdict's place is the first item it decides
+            for v in mine:
+                if item.decides(v):
+                    order.setdefault(id(v), len(order))
         against.sort(key=lambda v: order.get(id(v), len(order)))
         return not against, (against[0] if against else None)
 
@@ -189,6 +191,8 @@ class ReportInput:
             for model, score in scores.items():
                 cell = table.setdefault(model, {})
                 interval = _interval(v) if model == v.subject else None
+                if interval:
+                    interval = (*interval, v.data.get("reference") or v.figures.get("reference") or "")
                 if task not in cell or (interval and not cell[task][1]):
                     cell[task] = (score, interval, n)
         return tasks, table
@@ -235,6 +239,12 @@ def _session_key():
     from .plugin import session_key
 
     return session_key
+
+
+def _models(meta: dict[str, str], role: str) -> list[str]:
+    """Model names of a role in the run metadata (mergeqa.run.<role>.<name>.path)."""
+    pattern = re.compile(rf"mergeqa\.run\.{role}\.(.+)\.path")
+    return sorted(m.group(1) for k in meta if (m := pattern.fullmatch(k)))
 
 
 def _merge_configs(meta: dict[str, str]) -> dict[str, str]:
@@ -474,7 +484,8 @@ class HtmlReport:
                 score, iv, n = table[m][t]
                 text = f"<b>{score:.3f}</b>" if score == best[t] else f"{score:.3f}"
                 if iv:
-                    text += f"<br><small>&Delta; [{iv[0]:+.3f}, {iv[1]:+.3f}]</small>"
+                    versus = f" vs {esc(iv[2])}" if iv[2] else ""
+                    text += f"<br><small>&Delta;{versus} [{iv[0]:+.3f}, {iv[1]:+.3f}]</small>"
                 elif n and self._role(m) != "merged" and 0 <= score <= 1:
                     lo, hi = _wilson(score, int(n))
                     text += f"<br><small>[{lo:.3f}, {hi:.3f}]</small>"
@@ -619,10 +630,11 @@ COST_COLUMNS = (("size on disk (MB)", lambda r: r["size"]["bytes_on_disk"] / 2**
 
 def cost_table(rows: dict[str, dict], role) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the cost table: one row per model, parents first."""
-    order = sorted(rows, key=lambda m: (role(m) != "parent", m))
+    roles = {m: rows[m].get("role") or role(m) for m in rows}
+    order = sorted(rows, key=lambda m: (roles[m] != "parent", m))
     body = []
     for m in order:
-        cells = [f"{esc(m)} <small>({role(m)})</small>"]
+        cells = [f"{esc(m)} <small>({roles[m]})</small>"]
         for _, get in COST_COLUMNS:
             try:
                 cells.append(fmt(get(rows[m]), 2))

@@ -89,6 +89,16 @@ def test_speed_ratios_allow_for_depth_and_carry_the_samples(tmp_path):
     assert slow.outcome == "fail" and "min_speed_ratio" in slow.message()
 
 
+def test_a_model_that_cannot_generate_is_an_error_not_a_speed(tmp_path):
+    merged_size, parent_size = _sizes(tmp_path, 4)
+    broken = replace(_measure("m", "merged", merged_size), problem="the tokenizer has 600 tokens but the embedding 512 rows")
+    parents = [_measure("a", "parent", parent_size)]
+    size, memory = size_verdicts(broken, parents, max_size_ratio=1.05, max_memory_ratio=1.25)
+    assert size.outcome == "pass" and memory.outcome == "error"
+    speeds = speed_verdicts(broken, parents, min_speed_ratio=0.5, max_latency_ratio=2.0)
+    assert [v.outcome for v in speeds] == ["error"] * 3 and "512 rows" in speeds[0].message()
+
+
 @pytest.mark.slow
 def test_measure_costs_on_the_family(family):
     from mergeqa import sanity
