@@ -64,7 +64,8 @@ CHECKLIST = (
                   "pytest --gate (the [retention] suite; `code` for HumanEval)"),
     ChecklistItem("No regressions", ("regression", "regression.*", "retention.regression*", "probing*"),
                   "pytest --gate (test_no_regression, test_probing)"),
-    ChecklistItem("Sanity", ("sanity*", "lint*", "load*"), "pytest --gate (test_lint, test_sanity, test_load)"),
+    ChecklistItem("Sanity", ("sanity*", "lint*", "load*", "config*", "weights*"),
+                  "pytest --gate (test_lint, test_sanity, test_load)"),
     ChecklistItem("A/B win rate >= 45 %", ("ab*", "win_rate*", "winrate*", "arena*"),
                   "run a pairwise A/B check that decides `ab` verdicts; none ships with mergeqa yet"),
     ChecklistItem("Safety (TruthfulQA)", ("retention*", "regression*", "safety*"),
@@ -225,7 +226,7 @@ def legacy_verdicts(config, verdicts: Sequence[Verdict]) -> list[Verdict]:
                            param.group(1) if param else "run")
             outcome = ("inconclusive" if hasattr(r, "wasxfail") else "pass" if r.passed else
                        "fail" if r.failed else "not_applicable")
-            check = str(props[0][0]).split(".")[1]
+            check = _common_prefix([str(k)[len("mergeqa."):] for k, _ in props])
             text = str(getattr(r, "longreprtext", "") or "").strip()
             figures = {str(k)[len(f"mergeqa.{check}."):]: x for k, x in props if str(k).startswith(f"mergeqa.{check}.")}
             v = Verdict(check, subject, outcome, figures, summary=r.nodeid.split("::")[-1].split("[")[0],
@@ -233,6 +234,18 @@ def legacy_verdicts(config, verdicts: Sequence[Verdict]) -> list[Verdict]:
                         details=(text or getattr(r, "wasxfail", "")).splitlines()[:12], test=r.nodeid)
             out.append(v)
     return out
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The check of figure names: their longest common dotted prefix, less at least the figure
+    ("sanity.generates.obtained", "sanity.generates.n" -> "sanity.generates")."""
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or names[0].split(".")[0]
 
 
 def _session_key():

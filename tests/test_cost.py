@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from mergeqa.cost import CheckpointSize, CostMeasurement, checkpoint_size, cost_scale, size_verdicts, speed_verdicts
+from mergeqa.cost import CostMeasurement, checkpoint_size, cost_scale, size_verdicts, speed_verdicts
 
 
 def _checkpoint(tmp_path, name, layers, dtype="float32"):

@@ -3,7 +3,6 @@ summary, pytest-html extras, and a render in headless Chromium where one is inst
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa.html_report import (CHECKLIST, HtmlReport, ReportInput, step_summary, svg_curves,
-                                 write_deployment_reports)
+from mergeqa.html_report import CHECKLIST, HtmlReport, ReportInput, step_summary, svg_curves
 from mergeqa.verdict import Verdict
 
 
