@@ -6,8 +6,8 @@ is `[cost]` in thresholds.toml, decided in mergeqa/checks/test_cost.py.
     rows = measure_costs([merged, *parents], prompts, device="cpu", dtype="float32")
     rows["ties"].decode_tokens_per_s
 
-Timings are the best of `repeats` interleaved rounds (merge, parent, parent, merge, ...), so a
-load spike on a shared machine slows one round of every model, not one model. Peak memory is the
+Timings are, per prompt, the fastest of `repeats` interleaved rounds (merge, parent, parent,
+merge, ...), so a load spike on a shared machine slows one round of every model, not one model. Peak memory is the
 model's resident tensors plus the peak of tensors allocated while it generates: on CUDA from the
 allocator's high-water mark, on CPU from a dispatch mode that counts every op's new storages
 (deterministic, unlike process RSS).
@@ -15,6 +15,7 @@ allocator's high-water mark, on CPU from a dispatch mode that counts every op's 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import weakref
@@ -189,25 +190,26 @@ def _generate(model, ids, mask, new_tokens: int, pad: int):
                               pad_token_id=pad)
 
 
-def _timed_round(model, encoded, new_tokens: int, pad: int, device: str) -> tuple[float, float, int]:
-    """(prefill seconds, generate seconds, prompt tokens) summed over the prompt set."""
+def _timed_round(model, encoded, new_tokens: int, pad: int, device: str) -> list[tuple[float, float]]:
+    """(prefill seconds, generate seconds) per prompt; prefill is the fastest of 3 forward passes
+    (it takes milliseconds, so one scheduler hiccup would otherwise dominate it)."""
     import torch
 
-    prefill = total = 0.0
-    tokens = 0
+    out = []
     for ids, mask in encoded:
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model(ids, attention_mask=mask)
-        _sync(device)
+        prefill = math.inf
+        for _ in range(3):
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model(ids, attention_mask=mask)
+            _sync(device)
+            prefill = min(prefill, time.perf_counter() - t0)
         t1 = time.perf_counter()
         _generate(model, ids, mask, new_tokens, pad)
         _sync(device)
-        prefill += t1 - t0
-        total += time.perf_counter() - t1
-        tokens += ids.shape[1]
-    return prefill, total, tokens
+        out.append((prefill, time.perf_counter() - t1))
+    return out
 
 
 def _peak_memory(model, encoded, new_tokens: int, pad: int, device: str) -> tuple[int, str]:
@@ -248,16 +250,17 @@ def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str,
         samples = {p.name: greedy(model, tok, p, new_tokens).text for p in prompts}  # also a warm-up
         memory = _peak_memory(model, encoded, new_tokens, pad, device)
         setup[ref.name] = (ref, model, encoded, pad, samples, memory)
-    rounds: dict[str, list[tuple[float, float, int]]] = {name: [] for name in setup}
-    for _ in range(max(1, repeats)):
+    rounds: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in setup}
+    for _ in range(max(1, repeats)):  # interleaved: a load spike slows one round of every model
         for name, (ref, model, encoded, pad, _, _) in setup.items():
             rounds[name].append(_timed_round(model, encoded, new_tokens, pad, device))
     out = dict(broken)
     for name, (ref, model, encoded, pad, samples, (peak, method)) in setup.items():
-        tokens = rounds[name][0][2]
-        prefill_s = min(r[0] for r in rounds[name])
-        generate_s = min(r[1] for r in rounds[name])
-        decode_s = max(min(r[1] - r[0] for r in rounds[name]), 1e-9)  # generate = prefill + decode
+        per_prompt = list(zip(*rounds[name]))  # prompt -> its rounds; the fastest round counts
+        prefill_s = sum(min(r[0] for r in runs) for runs in per_prompt)
+        generate_s = sum(min(r[1] for r in runs) for runs in per_prompt)
+        decode_s = max(generate_s - prefill_s, 1e-9)  # generate = one prefill + the decode steps
+        tokens = sum(ids.shape[1] for ids, _ in encoded)
         out[name] = CostMeasurement(
             name, ref.role, checkpoint_size(ref.path, ref.config), int(peak), method,
             prefill_tokens_per_s=tokens / max(prefill_s, 1e-9),

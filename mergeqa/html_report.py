@@ -229,11 +229,22 @@ def legacy_verdicts(config, verdicts: Sequence[Verdict]) -> list[Verdict]:
             check = _common_prefix([str(k)[len("mergeqa."):] for k, _ in props])
             text = str(getattr(r, "longreprtext", "") or "").strip()
             figures = {str(k)[len(f"mergeqa.{check}."):]: x for k, x in props if str(k).startswith(f"mergeqa.{check}.")}
-            v = Verdict(check, subject, outcome, figures, summary=r.nodeid.split("::")[-1].split("[")[0],
-                        reason=(text or getattr(r, "wasxfail", "")).splitlines()[0] if outcome == "not_applicable" and text else "",
-                        details=(text or getattr(r, "wasxfail", "")).splitlines()[:12], test=r.nodeid)
-            out.append(v)
+            text = text or str(getattr(r, "wasxfail", ""))
+            out.append(LegacyVerdict(check, subject, outcome, figures, summary=text.splitlines()[0] if text else "",
+                                     reason=text.splitlines()[0] if text else "", details=text.splitlines()[:40],
+                                     test=r.nodeid))
     return out
+
+
+class LegacyVerdict(Verdict):
+    """A verdict rebuilt from a test report: its message is the test's own failure text."""
+
+    def headline(self) -> str:
+        first = self.summary or self.test.split("::")[-1]
+        return f"{self.check}: {self.outcome}" + (f": {first}" if first else "")
+
+    def message(self) -> str:
+        return "\n".join(self.details) or self.headline()
 
 
 def _common_prefix(names: Sequence[str]) -> str:
@@ -516,7 +527,12 @@ class HtmlReport:
         rows = self.d.cost_rows()
         if not rows:
             return "<h2 id=\"cost\">Inference cost</h2><p class=\"not_run\">not run: pytest --gate runs mergeqa/checks/test_cost.py</p>"
-        return "<h2 id=\"cost\">Inference cost</h2>" + _table(*cost_table(rows, self._role))
+        notes = {v.subject: v.data["scale"] for v in self.d.verdicts
+                 if "depth up-scaled" in str(v.data.get("scale", ""))}
+        return ("<h2 id=\"cost\">Inference cost</h2><p class=\"muted\">Measured together in this run on the "
+                "sanity prompts; size, memory and speed are gated as ratios to the parents ([cost]).</p>"
+                + _table(*cost_table(rows, self._role))
+                + "".join(f"<p><b>{esc(m)}</b>: {esc(note)}</p>" for m, note in notes.items()))
 
     def failures(self) -> str:
         out = []

@@ -128,7 +128,12 @@ def test_svg_curves_scale_into_the_box():
 
 
 GATE_TEST = """
+import pytest
 from mergeqa.verdict import Verdict, decide
+
+@pytest.mark.parametrize("merge", ["linear"])
+def test_not_yet_on_verdicts(merge, record_figure):  # a check that only records figures
+    record_figure("sanity.generates", "obtained", 5)
 
 def test_size(request):
     decide(request, Verdict.threshold("cost.size", "linear", obtained=1.0, threshold=1.05, op="<="))
@@ -144,7 +149,7 @@ def test_written_at_session_end_with_the_step_summary_and_without_pytest_html(py
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     pytester.makepyfile(test_gate=GATE_TEST)
     result = pytester.runpytest_subprocess("--report-dir", "out", "-p", "no:cacheprovider", "-p", "no:html")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     html = (pytester.path / "out" / "report.html").read_text()
     assert "ties: not deployable" in html and "linear: deployable" in html
     text = summary.read_text()
@@ -153,6 +158,7 @@ def test_written_at_session_end_with_the_step_summary_and_without_pytest_html(py
     assert "| item | dare_ties | linear | slerp | task_arithmetic | ties |" in text
     assert "| Model size acceptable | not run | pass | not run | not run | not run |" in text
     assert "- **slerp**: no verdicts recorded" in text
+    assert "| Sanity | not run | pass | not run | not run | not run |" in text  # from its figures
 
 
 def test_pytest_html_extras_carry_the_figures(pytester):
@@ -160,7 +166,7 @@ def test_pytest_html_extras_carry_the_figures(pytester):
     pytester.makepyfile(test_gate=GATE_TEST)
     result = pytester.runpytest_subprocess("--html", "h.html", "--self-contained-html", "--report-dir", "out",
                                 "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     page = (pytester.path / "h.html").read_text()
     assert "cost.size[linear]" in page and "retention[ties]" in page
 
