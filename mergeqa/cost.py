@@ -10,11 +10,12 @@ Timings are, per prompt, the fastest of `repeats` interleaved rounds (merge, par
 merge, ...), so a load spike on a shared machine slows one round of every model, not one model. Peak memory is the
 model's resident tensors plus the peak of tensors allocated while it generates: on CUDA from the
 allocator's high-water mark, on CPU from a dispatch mode that counts every op's new storages
-(deterministic, unlike process RSS).
+(deterministic, unlike process RSS), while generating the longest prompt of the set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -231,10 +232,22 @@ def _peak_memory(model, encoded, new_tokens: int, pad: int, device: str) -> tupl
     return resident + mode.peak, "weights + peak of tensors allocated (dispatch mode)"
 
 
+_DETERMINISTIC: dict[tuple, tuple] = {}  # (model hash, device, dtype, prompts, tokens) -> samples, memory
+
+
 def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str, new_tokens: int = 16,
                   repeats: int = 3) -> dict[str, CostMeasurement]:
     """Measure every ModelRef of `refs` on `prompts` (sanity.SanityPrompt) in one go: samples and
-    memory per model, then `repeats` interleaved timing rounds; the fastest round counts."""
+    memory per model, then `repeats` interleaved timing rounds; per prompt the fastest counts.
+    On CPU everything runs on one thread: on a shared machine more threads made a tiny model's
+    generation 70x slower and the ratios noise (absolute CPU speeds are then single-thread)."""
+    from .threads import torch_threads
+
+    with torch_threads(1) if device == "cpu" else contextlib.nullcontext():
+        return _measure_costs(refs, prompts, device, dtype, new_tokens, repeats)
+
+
+def _measure_costs(refs, prompts, device, dtype, new_tokens, repeats) -> dict[str, CostMeasurement]:
     from .sanity import greedy, vocabulary_problem
 
     setup, broken = {}, {}
@@ -247,8 +260,12 @@ def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str,
             continue
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         encoded = [_encode(tok, p, device) for p in prompts]
-        samples = {p.name: greedy(model, tok, p, new_tokens).text for p in prompts}  # also a warm-up
-        memory = _peak_memory(model, encoded, new_tokens, pad, device)
+        key = (ref.content_hash, device, dtype, tuple(p.text for p in prompts), new_tokens)
+        if key not in _DETERMINISTIC:  # a parent measured for the previous merge: not again
+            samples = {p.name: greedy(model, tok, p, new_tokens).text for p in prompts}  # also a warm-up
+            longest = max(encoded, key=lambda e: e[0].shape[1])
+            _DETERMINISTIC[key] = samples, _peak_memory(model, [longest], new_tokens, pad, device)
+        samples, memory = _DETERMINISTIC[key]
         setup[ref.name] = (ref, model, encoded, pad, samples, memory)
     rounds: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in setup}
     for _ in range(max(1, repeats)):  # interleaved: a load spike slows one round of every model
