@@ -175,11 +175,20 @@ def chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+def no_network() -> list[str]:
+    """`unshare --net` (a network namespace with only a down loopback) where it is allowed."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "--net", "true"], capture_output=True).returncode == 0:
+        return [unshare, "--net"]
+    return []
+
+
 def render_in_chromium(html: Path, png: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Headless Chromium with networking off (no proxy, every host mapped to nowhere): the DOM
-    after load on stdout, console messages on stderr, a screenshot when `png` is given."""
+    """Headless Chromium with networking off (no network namespace where allowed; always no proxy
+    and every host mapped to nowhere): the DOM after load on stdout, console messages on stderr,
+    a screenshot when `png` is given."""
     browser = chromium()
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
+    args = [*no_network(), browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server",
             "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
             "--disable-dev-shm-usage", "--virtual-time-budget=3000", f"--user-data-dir={html.parent / '.chromium'}"]
     args += [f"--screenshot={png}", "--window-size=1280,2600"] if png else ["--dump-dom"]
