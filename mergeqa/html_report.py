@@ -227,7 +227,7 @@ def legacy_verdicts(config, verdicts: Sequence[Verdict]) -> list[Verdict]:
             outcome = ("inconclusive" if hasattr(r, "wasxfail") else "pass" if r.passed else
                        "fail" if r.failed else "not_applicable")
             check = _common_prefix([str(k)[len("mergeqa."):] for k, _ in props])
-            text = str(getattr(r, "longreprtext", "") or "").strip()
+            text = re.sub(r"^\[gw\d+\] .*\n", "", str(getattr(r, "longreprtext", "") or "")).strip()  # xdist's header
             figures = {str(k)[len(f"mergeqa.{check}."):]: x for k, x in props if str(k).startswith(f"mergeqa.{check}.")}
             text = text or str(getattr(r, "wasxfail", ""))
             out.append(LegacyVerdict(check, subject, outcome, figures, summary=text.splitlines()[0] if text else "",
