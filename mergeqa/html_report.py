@@ -324,10 +324,13 @@ th{background:#f6f8fa;text-align:left}td.n{text-align:right;font-variant-numeric
 .banner.none{background:#f6f8fa}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;white-space:pre-wrap;font-size:12px}
 details{margin:.3em 0}summary{cursor:pointer}small,.muted{color:#57606a}
 .figs td:first-child{font-family:ui-monospace,monospace;font-size:12px}svg{width:100%;max-width:760px;height:auto}
-@media print{details{display:block}details>*{display:block}summary{list-style:none}body{max-width:none}}
+@media print{body{max-width:none}h2{break-after:avoid}table,svg,figure{break-inside:avoid}}
 """
-# Marks images that failed to load in the console (the browser test reads it); nothing else runs.
+# Reports images that failed to load on the console (the browser test reads it) and opens every
+# collapsed section for printing; the page reads the same without it.
 SCRIPT = """
+window.addEventListener('beforeprint',function(){document.querySelectorAll('details').forEach(
+function(d){d.open=true;});});
 window.addEventListener('load',function(){var bad=0,imgs=document.images;
 for(var i=0;i<imgs.length;i++){if(!(imgs[i].complete&&imgs[i].naturalWidth>0)){bad++;
 console.error('mergeqa: image did not load: '+imgs[i].alt);}}
