@@ -135,7 +135,8 @@ class ReportInput:
             parents = _models(meta, "parent")
             base = next(iter(_models(meta, "base")), None)
             configs = _merge_configs(meta)
-        merges += sorted({v.subject for v in verdicts} - set(merges) - set(parents) - {base})
+        if gate is None:  # no session: every subject is a merge
+            merges = sorted({v.subject for v in verdicts})
         seeds = {"merge_seed": getattr(config.option, "merge_seed", None)}
         if thresholds is not None:
             seeds["probing_seeds"] = thresholds.get("probing", "seeds")
@@ -164,7 +165,7 @@ class ReportInput:
         rows = []
         for item in CHECKLIST:
             if item.manual:
-                n = len(self.samples())
+                n = sum(merge in by_model for by_model in self.samples().values())
                 rows.append((item, f"to read ({n} prompt{'s' if n != 1 else ''})" if n else "not run", []))
                 continue
             decided = [v for v in mine if item.decides(v)]
