@@ -120,11 +120,14 @@ def test_measure_costs_on_the_family(family):
 
 @pytest.mark.slow
 def test_cost_check_through_the_gate(tmp_path, family, private_cache):
-    """A parent gated as if it were a merge: same size, so cost.size is exactly 1 and passes;
-    figures land in junit and the checklist row in report.html."""
+    """A copy of a parent gated as if it were a merge: same size, so cost.size is exactly 1 and
+    passes; figures land in junit and the checklist row in report.html."""
+    import shutil
+
     parents = list(family.parents.values())
+    merged = shutil.copytree(parents[0], tmp_path / "merged")
     junit = tmp_path / "junit.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", f"--model={parents[0]}",
+    proc = subprocess.run([sys.executable, "-m", "pytest", f"--model={merged}",
                            "--parents", *map(str, parents), f"--mergeqa-cache={private_cache}",
                            "-k", "test_model_size", f"--junitxml={junit}", "-o", "junit_family=xunit1",
                            "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
@@ -134,4 +137,4 @@ def test_cost_check_through_the_gate(tmp_path, family, private_cache):
     assert float(props["mergeqa.cost.size.obtained"]) == 1.0
     assert props["mergeqa.cost.memory.outcome"] == "pass"
     html = (tmp_path / "report.html").read_text()
-    assert "Model size acceptable" in html and f"{parents[0].name}: deployable" in html
+    assert "Model size acceptable" in html and "merged: deployable" in html
