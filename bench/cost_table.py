@@ -52,8 +52,8 @@ def main() -> None:
         configs.append(up)
         merges = [ModelRef(c.stem, build_merge(c, cache, substitutions=subs), "merged") for c in configs]
     prompts = sanity.parse_prompts(DEFAULTS["sanity"]["prompts"])
-    rows = measure_costs(parents + merges, prompts, device="cpu", dtype="float32",
-                         new_tokens=args.new_tokens, repeats=args.repeats)
+    rows = {m.model: m for m in measure_costs(parents + merges, prompts, device="cpu", dtype="float32",
+                                              new_tokens=args.new_tokens, repeats=args.repeats)}
     header, body = cost_table({n: m.to_dict() for n, m in rows.items()}, lambda n: rows[n].role)
     strip = lambda c: c.replace("<small>", "").replace("</small>", "")  # noqa: E731
     print("| " + " | ".join(header) + " |\n|---|" + "---:|" * (len(header) - 1))

@@ -3,8 +3,8 @@ scoring, prefill and decode tokens/s and latency on a fixed prompt set ([sanity.
 measured in one call so the ratios compare like with like. Measuring only: which ratio passes
 is `[cost]` in thresholds.toml, decided in mergeqa/checks/test_cost.py.
 
-    rows = measure_costs([merged, *parents], prompts, device="cpu", dtype="float32")
-    rows["ties"].decode_tokens_per_s
+    merged_cost, *parent_costs = measure_costs([merged, *parents], prompts, device="cpu", dtype="float32")
+    merged_cost.decode_tokens_per_s
 
 Timings are, per prompt, the fastest of `repeats` interleaved rounds (merge, parent, parent,
 merge, ...), so a load spike on a shared machine slows one round of every model, not one model. Peak memory is the
@@ -236,7 +236,7 @@ _DETERMINISTIC: dict[tuple, tuple] = {}  # (model hash, device, dtype, prompts, 
 
 
 def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str, new_tokens: int = 16,
-                  repeats: int = 3) -> dict[str, CostMeasurement]:
+                  repeats: int = 3) -> list[CostMeasurement]:
     """Measure every ModelRef of `refs` on `prompts` (sanity.SanityPrompt) in one go: samples and
     memory per model, then `repeats` interleaved timing rounds; per prompt the fastest counts.
     On CPU everything runs on one thread: on a shared machine more threads made a tiny model's
@@ -247,16 +247,16 @@ def measure_costs(refs: Sequence, prompts: Sequence, *, device: str, dtype: str,
         return _measure_costs(refs, prompts, device, dtype, new_tokens, repeats)
 
 
-def _measure_costs(refs, prompts, device, dtype, new_tokens, repeats) -> dict[str, CostMeasurement]:
+def _measure_costs(refs, prompts, device, dtype, new_tokens, repeats) -> list[CostMeasurement]:
     from .sanity import greedy, vocabulary_problem
 
     setup, broken = {}, {}
-    for ref in refs:
+    for i, ref in enumerate(refs):  # keyed by position: a merge may share a parent's name
         model, tok = ref.model(device, dtype), ref.tokenizer()
         problem = vocabulary_problem(model, tok)
         if problem:  # generating would index past the embedding: measure what is static only
-            broken[ref.name] = CostMeasurement(ref.name, ref.role, checkpoint_size(ref.path, ref.config), 0,
-                                               "-", 0.0, 0.0, 0.0, 0, new_tokens, 0, device, problem=problem)
+            broken[i] = CostMeasurement(ref.name, ref.role, checkpoint_size(ref.path, ref.config), 0,
+                                        "-", 0.0, 0.0, 0.0, 0, new_tokens, 0, device, problem=problem)
             continue
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         encoded = [_encode(tok, p, device) for p in prompts]
@@ -266,25 +266,25 @@ def _measure_costs(refs, prompts, device, dtype, new_tokens, repeats) -> dict[st
             longest = max(encoded, key=lambda e: e[0].shape[1])
             _DETERMINISTIC[key] = samples, _peak_memory(model, [longest], new_tokens, pad, device)
         samples, memory = _DETERMINISTIC[key]
-        setup[ref.name] = (ref, model, encoded, pad, samples, memory)
-    rounds: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in setup}
+        setup[i] = (ref, model, encoded, pad, samples, memory)
+    rounds: dict[int, list[list[tuple[float, float]]]] = {i: [] for i in setup}
     for _ in range(max(1, repeats)):  # interleaved: a load spike slows one round of every model
-        for name, (ref, model, encoded, pad, _, _) in setup.items():
-            rounds[name].append(_timed_round(model, encoded, new_tokens, pad, device))
+        for i, (ref, model, encoded, pad, _, _) in setup.items():
+            rounds[i].append(_timed_round(model, encoded, new_tokens, pad, device))
     out = dict(broken)
-    for name, (ref, model, encoded, pad, samples, (peak, method)) in setup.items():
-        per_prompt = list(zip(*rounds[name]))  # prompt -> its rounds; the fastest round counts
+    for i, (ref, model, encoded, pad, samples, (peak, method)) in setup.items():
+        per_prompt = list(zip(*rounds[i]))  # prompt -> its rounds; the fastest round counts
         prefill_s = sum(min(r[0] for r in runs) for runs in per_prompt)
         generate_s = sum(min(r[1] for r in runs) for runs in per_prompt)
         decode_s = max(generate_s - prefill_s, 1e-9)  # generate = one prefill + the decode steps
         tokens = sum(ids.shape[1] for ids, _ in encoded)
-        out[name] = CostMeasurement(
-            name, ref.role, checkpoint_size(ref.path, ref.config), int(peak), method,
+        out[i] = CostMeasurement(
+            ref.name, ref.role, checkpoint_size(ref.path, ref.config), int(peak), method,
             prefill_tokens_per_s=tokens / max(prefill_s, 1e-9),
             decode_tokens_per_s=len(encoded) * (new_tokens - 1) / decode_s,
             latency_ms=1000 * generate_s / max(1, len(encoded)), prompt_tokens=tokens,
             new_tokens=new_tokens, prompts=len(encoded), device=device, samples=samples)
-    return out
+    return [out[i] for i in range(len(refs))]
 
 
 # -- the ratios the gate reads -----------------------------------------------------------------

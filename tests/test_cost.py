@@ -110,10 +110,11 @@ def test_measure_costs_on_the_family(family):
     refs = [ModelRef(n, p, "parent") for n, p in family.parents.items()]
     first = measure_costs(refs, prompts, device="cpu", dtype="float32", new_tokens=4, repeats=1)
     again = measure_costs(refs, prompts, device="cpu", dtype="float32", new_tokens=4, repeats=1)
-    for name, m in first.items():
+    assert [m.model for m in first] == list(family.parents)
+    for m, m2 in zip(first, again):
         weights = m.size.parameters * 4
         assert m.size.bytes_on_disk >= weights and m.peak_memory_bytes > weights
-        assert m.peak_memory_bytes == again[name].peak_memory_bytes  # counted, not sampled: repeatable
+        assert m.peak_memory_bytes == m2.peak_memory_bytes  # counted, not sampled: repeatable
         assert m.prefill_tokens_per_s > 0 and m.decode_tokens_per_s > 0 and m.latency_ms > 0
         assert set(m.samples) == {p.name for p in prompts}
 

@@ -14,7 +14,7 @@ from mergeqa.verdict import decide
 
 @pytest.fixture(scope="session")
 def cost_measurements(merged_model, parent_models, mergeqa_session, thresholds):
-    """{model name: CostMeasurement} for one merge and its parents, measured in one go."""
+    """[merge, *parents] as CostMeasurements, measured in one go."""
     from mergeqa import cost, sanity
     from mergeqa.models import resolve_device
 
@@ -25,21 +25,17 @@ def cost_measurements(merged_model, parent_models, mergeqa_session, thresholds):
                               new_tokens=get("new_tokens"), repeats=get("repeats"))
 
 
-def _split(measurements, merged_model):
-    return measurements[merged_model.name], [m for n, m in measurements.items() if n != merged_model.name]
-
-
-def test_model_size(cost_measurements, merged_model, thresholds, request):
+def test_model_size(cost_measurements, thresholds, request):
     from mergeqa.cost import size_verdicts
 
-    merged, parents = _split(cost_measurements, merged_model)
+    merged, *parents = cost_measurements
     decide(request, *size_verdicts(merged, parents, max_size_ratio=thresholds.get("cost", "max_size_ratio"),
                                    max_memory_ratio=thresholds.get("cost", "max_memory_ratio")))
 
 
-def test_inference_speed(cost_measurements, merged_model, thresholds, request):
+def test_inference_speed(cost_measurements, thresholds, request):
     from mergeqa.cost import speed_verdicts
 
-    merged, parents = _split(cost_measurements, merged_model)
+    merged, *parents = cost_measurements
     decide(request, *speed_verdicts(merged, parents, min_speed_ratio=thresholds.get("cost", "min_speed_ratio"),
                                     max_latency_ratio=thresholds.get("cost", "max_latency_ratio")))
