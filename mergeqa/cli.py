@@ -1,7 +1,8 @@
 """`mergeqa` command line: the main job on the embedded default, and the family table.
 
     mergeqa gate [--out DIR] [PYTEST ARGS...]   build the family, merge it, run the gate, write
-                                               DIR/junit.xml, DIR/comparison.md, DIR/summary.md
+                                               DIR/junit.xml, DIR/comparison.md, DIR/summary.md,
+                                               DIR/report.html
     mergeqa family [--table]                   build (or find) the tiny family; print its table
                                                (base, parents, every default merge)
     mergeqa init --model M --parents A B ...   write a commented thresholds.toml for your merge
@@ -104,7 +105,7 @@ def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
     if not any(a.startswith("--thresholds") for a in pytest_args) and Path("thresholds.toml").is_file():
         args += ["--thresholds", "thresholds.toml"]
     code = int(pytest.main(args + pytest_args))
-    written = [p for p in (junit, out / "summary.md") if p.is_file()]
+    written = [p for p in (junit, out / "summary.md", out / "report.html") if p.is_file()]
     if written:
         print(f"\nmergeqa: {', '.join(str(p) for p in written)}")
     return code

@@ -101,6 +101,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(VerdictCollector(config), "mergeqa-verdicts")
     if config.option.unsafe_exec:  # read where lm-eval runs the code: mergeqa.sandbox.unsafe_exec_allowed
         os.environ["MERGEQA_UNSAFE_EXEC"] = "1"
+    if config.pluginmanager.hasplugin("html"):  # pytest-html: each check's figures as its extras
+        from .html_report import HtmlExtras
+
+        config.pluginmanager.register(HtmlExtras(), "mergeqa-html-extras")
     from .session import GateSession
     from .thresholds import load_thresholds
 
@@ -342,7 +346,7 @@ def pytest_testnodedown(node, error) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Run metadata once per run, as testsuite properties (before junitxml writes its file)."""
-    from .report import run_metadata
+    from .report import report_dir, run_metadata
 
     config = session.config
     gate = config.stash.get(session_key, None)
@@ -359,3 +363,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         meta.update(config.stash.get(worker_metadata_key, {}))
         for name, value in sorted(meta.items()):
             xml.add_global_property(name, value)
+    from .verdict import RUN_VERDICTS
+
+    opt = config.option  # report.html and the GitHub step summary (issue 15)
+    if not opt.collectonly and (opt.model or opt.merge_config or opt.gate or config.stash.get(RUN_VERDICTS, None)):
+        from .html_report import write_deployment_reports
+
+        write_deployment_reports(config, config.stash.get(RUN_VERDICTS, []), report_dir(config))

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, dict] = {
               "timeout": 60.0, "retries": 3, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
               "score_margin": 0.5, "score_test": "permutation", "max_swap_disagreement": 0.35,
               "max_parse_errors": 0.1},
+    "cost": {"max_size_ratio": 1.05, "max_memory_ratio": 1.25, "min_speed_ratio": 0.5,
+             "max_latency_ratio": 2.0, "new_tokens": 16, "repeats": 3},
     # Built-in suites; a thresholds file adds suites or replaces one of the same name.
     "suites": {"family": {"tasks": ["family_arithmetic", "family_lists", "family_grammar"]},
                "code": {"tasks": ["mergeqa_humaneval"]}},
