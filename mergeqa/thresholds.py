@@ -133,7 +133,7 @@ class Thresholds:
             if owner not in names:
                 raise MergeQAUsageError(
                     f"{self.path or 'thresholds'}: [retention.capabilities] {task} = {owner!r} names no parent "
-                    f"of this run.{did_you_mean(owner, names)} Parents: {', '.join(names)} (their directory names)")
+                    f"of this run (parents are named by their directory names).{did_you_mean(owner, names)}")
 
 
 def load_thresholds(path: str | Path | None, *, embedded: bool = True) -> Thresholds:

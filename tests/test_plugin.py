@@ -126,7 +126,7 @@ def test_unknown_names_in_thresholds_are_usage_errors(tmp_path, toml, expected):
     ('[statistics]\ninconclusive = "xfail"\n', '"xfail" was removed'),
     ("[suites.mine]\ntasks = []\n", "[suites.mine] tasks is empty"),
     ('[retention.capabilities]\nfamily_lists = "list"\n',
-     "[retention.capabilities] family_lists = 'list' names no parent of this run. Did you mean 'lists'?"),
+     "[retention.capabilities] family_lists = 'list' names no parent of this run (parents are named by their directory names). Did you mean 'lists'?"),
     ("[probing]\nseeds = 2.5\n", "[probing] seeds = 2.5: expected a whole number like 3"),
     ("[retension]\nsuite = 'family'\n", "unknown section [retension]. Did you mean 'retention'?"),
 ])
