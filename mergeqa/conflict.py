@@ -12,14 +12,13 @@ exact McNemar, Holm); the checks are in mergeqa/checks/test_conflict.py. Not an 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .agreement import Agreement, Match
-from .errors import MergeQAUsageError
+from .errors import MergeQAUsageError, read_jsonl_objects
 from .generation import GenerationSettings, generate
-from .verdict import Verdict
+from .verdict import Verdict, interval_outcome
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "conflict"
 PAIR_KEYS = {"a", "b", "consistent", "kind", "skill"}
@@ -45,37 +44,22 @@ class ConsistencyPair:
 
 def read_pairs(path: str | Path) -> list[ConsistencyPair]:
     """A JSONL file of pairs; a malformed line is one usage error naming the file, line and fix."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise MergeQAUsageError(f"{path}: cannot read the consistency pairs ({exc.strerror}); set [conflict] "
-                                "pairs (or --conflict-pairs) to an existing JSONL file") from None
-    pairs = []
     example = '{"a": "12 + 7 =", "b": "7 + 12 =", "consistent": true, "kind": "commutative"}'
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise MergeQAUsageError(f"{path}:{number}: not JSON ({exc}); each line is one pair, e.g. {example}") from None
-        if not isinstance(row, dict):
-            raise MergeQAUsageError(f"{path}:{number}: expected a JSON object, e.g. {example}")
+    pairs = []
+    for where, row in read_jsonl_objects(path, what="consistency pairs", example=example,
+                                         fix="set [conflict] pairs (or --conflict-pairs) to an existing JSONL file"):
         unknown = set(row) - PAIR_KEYS
         if unknown:
-            raise MergeQAUsageError(f"{path}:{number}: unknown key {sorted(unknown)[0]!r}; known: "
+            raise MergeQAUsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: "
                                     f"{', '.join(sorted(PAIR_KEYS))}")
         if not (isinstance(row.get("a"), str) and isinstance(row.get("b"), str) and row["a"].strip()
                 and row["b"].strip() and isinstance(row.get("consistent"), bool)):
-            raise MergeQAUsageError(f"{path}:{number}: needs non-empty strings a and b and consistent: "
+            raise MergeQAUsageError(f"{where}: needs non-empty strings a and b and consistent: "
                                     f"true|false, e.g. {example}")
         for key in ("kind", "skill"):
             if not isinstance(row.get(key, ""), str):
-                raise MergeQAUsageError(f"{path}:{number}: {key} must be a string")
+                raise MergeQAUsageError(f"{where}: {key} must be a string")
         pairs.append(ConsistencyPair(row["a"], row["b"], row["consistent"], row.get("kind", ""), row.get("skill", "")))
-    if not pairs:
-        raise MergeQAUsageError(f"{path}: no pairs; write one JSON object per line, e.g. {example}")
     return pairs
 
 
@@ -185,7 +169,7 @@ def rate_verdict(run: ConflictRun, max_rate: float, alpha: float, *, references:
     the base and parents) go into `data` for the report."""
     fig = rate_figures(run, alpha)
     low, high = fig["ci_low"], fig["ci_high"]
-    outcome = "pass" if high < max_rate else "fail" if low >= max_rate else "inconclusive"
+    outcome = interval_outcome(low, high, ceiling=max_rate)
     level = f"{100 * (1 - 2 * alpha):g}%"
     by_kind: dict[str, list[int]] = {}
     for o in run.outcomes:
@@ -254,7 +238,7 @@ def owner_verdict(run: ConflictRun, owner: ConflictRun, skill: str, prompts: lis
     agree = sum(m.agree for m in matches)
     n = len(prompts)
     low, high = (float(x) for x in wilson_interval(agree, n, confidence=1 - 2 * alpha))
-    outcome = "pass" if low >= floor else "fail" if high < floor else "inconclusive"
+    outcome = interval_outcome(low, high, floor=floor)
     disagreeing = [f"{p!r}: merge {run.answers[p]!r}, {owner.model} {owner.answers[p]!r}"
                    for p, m in zip(prompts, matches) if not m.agree]
     v = Verdict(f"conflict.owner.{skill}", run.model, outcome,

@@ -8,7 +8,9 @@ failure with figures, and a bug is any other exception: never mix the three.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class MergeQAUsageError(Exception):
@@ -22,3 +24,29 @@ def did_you_mean(name: str, choices: Iterable[str], *, list_at_most: int = 40) -
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return hint + (f" Available: {', '.join(choices)}" if len(choices) <= list_at_most else "")
+
+
+def read_jsonl_objects(path: str | Path, *, what: str, fix: str, example: str) -> list[tuple[str, dict]]:
+    """(`file:line`, object) for each non-blank line of a JSONL file of `what`; an unreadable file,
+    a line that is not a JSON object, or no lines at all is one usage error naming the file (and
+    line) with `fix` or `example`. Field checks are the caller's, with the `file:line` given."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise MergeQAUsageError(f"{path}: cannot read the {what} ({exc.strerror}); {fix}") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise MergeQAUsageError(f"{where}: not JSON ({exc}); one object per line, e.g. {example}") from None
+        if not isinstance(row, dict):
+            raise MergeQAUsageError(f"{where}: expected a JSON object, e.g. {example}")
+        out.append((where, row))
+    if not out:
+        raise MergeQAUsageError(f"{path}: no {what}; write one JSON object per line, e.g. {example}")
+    return out

@@ -212,6 +212,18 @@ def decide(request, *verdicts: Verdict) -> None:
         pytest.skip("; ".join(f"{v.subject}: {v.reason}" for v in verdicts))
 
 
+def interval_outcome(low: float, high: float, *, floor: float | None = None,
+                     ceiling: float | None = None) -> str:
+    """The outcome of a rate gated on its interval: pass when the whole interval clears the
+    floor (or stays under the ceiling), fail when the whole interval misses it, else
+    inconclusive. Give exactly one of floor and ceiling."""
+    if (floor is None) == (ceiling is None):
+        raise ValueError("give exactly one of floor and ceiling")
+    if floor is not None:
+        return "pass" if low >= floor else "fail" if high < floor else "inconclusive"
+    return "pass" if high < ceiling else "fail" if low >= ceiling else "inconclusive"
+
+
 def accepted(v: Verdict, policy: str) -> bool:
     """Did this verdict leave its test green?"""
     return v.ok or (v.outcome == "inconclusive" and policy == "warn")

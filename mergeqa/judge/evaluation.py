@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..generation import Answers, GenerationSettings, generate
-from ..verdict import Verdict
+from ..verdict import Verdict, interval_outcome
 from .judges import Judge, JudgeUnavailable, PairItem, RateItem
 from .questions import Question
 
@@ -332,7 +332,7 @@ def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
                        fix="use a stronger judge, or raise [judge] max_swap_disagreement knowingly")
     low, high = win_interval(ab, setup.alpha)
     rate, floor = ab.win_rate, setup.min_win_rate
-    outcome = "pass" if low >= floor else "fail" if high < floor else "inconclusive"
+    outcome = interval_outcome(low, high, floor=floor)
     level = f"{100 * (1 - 2 * setup.alpha):g}%"
     data.update(ci_low=round(low, 4), ci_high=round(high, 4))
     v = Verdict(check, ab.merged, outcome,

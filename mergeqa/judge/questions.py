@@ -8,11 +8,10 @@ out of the way, not rejected, so a file from FastChat's repository runs unchange
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MergeQAUsageError
+from ..errors import MergeQAUsageError, read_jsonl_objects
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "judge"
 EXAMPLE = ('{"question_id": 1, "category": "math", "turns": ["23 + 14 =", "37 + 5 ="], '
@@ -40,22 +39,10 @@ class Question:
 
 def read_questions(path: str | Path) -> list[Question]:
     """The questions of a question.jsonl; a malformed line is one usage error naming file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise MergeQAUsageError(f"{path}: cannot read the questions ({exc.strerror}); pass an MT-Bench "
-                                "question.jsonl with --questions or [judge] questions") from None
     out: list[Question] = []
     seen: set = set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise MergeQAUsageError(f"{where}: not JSON ({exc}); one question per line, e.g. {EXAMPLE}") from None
+    for where, row in read_jsonl_objects(path, what="questions", example=EXAMPLE,
+                                         fix="pass an MT-Bench question.jsonl with --questions or [judge] questions"):
         if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("turns"), list):
             raise MergeQAUsageError(f"{where}: needs question_id and turns (a list of strings), e.g. {EXAMPLE}")
         turns = row["turns"]
@@ -71,6 +58,4 @@ def read_questions(path: str | Path) -> list[Question]:
         extra = {k: v for k, v in row.items() if k not in ("question_id", "category", "turns", "reference")}
         out.append(Question(qid, str(row.get("category", "")), tuple(turns), tuple(ref) if ref is not None else None,
                             extra))
-    if not out:
-        raise MergeQAUsageError(f"{path}: no questions; write one JSON object per line, e.g. {EXAMPLE}")
     return out
