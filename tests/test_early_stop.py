@@ -167,3 +167,28 @@ def test_a_bad_sequential_setting_is_a_usage_error_naming_the_file(tmp_path, bod
         load_thresholds(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert load_thresholds(None).get("statistics", "sequential") is False
+
+
+@pytest.mark.slow
+def test_the_gate_reports_the_items_used_in_junit(family, private_cache, refs, tmp_path):
+    """The plugin path: `pytest --model ... --thresholds` with sequential = true."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    merged, parents = refs
+    path = tmp_path / "thresholds.toml"
+    path.write_text(SEQUENTIAL.format(alpha=0.05) + '[retention.capabilities]\nfamily_arithmetic = "arithmetic"\n')
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--model", str(merged.path), "--parents", *(str(p.path) for p in parents),
+         "--thresholds", str(path), "--mergeqa-cache", str(private_cache), "--device", "cpu",
+         "-k", "test_retention or test_no_regression", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
+         f"--junitxml={junit}", "-rA"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    props = {x.get("name"): x.get("value") for x in ET.parse(junit).iter("property")}
+    used = int(props["mergeqa.retention.items_used"])
+    assert props["mergeqa.retention.outcome"] == "pass" and props["mergeqa.retention.items_total"] == "400"
+    assert used < 400 and props["mergeqa.retention.sequential"] == "yes"
+    scored = {e["held"] for e in _evaluated(private_cache)}
+    assert max(scored) < 400
