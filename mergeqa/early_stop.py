@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import WEIGHTED, EvalResult, EvalSettings, evaluate, extendable, load_tasks, paired_values, split_key, task_size
+from .engine import (WEIGHTED, EvalResult, EvalSettings, evaluate, extendable, load_tasks, paired_values,
+                     split_key, task_size)
 from .models import ModelRef
 from .stats.sequential import DEFAULT_BATCH, SequentialComparison, compare_sequential, item_order
 
@@ -78,17 +79,16 @@ def evaluate_early(merged: ModelRef, parents: list[ModelRef], base: ModelRef | N
                  alpha=thresholds.get("statistics", "alpha"), comparisons=2 * len(tasks))
     stop.run(sizes, fixed_n, progress)
     fixed = [t for t in tasks if t in fixed_n]
-    models = [merged, *parents, *([base] if base is not None else [])]
-    results = {}
-    for ref in models:
+    results = []
+    for ref in [merged, *parents, *([base] if base is not None else [])]:
         res = full(ref, fixed) if fixed else EvalResult(ref)
-        scored = stop.views.get(ref.name, {})
+        scored = stop.views.get(ref.path, {})
         if ref is base and stop.prefix:  # the base only for its score, on the same items
             scored = evaluate(ref, list(stop.prefix), settings, num_fewshot=num_fewshot,
                               docs=stop.prefix).tasks
-        results[ref.name] = EvalResult(ref, {**res.tasks, **scored}, dict(res.groups))
-    return EarlyStop(results[merged.name], {p.name: results[p.name] for p in parents},
-                     results[base.name] if base is not None else None, stop.decisions, fixed_n)
+        results.append(EvalResult(ref, {**res.tasks, **scored}, dict(res.groups)))
+    return EarlyStop(results[0], {p.name: r for p, r in zip(parents, results[1:])},
+                     results[-1] if base is not None else None, stop.decisions, fixed_n)
 
 
 class _Loop:
@@ -98,7 +98,7 @@ class _Loop:
         self.merged, self.parents, self.thresholds = merged, parents, thresholds
         self.settings, self.num_fewshot, self.batch = settings, num_fewshot, batch
         self.alpha, self.comparisons = alpha / comparisons, comparisons
-        self.views: dict[str, dict] = {}  # model name -> task -> TaskResult on the prefix scored
+        self.views: dict = {}  # model path -> task -> TaskResult on the prefix scored
         self.prefix: dict[str, list[int]] = {}  # task -> the documents scored (order's prefix)
         self.decisions: dict[tuple[str, str], SequentialDecision] = {}
 
@@ -114,7 +114,7 @@ class _Loop:
                          + ", ".join(f"{t} items 1-{len(d)} of {sizes[t]}" for t, d in docs.items()))
             for ref in [self.merged, *self.parents]:
                 res = evaluate(ref, list(docs), self.settings, num_fewshot=self.num_fewshot, docs=docs)
-                self.views.setdefault(ref.name, {}).update(res.tasks)
+                self.views.setdefault(ref.path, {}).update(res.tasks)
             self.prefix.update(docs)
             for task in sorted(pending):
                 reason = self._decide(task, orders[task], sizes[task])
@@ -127,22 +127,22 @@ class _Loop:
             for views in self.views.values():
                 views.pop(task, None)
 
-    def _result(self, name: str) -> EvalResult:
-        return EvalResult(None, self.views[name])
+    def _result(self, ref: ModelRef) -> EvalResult:
+        return EvalResult(ref, self.views[ref.path])
 
     def _decide(self, task: str, order: np.ndarray, n_max: int) -> str | None:
         """Decide what this look decides for the task; a reason string when it cannot be
         sequential after all (its gated metric is not 0/1)."""
         from .retention import _rule, gated_metric
 
-        merged = self._result(self.merged.name)
+        merged = self._result(self.merged)
         key = gated_metric(task, merged, self.thresholds)
         if split_key(key)[0] in WEIGHTED or not merged.tasks[task].higher_is_better_for(key):
             return f"its gated metric {key!r} is not a 0/1 score where higher is better"
         position = {int(d): i for i, d in enumerate(order)}
         outcomes, scores = {}, {}
         for parent in self.parents:
-            a, b, docs = paired_values(task, merged, self._result(parent.name), key,
+            a, b, docs = paired_values(task, merged, self._result(parent), key,
                                        names=(self.merged.name, parent.name))
             if not (np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()):
                 return f"its gated metric {key!r} is not 0/1 per item"

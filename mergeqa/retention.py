@@ -135,7 +135,8 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
             v.figures.update(c.figures())
             v.figures["decision"] = stat("decision")
             v.details = c.describe(v.figures["reference"]).splitlines()
-            v.details += [v.data["fixed_n_reason"] + "; decided fixed-n on every item"] if "fixed_n_reason" in v.data else []
+            if "fixed_n_reason" in v.data:
+                v.details.append(v.data["fixed_n_reason"] + "; decided fixed-n on every item")
             v.data.update(effect=c.effect, ci=list(c.ci), n=c.n)
         for key, problem, _ in pending:
             if isinstance(problem, str):
