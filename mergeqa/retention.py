@@ -162,7 +162,7 @@ def _sequential(v: Verdict, decision, n_scored: int) -> None:
                  f"sequential early stop: items in a seeded random order, {c.batch} at a time; "
                  f"alpha {decision.alpha:.3g} per comparison (alpha / {decision.comparisons}); the scores "
                  f"above are on the {n_scored} items scored of this task"]
-    v.data.update(effect=c.effect, n=c.n, items_used=c.n, items_total=c.n_max)
+    v.data.update(effect=c.effect, n=c.n, items_used=c.n, items_total=c.n_max, items_scored=n_scored)
 
 
 def _compare(task, merged, parents, ref, margin, stat, merge):
