@@ -192,3 +192,16 @@ def test_the_gate_reports_the_items_used_in_junit(family, private_cache, refs, t
     assert used < 400 and props["mergeqa.retention.sequential"] == "yes"
     scored = {e["held"] for e in _evaluated(private_cache)}
     assert max(scored) < 400
+
+
+def test_a_bad_sequential_setting_stops_the_run_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "thresholds.toml"
+    path.write_text('[statistics]\nsequential = "on"\n')
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--gate", "--thresholds", str(path), "--collect-only"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 4 and len(err) == 1, proc.stdout[-2000:] + proc.stderr
+    assert err[0].endswith(f"{path}: [statistics] sequential = 'on': expected true or false")
