@@ -6,7 +6,10 @@
 lm-eval defines the tasks and scores them; this module decides what needs scoring. A result is
 keyed by the model's content hash x the task's full config (few-shot, template, lm-eval version)
 x the scoring settings, so a parent is evaluated once across runs and merges, and a changed model
-never gets another model's results. Not a scorer: see mergeqa.scorer for the fast backend.
+never gets another model's results. An entry records which documents it holds: `evaluate(...,
+docs={task: ids})` scores only the listed documents the entry lacks (lm-eval's `samples=`) and
+the entry grows; a full evaluation of a partial entry scores the rest. Not a scorer: see
+mergeqa.scorer for the fast backend.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +86,16 @@ class TaskResult:
     config_hash: str
     cached: bool = False
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # bare metric -> direction
+    doc_ids: list[int] | None = None  # the documents held, sorted; None: every one (older entries)
+    n_docs: int | None = None  # documents the task has (under --eval-limit)
+
+    @property
+    def complete(self) -> bool:
+        """True when every document of the task was scored (`metrics` aggregate all of them)."""
+        return self.doc_ids is None or len(self.doc_ids) == self.n_docs
+
+    def holds(self, wanted: set[int]) -> bool:
+        return self.doc_ids is None or wanted <= set(self.doc_ids)
 
     @property
     def main_metric(self) -> str:
@@ -296,13 +309,21 @@ def _jsonable(value):
 # -- evaluation --------------------------------------------------------------------------------
 def evaluate(ref: ModelRef, tasks: list[str], settings: EvalSettings, *,
              num_fewshot: dict[str, int] | None = None, cached_only: bool = False,
-             progress: Callable[[str], None] | None = None, executor=None) -> EvalResult:
+             progress: Callable[[str], None] | None = None, executor=None,
+             docs: dict[str, Sequence[int]] | None = None) -> EvalResult:
     """Results of `ref` on `tasks`, evaluating only what the cache does not hold.
 
-    With cached_only=True nothing is evaluated (tasks not in the cache are left out). A
-    distributed `executor` (mergeqa.executor) runs the evaluation as one of its jobs.
+    `docs` maps a leaf task to the document indices wanted (the sequential gate's prefix of its
+    item order): only those the cache entry lacks are scored, the entry is extended, and the
+    result holds exactly those documents, its aggregates over them. Tasks not in `docs` are
+    evaluated in full (a partial entry is completed, not re-scored). A few-shot task is always
+    scored in full: lm-eval draws few-shot examples from one random stream over the documents
+    scored, so a document scored in a subset would get other examples than in a full run.
+
+    With cached_only=True nothing is evaluated (tasks the cache does not fully hold are left
+    out). A distributed `executor` (mergeqa.executor) runs a full evaluation as one of its jobs.
     """
-    if executor is not None and executor.distributed and not cached_only:
+    if executor is not None and executor.distributed and not cached_only and not docs:
         from .executor import evaluate_many
 
         return evaluate_many([ref], tasks, settings, executor=executor, num_fewshot=num_fewshot,
@@ -310,13 +331,14 @@ def evaluate(ref: ModelRef, tasks: list[str], settings: EvalSettings, *,
     leaves, groups = load_tasks(tasks, settings, num_fewshot)
     model_hash = ref.content_hash
     result = EvalResult(ref, groups=groups)
-    missing = {}
+    missing, wanted = {}, {}
     for name, task in leaves.items():
         config_hash = task_config_hash(task)
         path = _entry_path(settings, model_hash, name, config_hash)
+        wanted[name] = _wanted(task, settings, (docs or {}).get(name))
         cached = _read_entry(path)
-        if cached is not None:
-            result.tasks[name] = cached
+        if cached is not None and cached.holds(wanted[name]):
+            result.tasks[name] = _restrict(cached, task, wanted[name])
         else:
             missing[name] = (task, config_hash, path)
     if missing and not cached_only:
@@ -328,36 +350,114 @@ def evaluate(ref: ModelRef, tasks: list[str], settings: EvalSettings, *,
             todo = {}
             for name, (task, config_hash, path) in missing.items():
                 cached = _read_entry(path)
-                if cached is not None:
-                    result.tasks[name] = cached
+                if cached is not None and cached.holds(wanted[name]):
+                    result.tasks[name] = _restrict(cached, task, wanted[name])
                 else:
-                    todo[name] = (task, config_hash, path)
+                    todo[name] = (task, config_hash, path, cached, wanted[name])
             if todo:
                 _run(ref, todo, settings, result, progress)
     return result
 
 
+def task_size(task, settings: EvalSettings) -> int:
+    """How many documents lm-eval scores of this task under the settings' limit."""
+    n = len(task.eval_docs)
+    return min(n, int(settings.limit)) if settings.limit else n
+
+
+def extendable(task) -> bool:
+    """Whether documents of this task can be scored in parts (zero-shot: see `evaluate`)."""
+    return not task.config.num_fewshot
+
+
+def _wanted(task, settings: EvalSettings, ids: Sequence[int] | None) -> set[int]:
+    n = task_size(task, settings)
+    if ids is None or not extendable(task):
+        return set(range(n))
+    ids = {int(i) for i in ids}
+    if any(not 0 <= i < n for i in ids):
+        raise ValueError(f"{task.config.task}: document indices must be in [0, {n})")
+    return ids
+
+
+class _DocIndices(list):
+    """A sorted list of document indices with set membership: lm-eval tests `i in samples` for
+    every document of the task, which is quadratic on a plain list."""
+
+    def __init__(self, ids):
+        super().__init__(sorted(ids))
+        self._members = frozenset(self)
+
+    def __contains__(self, i) -> bool:
+        return i in self._members
+
+
 def _run(ref: ModelRef, todo: dict, settings: EvalSettings, result: EvalResult, progress) -> None:
-    """One lm-eval run over every task the cache lacks; one cache entry per task."""
+    """One lm-eval run over every document the cache lacks; one cache entry per task, extended
+    where it held some documents already (lm-eval's `samples=`: only the missing ones)."""
     import lm_eval
 
     lm = make_lm(ref, settings)
+    plans = {}  # name -> (task, config_hash, path, cached entry to extend, wanted, documents to score)
+    for name, (task, config_hash, path, cached, wanted) in todo.items():
+        held = set(cached.doc_ids) if cached is not None and cached.doc_ids and extendable(task) else set()
+        plans[name] = (task, config_hash, path, cached if held else None, wanted, sorted(wanted - held))
+    whole = all(cached is None and len(score) == task_size(task, settings)
+                for task, _, _, cached, _, score in plans.values())
     if progress:
-        sizes = ", ".join(f"{name} ({len(task.eval_docs)} items)" for name, (task, _, _) in todo.items())
+        sizes = ", ".join(f"{name} ({len(p[5])} items)" for name, p in plans.items())
         progress(f"evaluating {ref.name} on {sizes}")
     started = time.perf_counter()
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=[task for task, _, _ in todo.values()], log_samples=True, limit=settings.limit,
+        model=lm, tasks=[p[0] for p in plans.values()], log_samples=True,
+        limit=settings.limit if whole else None,
+        samples=None if whole else {name: _DocIndices(p[5]) for name, p in plans.items()},
         bootstrap_iters=0, verbosity="ERROR", confirm_run_unsafe_code=True,
         task_manager=task_manager(settings.task_paths, include_defaults=False))
     seconds = round(time.perf_counter() - started, 2)
-    for name, (_, config_hash, path) in todo.items():
-        task_result = _to_task_result(name, out, config_hash)
-        _write_entry(path, task_result)
-        result.tasks[name] = task_result
+    for name, (task, config_hash, path, cached, wanted, scored) in plans.items():
+        new = _to_task_result(name, out, config_hash)
+        n_docs = task_size(task, settings)
+        if cached is None and whole:
+            entry = new  # one run over the whole task: lm-eval's own aggregates, as always
+        else:
+            items = sorted((cached.items if cached else []) + new.items,
+                           key=lambda it: (it.filter, it.doc_id))
+            entry = TaskResult(name, _aggregates(task, items, order=new.metrics), items, config_hash,
+                               higher_is_better=new.higher_is_better)
+        entry.doc_ids = sorted({it.doc_id for it in entry.items})
+        entry.n_docs = n_docs
+        _write_entry(path, entry)
+        result.tasks[name] = _restrict(entry, task, wanted)
         log_event(Path(settings.cache_dir), "evaluated", model=ref.name, role=ref.role,
-                  model_hash=ref.content_hash[:16], task=name, n=len(task_result.items),
-                  seconds_all_tasks=seconds)
+                  model_hash=ref.content_hash[:16], task=name, n=len(new.items), docs=len(scored),
+                  held=len(entry.doc_ids), of=n_docs, seconds_all_tasks=seconds)
+
+
+def _aggregates(task, items: list[ItemRecord], order=()) -> dict[str, float]:
+    """lm-eval's aggregation of each metric over these records (the task's own functions; a
+    perplexity-type metric gets its (loglikelihood, weight) pairs back), keys in `order` first."""
+    aggregation = task.aggregation()
+    values: dict[str, tuple[str, list]] = {key: None for key in order}
+    for it in items:
+        for metric, v in it.metrics.items():
+            key = metric_key(metric, it.filter)
+            if values.get(key) is None:
+                values[key] = (metric, [])
+            values[key][1].append((v, it.weights[metric]) if metric in it.weights else v)
+    return {key: float(aggregation[metric](vals)) for key, (metric, vals) in
+            ((k, v) for k, v in values.items() if v is not None)}
+
+
+def _restrict(entry: TaskResult, task, wanted: set[int]) -> TaskResult:
+    """The entry as a result on the `wanted` documents only (aggregates over them)."""
+    held = set(entry.doc_ids) if entry.doc_ids is not None else {it.doc_id for it in entry.items}
+    if held == wanted:
+        return entry
+    items = [it for it in entry.items if it.doc_id in wanted]
+    return TaskResult(entry.task, _aggregates(task, items, order=entry.metrics), items,
+                      entry.config_hash, entry.cached, entry.higher_is_better,
+                      sorted(wanted), entry.n_docs)
 
 
 def make_lm(ref: ModelRef, settings: EvalSettings):

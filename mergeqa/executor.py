@@ -11,7 +11,9 @@ Ray cluster (`pip install mergeqa[ray]`), one task per job with `num_gpus` set f
 size (a whole node, sharded with device_map="auto", for a model one GPU cannot hold). Workers need
 the model directories and the cache at the same paths (a shared filesystem, or one machine);
 evaluation records also come back to the driver, which writes any entry its cache lacks. pytest's
-collection, verdicts and reports do not change: only where the work runs.
+collection, verdicts and reports do not change: only where the work runs. The sequential gate
+(`[statistics] sequential = true`, mergeqa.early_stop) scores its batches in the driver, with
+the engine directly; only its fixed-n tasks run as jobs here.
 """
 
 from __future__ import annotations
@@ -227,12 +229,14 @@ def _incomplete(result, tasks: list[str]) -> bool:
 
 
 def _store(ref: ModelRef, task_results: dict, settings) -> None:
-    """Write the entries a remote job returned where this cache lacks them (no shared disk)."""
-    from .engine import _entry_path, _write_entry
+    """Write the entries a remote job returned where this cache lacks them or holds only some
+    of their documents (a sequential run's prefix; no shared disk)."""
+    from .engine import _entry_path, _read_entry, _write_entry
 
     for name, result in task_results.items():
         path = _entry_path(settings, ref.content_hash, name, result.config_hash)
-        if not path.is_file():
+        held = _read_entry(path) if path.is_file() else None
+        if held is None or (not held.complete and result.complete):
             _write_entry(path, result)
 
 

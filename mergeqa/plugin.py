@@ -273,7 +273,8 @@ def eval_settings(pytestconfig):
 
 @pytest.fixture(scope="session")
 def evaluations(pytestconfig, eval_settings, thresholds):
-    """evaluations(ref) -> EvalResult on the retention suite, evaluated once per model and cache."""
+    """evaluations(ref) -> EvalResult on the retention suite, evaluated once per model and cache;
+    evaluations(ref, tasks) on those tasks only."""
     from .engine import evaluate
     from .executor import make_executor, prefetch
 
@@ -285,7 +286,13 @@ def evaluations(pytestconfig, eval_settings, thresholds):
     executor = make_executor(pytestconfig.option.executor, device=eval_settings.device,
                              dtype=eval_settings.dtype)
 
-    def run(ref):
+    def run(ref, tasks=None):
+        if tasks is not None:  # a part of the suite (the sequential gate's fixed-n tasks), alone
+            key = (ref.path, tuple(tasks))
+            if key not in memo:
+                memo[key] = evaluate(ref, list(tasks), eval_settings, executor=executor,
+                                     num_fewshot=suite.get("num_fewshot"), progress=progress)
+            return memo[key]
         if executor.distributed and not memo:  # every merge and model at once, as parallel jobs
             memo.update(prefetch(pytestconfig.stash[session_key], suite["tasks"], eval_settings,
                                  executor, num_fewshot=suite.get("num_fewshot"), progress=progress))
@@ -300,15 +307,23 @@ def evaluations(pytestconfig, eval_settings, thresholds):
 
 
 @pytest.fixture(scope="session")
-def retention_verdicts(merged_model, parent_models, base_model, evaluations, thresholds):
+def retention_verdicts(merged_model, parent_models, base_model, evaluations, eval_settings, thresholds):
     """{(task, kind): Verdict} for one merge: retention and regression against the parents."""
     from .retention import assess
 
     suite = thresholds.suite(thresholds.get("retention", "suite"))
+    base_name = base_model.name if base_model is not None else "base"
+    if thresholds.get("statistics", "sequential"):  # batches scored here; full tasks via the executor
+        from .early_stop import evaluate_early
+
+        early = evaluate_early(merged_model, list(parent_models), base_model, suite["tasks"], thresholds,
+                               eval_settings, num_fewshot=suite.get("num_fewshot"), full=evaluations)
+        return assess(merged_model.name, early.merged, early.parents, suite["tasks"], thresholds,
+                      base=early.base, base_name=base_name, early=early)
     parents = {p.name: evaluations(p) for p in parent_models}
     base = evaluations(base_model) if base_model is not None else None
     return assess(merged_model.name, evaluations(merged_model), parents, suite["tasks"], thresholds,
-                  base=base, base_name=base_model.name if base_model is not None else "base")
+                  base=base, base_name=base_name)
 
 
 @pytest.fixture

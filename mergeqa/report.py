@@ -97,7 +97,19 @@ def comparison_table(verdicts) -> str:
 
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {name} | " + " | ".join(cell(v, i) for i, v in enumerate(vals)) + " |" for name, vals in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + _prefix_note(verdicts))
+
+
+def _prefix_note(verdicts) -> list[str]:
+    """Under `[statistics] sequential = true` a task's scores are on the items scored, not all."""
+    scored: dict[str, tuple[set, int]] = {}
+    for v in verdicts:
+        if v.check in ("retention", "regression") and "items_scored" in v.data:
+            counts, _ = scored.setdefault(v.data["task"], (set(), v.data["items_total"]))
+            counts.add(v.data["items_scored"])
+    return ["", *(f"{task}: sequential, scores on the first {'/'.join(map(str, sorted(counts)))} of {total} "
+                  "items in the seeded order (each merge's, and the parents' with it, on what its "
+                  "comparisons needed)" for task, (counts, total) in scored.items())] if scored else []
 
 
 def probing_accuracy(verdicts, which: str = "best") -> dict[str, dict[str, float]]:

@@ -13,7 +13,8 @@ In "significance" mode each is a paired test on the same documents (mergeqa.sign
 only when non-inferiority at the margin the point rule tolerates is shown, fail on a significant
 drop, else inconclusive; Holm/BH across the merge's distinct hypotheses. Perplexity-type metrics
 are compared per item in log-perplexity units, the units of their margin. "point" mode is the
-guide's rule on the two aggregates.
+guide's rule on the two aggregates. With `[statistics] sequential = true` the comparisons that
+mergeqa.early_stop decided on a prefix of the items come in as `early` and are reported as such.
 """
 
 from __future__ import annotations
@@ -54,8 +55,13 @@ def _rule(kind: str, reference: float, limit: float, hib: bool, weighted: bool) 
 
 
 def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks: list[str],
-           thresholds, *, base: EvalResult | None = None, base_name: str = "base") -> dict[tuple[str, str], Verdict]:
-    """Every retention and regression verdict for one merge, keyed by (task, kind)."""
+           thresholds, *, base: EvalResult | None = None, base_name: str = "base",
+           early=None) -> dict[tuple[str, str], Verdict]:
+    """Every retention and regression verdict for one merge, keyed by (task, kind).
+
+    `early` (a mergeqa.early_stop.EarlyStop) holds the comparisons the sequential test decided
+    (the results then hold only the items it scored for those tasks) and, for the other tasks,
+    why they were decided fixed-n."""
     from .significance import adjust_comparisons, decide_significant_drop
 
     get = lambda key: thresholds.get("retention", key)  # noqa: E731
@@ -65,6 +71,7 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
         raise MergeQAUsageError("retention needs parents to compare with; pass --parents")
     verdicts: dict[tuple[str, str], Verdict] = {}
     pending = []  # (key, comparison, hypothesis) for the multiplicity adjustment
+    decided = early.decisions if early is not None else {}
     for task in tasks:
         key = gated_metric(task, merged, thresholds)
         hib, weighted = _direction(task, merged, key), split_key(key)[0] in WEIGHTED
@@ -91,6 +98,8 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
         plans = [("retention", owner if owner in parents else None, min_retention),
                  ("regression", weakest, tolerance)]
         for kind, ref, limit in plans:
+            if (task, kind) in decided:  # regression: the weakest parent on the items scored
+                ref = decided[(task, kind)].reference
             ref_name = ref or "parents' mean"
             ref_score = scores[ref] if ref else mean
             threshold, margin = _rule(kind, ref_score, limit, hib, weighted)
@@ -107,7 +116,13 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
                         data={"task": task, "kind": kind, "metric": key, "higher_is_better": hib,
                               "scores": all_scores, "roles": roles, "reference": ref_name})
             verdicts[(task, kind)] = v
-            if mode == "significance":
+            if (task, kind) in decided:
+                _sequential(v, decided[(task, kind)], len(merged.tasks[task].records(key)))
+            elif mode == "significance":
+                if early is not None:
+                    v.figures["sequential"] = "no"
+                    v.data["fixed_n_reason"] = (f"sequential early stop not used for {task}: "
+                                                f"{early.fixed_n.get(task, 'decided fixed-n')}")
                 pending.append(((task, kind), _compare(task, merged, parents, ref, margin, stat, merge),
                                 (task, ref_name)))
     if pending:
@@ -120,6 +135,8 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
             v.figures.update(c.figures())
             v.figures["decision"] = stat("decision")
             v.details = c.describe(v.figures["reference"]).splitlines()
+            if "fixed_n_reason" in v.data:
+                v.details.append(v.data["fixed_n_reason"] + "; decided fixed-n on every item")
             v.data.update(effect=c.effect, ci=list(c.ci), n=c.n)
         for key, problem, _ in pending:
             if isinstance(problem, str):
@@ -131,6 +148,21 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
         _explain(v)
     _examples(verdicts, merged, parents)
     return verdicts
+
+
+def _sequential(v: Verdict, decision, n_scored: int) -> None:
+    """A verdict the sequential test decided: its outcome, figures and the items it needed."""
+    c = decision.comparison
+    v.outcome = c.verdict
+    v.figures.update(c.figures())
+    v.figures.update(items_used=c.n, items_total=c.n_max, sequential="yes",
+                     correction=f"bonferroni over {decision.comparisons}", decision="non_inferiority")
+    v.summary += f", decided after {c.n} of {c.n_max} items"
+    v.details = [c.describe(v.figures["reference"]),
+                 f"sequential early stop: items in a seeded random order, {c.batch} at a time; "
+                 f"alpha {decision.alpha:.3g} per comparison (alpha / {decision.comparisons}); the scores "
+                 f"above are on the {n_scored} items scored of this task"]
+    v.data.update(effect=c.effect, n=c.n, items_used=c.n, items_total=c.n_max, items_scored=n_scored)
 
 
 def _compare(task, merged, parents, ref, margin, stat, merge):

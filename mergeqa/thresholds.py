@@ -35,7 +35,8 @@ DEFAULTS: dict[str, dict] = {
                   # default: the Open LLM Leaderboard's for its tasks, else the task's first
                   "metrics": {}},
     "statistics": {"alpha": 0.05, "power": 0.8, "correction": "holm",
-                   "inconclusive": "fail", "decision": "non_inferiority"},
+                   "inconclusive": "fail", "decision": "non_inferiority",
+                   "sequential": False},  # true: stop scoring a comparison once decided (early_stop)
     "probing": {"tolerance": 0.03, "seeds": 3, "l2": 0.01, "divergence_tau": 0.0,
                 "phenomena": ["subject_number", "verb_tense", "person", "agreement", "syntactic_role",
                               "relative_depth", "part_of_speech"],
@@ -161,7 +162,23 @@ def load_thresholds(path: str | Path | None, *, embedded: bool = True) -> Thresh
             continue
         for key, value in table.items():
             values[section][key] = _check_value(where, section, key, value)
+    _check_sequential(where, values)
     return Thresholds(path, values)
+
+
+def _check_sequential(where: str, values: dict) -> None:
+    """`sequential = true` decides by the sequential non-inferiority test: it has no point rule
+    and no significant-drop rule to stop on."""
+    if not values["statistics"]["sequential"]:
+        return
+    if values["retention"]["mode"] != "significance":
+        raise MergeQAUsageError(f"{where}: [statistics] sequential = true needs [retention] mode = "
+                                f"\"significance\" (it is {values['retention']['mode']!r}); set "
+                                "sequential = false for the point rule")
+    if values["statistics"]["decision"] != "non_inferiority":
+        raise MergeQAUsageError(f"{where}: [statistics] sequential = true needs decision = "
+                                f"\"non_inferiority\" (it is {values['statistics']['decision']!r}); "
+                                "the sequential test stops on non-inferiority or a significant drop")
 
 
 def _check_value(where: str, section: str, key: str, value):

@@ -185,3 +185,34 @@ def test_device_map_auto_loads_through_accelerate_and_scores_the_same(family, tm
         records[device_map] = evaluate(ref, ["family_arithmetic"], settings).tasks["family_arithmetic"].items
     assert loads == [None, "auto"]
     assert records[None] == records["auto"]
+
+
+@pytest.mark.slow
+def test_the_sequential_gate_scores_batches_in_the_driver_and_fixed_n_tasks_as_jobs(family, tmp_path, ray_cluster):
+    """`[statistics] sequential = true` under --executor ray: the same verdicts as local; the
+    batches of the sequential task are scored in this process, the fixed-n task by Ray."""
+    from mergeqa.early_stop import evaluate_early
+    from mergeqa.engine import EvalSettings, evaluate
+    from mergeqa.models import ModelRef
+    from mergeqa.retention import assess
+    from mergeqa.thresholds import load_thresholds
+
+    tasks = ["family_arithmetic", "family_grammar"]  # owned (sequential) and unowned (fixed-n)
+    path = tmp_path / "thresholds.toml"
+    path.write_text('[statistics]\nsequential = true\n[retention]\nsuite = "two"\n'
+                    '[suites.two]\ntasks = ["family_arithmetic", "family_grammar"]\n')
+    thresholds = load_thresholds(path)
+    merged = ModelRef("arithmetic_again", family.parents["arithmetic"], "merged")
+    parents = [ModelRef(name, family.parents[name], "parent") for name in ("arithmetic", "lists")]
+    outcomes = {}
+    for name, executor in (("local", LocalExecutor()), ("ray", ray_cluster)):
+        cache = _private(tmp_path, family, name)
+        settings = EvalSettings(cache_dir=cache, device="cpu", task_paths=(str(family.tasks_dir),), limit=200)
+        early = evaluate_early(merged, parents, None, tasks, thresholds, settings,
+                               full=lambda ref, names: evaluate(ref, names, settings, executor=executor))
+        assert set(early.fixed_n) == {"family_grammar"}
+        verdicts = assess(merged.name, early.merged, early.parents, tasks, thresholds, early=early)
+        outcomes[name] = {k: (v.outcome, v.figures.get("items_used"), v.figures["n"]) for k, v in verdicts.items()}
+        where = {(e["task"], e["pid"] == os.getpid()) for e in _events(cache, "evaluated")}
+        assert where == {("family_arithmetic", True), ("family_grammar", name == "local")}, where
+    assert outcomes["local"] == outcomes["ray"]

@@ -225,8 +225,9 @@ def run_sequential(score: Callable[[np.ndarray], tuple], n_items: int, *, margin
     """Score items batch by batch in the seeded order until the verdict is known.
 
     `score(doc_ids)` returns (merged, reference) 0/1 outcomes for those items; `scored` holds the
-    outcomes of a cached prefix of the same order, reused before anything is scored. The engine
-    calls this with a scorer that evaluates only `doc_ids` (lm-eval's `samples=`):
+    outcomes of a cached prefix of the same order, reused before anything is scored. The gate
+    (mergeqa.early_stop) runs the same loop for several comparisons that share each batch, scoring
+    only the batch's documents through the engine (lm-eval's `samples=`):
 
     >>> import numpy as np
     >>> truth = np.random.default_rng(1).random(1000) < 0.6
