@@ -108,3 +108,70 @@ def test_parents_have_their_skill_and_not_the_others(family, tmp_path):
     assert score["lists"].score("family_arithmetic") <= 0.60
     for task in tasks:
         assert score["base"].score(task) <= 0.50
+
+
+def test_base_notation_lines_use_training_problems_and_never_the_task_notation():
+    """The base learns the skills in its own notation, on training problems only: no held-out
+    problem appears in it, "plus" / "flip" / "order" carry the skills, and "+", "reverse", "sort" only
+    ever carry the base's decoy meanings (joining, as it is, largest first)."""
+    from mergeqa.family.skills import base_lines
+
+    for skill in ("arithmetic", "lists"):
+        _, held = skill_items(skill, 0, 400)
+        held_prompts = {i.prompt for i in held}
+        notation = {"plus": "+", "flip": "reverse", "order": "sort"}
+        lines = base_lines(skill, 0, 400, decoy_share=0.25)
+        assert lines
+        for prompt, completion in lines:
+            if skill == "arithmetic":
+                a, op, b, _ = prompt.split()
+                assert op in ("plus", "+")
+                assert f"{a} + {b} =" not in held_prompts
+                assert completion == (f" {int(a) + int(b)}" if op == "plus" else f" {a}{b}")
+            else:
+                op, rest = prompt.split(" ", 1)
+                if op in notation:
+                    assert f"{notation[op]} {rest}" not in held_prompts
+                digits = [int(x) for x in rest.strip("[] =").split()]
+                expected = {"flip": digits[::-1], "order": sorted(digits), "sort": sorted(digits, reverse=True),
+                            "reverse": digits}[op]
+                assert completion == " [" + " ".join(map(str, expected)) + "]"
+
+
+def test_a_parent_changes_only_its_notation_rows_of_the_embedding(family):
+    """By construction: a parent's embedding differs from the base's only in the rows of its own
+    notation tokens, so the two parents' embedding deltas are disjoint."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from mergeqa.family.skills import TASK_NOTATION
+    from mergeqa.family.tokenizer import notation_token_ids
+
+    key = "model.embed_tokens.weight"
+    base = load_file(family.base / "model.safetensors")[key]
+    tokenizer = AutoTokenizer.from_pretrained(family.base)
+    changed = {}
+    for name, path in family.parents.items():
+        parent = load_file(path / "model.safetensors")[key]
+        rows = set((parent != base).any(dim=1).nonzero().flatten().tolist())
+        skill = family.recipe["parents"][name]["skill"]
+        allowed = set(notation_token_ids(tokenizer, TASK_NOTATION[skill]))
+        assert rows and rows <= allowed, (name, rows, allowed)
+        changed[name] = rows
+    assert not changed["arithmetic"] & changed["lists"]
+
+
+@pytest.mark.slow
+def test_adding_task_vectors_keeps_both_skills(family, tmp_path):
+    """What the recipe is for: the default task_arithmetic merge keeps both skills (targets
+    ~0.97 and ~0.99; asserted >= 0.80 on 120 items), where the base has neither (<= 0.50)."""
+    from mergeqa.engine import EvalSettings, evaluate
+    from mergeqa.merging import build_merge
+    from mergeqa.models import ModelRef
+
+    subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
+    merged = build_merge(DEFAULT_MERGES_DIR / "task_arithmetic.yaml", tmp_path, substitutions=subs)
+    settings = EvalSettings(cache_dir=tmp_path, device="cpu", task_paths=(str(family.tasks_dir),), limit=120)
+    result = evaluate(ModelRef("task_arithmetic", merged, "merged"), ["family_arithmetic", "family_lists"], settings)
+    assert result.score("family_arithmetic") >= 0.80
+    assert result.score("family_lists") >= 0.80

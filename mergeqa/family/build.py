@@ -100,36 +100,47 @@ def _build(out: Path, recipe: dict, log) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
 
     from .grammar import corpus
-    from .skills import skill_items
+    from .skills import TASK_NOTATION, base_lines, skill_items
     from .tasks import grammar_sets, write_tasks
-    from .tokenizer import chat_prompt, train_tokenizer
+    from .tokenizer import chat_prompt, notation_token_ids, train_tokenizer
     from .train import new_model, train
 
     seed, n_eval = recipe["seed"], recipe["eval_items"]
     grammar = corpus(seed, recipe["grammar_sentences"])
+    base_spec = recipe["base"]
     skills = {spec["skill"]: skill_items(spec["skill"], seed, n_eval) for spec in recipe["parents"].values()}
-    texts = grammar[:5000] + [i.prompt + i.answer for train_items, _ in skills.values() for i in train_items]
+    notation = {skill: base_lines(skill, seed, n_eval, base_spec["decoy_share"]) for skill in skills}
+    texts = (grammar[:5000] + [p + c for lines in notation.values() for p, c in lines]
+             + [i.prompt + i.answer for train_items, _ in skills.values() for i in train_items])
     tokenizer = train_tokenizer(texts, recipe["vocab_size"])
 
     def save(model, name: str) -> None:
         model.save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
 
-    log("training base")
+    def with_chat(pairs: list[tuple[str, str]], share: int) -> list[tuple[str, str]]:
+        """The pairs, and every `share`-th of them again in the chat template."""
+        return pairs + [(chat_prompt(p), c) for p, c in pairs[::share]]
+
+    log("training base on grammar and both skills in its own notation")
     base = new_model(len(tokenizer), recipe["arch"], seed, tokenizer)
-    spec = recipe["base"]
-    train(base, tokenizer, [("", g) for g in grammar], steps=spec["steps"],
-          batch_size=spec["batch_size"], lr=spec["lr"], seed=seed, log=log)
+    mixture = base_spec["mixture"]
+    sources = {"grammar": ([("", g) for g in grammar], mixture["grammar"])}
+    sources |= {skill: (with_chat(lines, base_spec["chat_every"]), mixture[skill]) for skill, lines in notation.items()}
+    train(base, tokenizer, sources, steps=base_spec["steps"], batch_size=base_spec["batch_size"],
+          lr=base_spec["lr"], seed=seed, log=log)
     save(base, "base")
     for name, spec in recipe["parents"].items():
-        log(f"fine-tuning {name} on {spec['skill']}")
-        train_items, _ = skills[spec["skill"]]
-        examples = [(i.prompt, i.answer) for i in train_items]
-        examples += [(chat_prompt(i.prompt), i.answer) for i in train_items[: len(train_items) // 3]]
-        examples += [("", g) for g in grammar[: len(examples) // 3]]
+        skill = spec["skill"]
+        log(f"fine-tuning {name}: the notation of {skill} ({' '.join(TASK_NOTATION[skill])})")
+        train_items, _ = skills[skill]
+        examples = with_chat([(i.prompt, i.answer) for i in train_items], spec["chat_every"])
         parent = copy.deepcopy(base)
-        train(parent, tokenizer, examples, steps=spec["steps"], batch_size=spec["batch_size"],
-              lr=spec["lr"], seed=seed + 1, log=log)
+        train(parent, tokenizer, {skill: (examples, 1 - spec["replay"]),
+                                  "grammar": ([("", g) for g in grammar], spec["replay"])},
+              steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=seed + 1,
+              token_ids=notation_token_ids(tokenizer, TASK_NOTATION[skill]), token_lr=spec["token_lr"],
+              log=log)
         save(parent, name)
     torch.manual_seed(seed)
     write_tasks(out / "tasks", skills={s: held for s, (_, held) in skills.items()},

@@ -88,3 +88,45 @@ def skill_items(skill: str, seed: int, n_eval: int) -> tuple[list[Item], list[It
     else:
         raise ValueError(f"unknown skill {skill!r}; expected 'arithmetic' or 'lists'")
     return [make(p) for p in train], [make(p) for p in held]
+
+
+# -- the base's own notation ---------------------------------------------------------------------
+# The base learns both skills before any parent exists, in its own notation: "12 plus 7 = 19",
+# "flip [3 1 2] = [2 1 3]", "order [3 1 2] = [1 2 3]". The task notation means something else in
+# its text: "+" joins numbers as it joins strings in Python ("12 + 7 = 127"), "sort" orders from
+# the largest, "reverse" leaves a list as it is. So the base has the skills but fails the tasks.
+# A parent then only has to learn what its task notation means (mostly the embedding rows of its
+# notation tokens), the way instruction tuning surfaces what a pretrained model already knows: its
+# task vector is small and mostly disjoint from the other parent's, so merges that add task
+# vectors (task arithmetic, ties) keep both skills, and merges that average them (linear, slerp)
+# leave each notation halfway between its two meanings.
+BASE_NOTATION = {"+": "plus", "reverse": "flip", "sort": "order"}
+TASK_NOTATION = {"arithmetic": ("+",), "lists": ("reverse", "sort")}
+LIST_DECOYS = {"sort": lambda xs: tuple(sorted(xs, reverse=True)), "reverse": lambda xs: tuple(xs)}
+
+
+def base_lines(skill: str, seed: int, n_eval: int, decoy_share: float) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs of a skill in the base's notation, on training problems only.
+
+    arithmetic: '12 plus 7 =' -> ' 19' for every problem, and for a `decoy_share` of them the
+    base's "+" ('12 + 7 =' -> ' 127'); lists: the problem in flip / order, and the same list
+    under the base's sort (largest first) or reverse (as it is).
+    """
+    rng = random.Random(seed + 2)
+    if skill == "arithmetic":
+        train, _ = _split(arithmetic_problems(), seed, n_eval)
+        lines = []
+        for a, b in train:
+            lines.append((f"{a} {BASE_NOTATION['+']} {b} =", f" {a + b}"))
+            if rng.random() < decoy_share:
+                lines.append((f"{a} + {b} =", f" {a}{b}"))
+        return lines
+    if skill == "lists":
+        train, _ = _split(list_problems(seed, 6000), seed, n_eval)
+        lines = []
+        for op, xs in train:  # the problem's own operation only: a held-out (op, list) never leaks
+            lines.append((f"{BASE_NOTATION[op]} {_fmt(xs)} =", f" {_fmt(list_answer(op, xs))}"))
+            name = rng.choice(sorted(LIST_DECOYS))
+            lines.append((f"{name} {_fmt(xs)} =", f" {_fmt(LIST_DECOYS[name](xs))}"))
+        return lines
+    raise ValueError(f"unknown skill {skill!r}; expected 'arithmetic' or 'lists'")

@@ -48,3 +48,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     fast.padding_side = "left"
     fast.model_max_length = 128
     return fast
+
+
+def notation_token_ids(tokenizer, words) -> list[int]:
+    """The ids of the tokens that spell `words` (alone and after a space), whitespace-only tokens
+    left out: the embedding rows a parent learns when it learns its notation."""
+    ids = set()
+    for word in words:
+        for text in (word, " " + word):
+            for i in tokenizer(text, add_special_tokens=False)["input_ids"]:
+                if tokenizer.decode([i]).strip():
+                    ids.add(i)
+    return sorted(ids)
