@@ -99,9 +99,35 @@ def test_an_embedding_model_that_is_not_a_directory_is_a_usage_error(tmp_path):
 # -- the pair format -------------------------------------------------------------------------------
 def test_the_embedded_pairs_cover_both_relations_and_both_skills():
     pairs = read_pairs(default_pairs_path())
-    assert len(pairs) == 80 and {p.skill for p in pairs} == {"arithmetic", "lists"}
-    assert sum(p.consistent for p in pairs) == 52
+    assert len(pairs) == 320 and {p.skill for p in pairs} == {"arithmetic", "lists"}
+    assert sum(p.consistent for p in pairs) == 208
     assert {p.kind for p in pairs} == {"commutative", "same_list", "paraphrase", "different_sum", "different_op"}
+
+
+def test_the_embedded_pairs_are_the_generators_output_on_held_out_problems():
+    """The shipped file is `python -m mergeqa.family.pairs` (regenerable, not hand-edited), and
+    every arithmetic prompt is a held-out problem of the family or its neighbour (b + 1)."""
+    from mergeqa.family.pairs import consistency_pairs
+    from mergeqa.family.skills import skill_items
+
+    shipped = [json.loads(line) for line in default_pairs_path().read_text().splitlines()]
+    assert shipped == consistency_pairs()
+    _, held = skill_items("arithmetic", 0, 400)
+    held_prompts = {i.prompt for i in held}
+    for pair in shipped:
+        if pair["kind"] in ("commutative", "different_sum"):
+            assert pair["a"] in held_prompts, pair
+
+
+def test_enough_pairs_to_decide_a_small_conflict_rate():
+    """With the embedded set, a merge that conflicts on 2 % of pairs is shown below the 5 %
+    ceiling, and one at 10 % is shown above it: the verdict is decided, not inconclusive."""
+    from mergeqa.conflict import rate_interval
+    from mergeqa.verdict import interval_outcome
+
+    n = len(read_pairs(default_pairs_path()))
+    assert interval_outcome(*rate_interval(round(0.02 * n), n, 0.05), ceiling=0.05) == "pass"
+    assert interval_outcome(*rate_interval(round(0.10 * n), n, 0.05), ceiling=0.05) == "fail"
 
 
 @pytest.mark.parametrize("line, message", [
@@ -244,7 +270,7 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
     rate = cases["test_conflict_rate[planted]"]
     assert rate.find("failure") is not None, out[-3000:]
     message = rate.find("failure").text
-    assert message.startswith("planted: conflict rate on 80 consistency pairs") and "should agree" in message
+    assert message.startswith("planted: conflict rate on 320 consistency pairs") and "should agree" in message
     props = {p.get("name"): p.get("value") for p in rate.iter("property")}
     assert float(props["mergeqa.conflict.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.rate.outcome"] == "fail"
     paired = cases["test_conflict_vs_parents[planted]"]
