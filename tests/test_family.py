@@ -138,6 +138,33 @@ def test_base_notation_lines_use_training_problems_and_never_the_task_notation()
                 assert completion == " [" + " ".join(map(str, expected)) + "]"
 
 
+def test_sums_with_a_one_digit_operand_appear_as_often_as_the_recipe_says():
+    from mergeqa.family.skills import base_lines
+
+    once = base_lines("arithmetic", 0, 400, decoy_share=0.25)
+    twice = base_lines("arithmetic", 0, 400, decoy_share=0.25, one_digit_copies=2)
+    plus = lambda lines: [p for p, _ in lines if " plus " in p]  # noqa: E731
+    one_digit = [p for p in plus(once) if min(int(p.split()[0]), int(p.split()[2])) < 10]
+    assert 0 < len(one_digit) < len(plus(once))
+    assert len(plus(twice)) == len(plus(once)) + len(one_digit)
+    assert [p for p in twice if " + " in p[0]] == [p for p in once if " + " in p[0]]  # decoys unchanged
+
+
+def test_the_tokenizer_gives_a_digit_one_token_with_its_space_and_round_trips():
+    """A list element is one token (" 7"), so "[3 1 2 5 4]" is 7 tokens and a sum's digits stay
+    single tokens; decoding gives the text back."""
+    from mergeqa.family.tokenizer import train_tokenizer
+
+    texts = ["flip [3 1 2 5 4] = [4 5 2 1 3]", "12 plus 7 = 19", "the dog runs", "0 1 2 3 4 5 6 7 8 9"] * 50
+    tok = train_tokenizer(texts, 300)
+    pieces = tok.convert_ids_to_tokens(tok("[3 1 2 5 4]", add_special_tokens=False)["input_ids"])
+    assert pieces == ["[", "3", "Ġ1", "Ġ2", "Ġ5", "Ġ4", "]"]
+    assert tok.convert_ids_to_tokens(tok("12 plus 7 = 19", add_special_tokens=False)["input_ids"]) == [
+        "1", "2", "Ġplus", "Ġ7", "Ġ=", "Ġ1", "9"]
+    for text in ("flip [3 1 2 5 4] = [4 5 2 1 3]", "120 + 7 = 1207", "the dog  runs 42"):
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
 def test_a_parent_changes_only_its_notation_rows_of_the_embedding(family):
     """By construction: a parent's embedding differs from the base's only in the rows of its own
     notation tokens, so the two parents' embedding deltas are disjoint."""

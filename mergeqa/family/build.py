@@ -109,7 +109,8 @@ def _build(out: Path, recipe: dict, log) -> None:
     grammar = corpus(seed, recipe["grammar_sentences"])
     base_spec = recipe["base"]
     skills = {spec["skill"]: skill_items(spec["skill"], seed, n_eval) for spec in recipe["parents"].values()}
-    notation = {skill: base_lines(skill, seed, n_eval, base_spec["decoy_share"]) for skill in skills}
+    notation = {skill: base_lines(skill, seed, n_eval, base_spec["decoy_share"],
+                                    base_spec.get("one_digit_copies", 1)) for skill in skills}
     texts = (grammar[:5000] + [p + c for lines in notation.values() for p, c in lines]
              + [i.prompt + i.answer for train_items, _ in skills.values() for i in train_items])
     tokenizer = train_tokenizer(texts, recipe["vocab_size"])

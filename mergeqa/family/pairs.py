@@ -1,6 +1,7 @@
 """The family's consistency pairs (mergeqa/data/conflict/family.jsonl), generated, not hand-written.
 
-Five relations over the two skills, on held-out problems of the family (never a training line):
+Five relations over the two skills, built from the family's held-out problems (a prompt can still
+be a training line: `b + a` of a held-out `a + b`, or a held-out list under the other operation):
 commutative (`a + b` and `b + a` agree), different_sum (`a + b` and `a + (b + 1)` differ),
 same_list (`sort` of two orders of one list agree), paraphrase (`reverse` and `sort` of a list
 in descending order agree) and different_op (`reverse` and `sort` of a list where they differ).

@@ -105,19 +105,22 @@ TASK_NOTATION = {"arithmetic": ("+",), "lists": ("reverse", "sort")}
 LIST_DECOYS = {"sort": lambda xs: tuple(sorted(xs, reverse=True)), "reverse": lambda xs: tuple(xs)}
 
 
-def base_lines(skill: str, seed: int, n_eval: int, decoy_share: float) -> list[tuple[str, str]]:
+def base_lines(skill: str, seed: int, n_eval: int, decoy_share: float,
+               one_digit_copies: int = 1) -> list[tuple[str, str]]:
     """(prompt, completion) pairs of a skill in the base's notation, on training problems only.
 
-    arithmetic: '12 plus 7 =' -> ' 19' for every problem, and for a `decoy_share` of them the
-    base's "+" ('12 + 7 =' -> ' 127'); lists: the problem in flip / order, and the same list
-    under the base's sort (largest first) or reverse (as it is).
+    arithmetic: '12 plus 7 =' -> ' 19' for every problem (`one_digit_copies` times where an
+    operand has one digit, the case a small model gets wrong most), and for a `decoy_share` of
+    them the base's "+" ('12 + 7 =' -> ' 127'); lists: the problem in flip / order, and the same
+    list under the base's sort (largest first) or reverse (as it is).
     """
     rng = random.Random(seed + 2)
     if skill == "arithmetic":
         train, _ = _split(arithmetic_problems(), seed, n_eval)
         lines = []
         for a, b in train:
-            lines.append((f"{a} {BASE_NOTATION['+']} {b} =", f" {a + b}"))
+            copies = one_digit_copies if min(a, b) < 10 else 1
+            lines.extend([(f"{a} {BASE_NOTATION['+']} {b} =", f" {a + b}")] * copies)
             if rng.random() < decoy_share:
                 lines.append((f"{a} + {b} =", f" {a}{b}"))
         return lines

@@ -1,6 +1,9 @@
 """The tiny family's tokenizer: a byte-level BPE trained with `tokenizers` on the family's text.
 
-Digits are split one per token (as Llama 3 and Qwen2 do) so arithmetic is learnable; bos is added
+Digits are split one per token, each keeping the space before it (" 7", as GPT-2's byte-level BPE
+keeps a word's space), so arithmetic is learnable and a list "[3 1 2]" is five tokens, not seven:
+one token per element is what let a 4-layer model learn to reverse 5-element lists in the build's
+few minutes (97-100 % of held-out lists against about 80 % with a token per space). bos is added
 by the post-processor, eos/pad/unk are set explicitly and a chat template is attached, because
 lm-eval silently reuses <unk> as pad when a tokenizer has none.
 """
@@ -26,13 +29,13 @@ def chat_prompt(user: str) -> str:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A PreTrainedTokenizerFast trained deterministically on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(SPECIAL_TOKENS.values()) + list(ROLE_TOKENS)
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(r" ?[0-9]"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
