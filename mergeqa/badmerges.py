@@ -185,7 +185,7 @@ def derive_known_bad(merge_dir: str | Path, out_dir: str | Path,
 
 def family_merge(cache_dir: str | Path, merge: str = "ties") -> Path:
     """The embedded family's `merge` (mergeqa/data/family/merges/<merge>.yaml), built or from the cache;
-    the family is built first if the cache lacks it (~3.5 min)."""
+    the family is built first if the cache lacks it (~4 min)."""
     from .family import build_family
     from .merging import build_merge
     from .session import DEFAULT_MERGES_DIR

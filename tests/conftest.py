@@ -20,7 +20,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def family(cache_dir):
-    """The tiny family (built on first use, ~3.5 min on 2 cores; then cached)."""
+    """The tiny family (built on first use, ~4 min on 2 cores; then cached)."""
     from mergeqa.family import build_family
 
     return build_family(cache_dir)
