@@ -165,6 +165,18 @@ def test_the_tokenizer_gives_a_digit_one_token_with_its_space_and_round_trips():
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
+def test_the_saved_tokenizer_pads_on_the_left(tmp_path):
+    """What a user loads from a family directory pads on the left, so batched generation works."""
+    from transformers import AutoTokenizer
+
+    from mergeqa.family.tokenizer import train_tokenizer
+
+    train_tokenizer(["12 plus 7 = 19", "the dog runs"] * 20, 300).save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert (loaded.padding_side, loaded.model_max_length) == ("left", 128)
+    assert loaded.chat_template
+
+
 def test_a_parent_changes_only_its_notation_rows_of_the_embedding(family):
     """By construction: a parent's embedding differs from the base's only in the rows of its own
     notation tokens, so the two parents' embedding deltas are disjoint."""

@@ -45,11 +45,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     bos = SPECIAL_TOKENS["bos_token"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    # padding side and length as constructor arguments: set as attributes afterwards, they are not
+    # saved, and the saved tokenizer would pad on the right, which breaks batched generation
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS,
-                                   additional_special_tokens=list(ROLE_TOKENS))
+                                   additional_special_tokens=list(ROLE_TOKENS),
+                                   padding_side="left", model_max_length=128)
     fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "left"
-    fast.model_max_length = 128
     return fast
 
 
