@@ -36,12 +36,11 @@ def new_model(vocab_size: int, arch: dict, seed: int, tokenizer):
 
 def _encode(tokenizer, examples: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
     """(token ids wrapped in bos ... eos, number of prompt tokens) per (prompt, completion)."""
-    encoded = []
-    for prompt, completion in examples:
-        ids = tokenizer(prompt + completion)["input_ids"] + [tokenizer.eos_token_id]
-        n_prompt = len(tokenizer(prompt)["input_ids"]) if prompt else 1  # bos is never a target
-        encoded.append((ids, n_prompt))
-    return encoded
+    # two batched calls (the Rust tokenizer's batch path): one call per line took 13 s of the build
+    full = tokenizer([prompt + completion for prompt, completion in examples])["input_ids"]
+    prompts = tokenizer([prompt for prompt, _ in examples])["input_ids"]
+    return [(ids + [tokenizer.eos_token_id], len(p_ids) if prompt else 1)  # bos is never a target
+            for ids, p_ids, (prompt, _) in zip(full, prompts, examples)]
 
 
 def _optimizer(model, lr: float, token_ids: Sequence[int] | None, token_lr: float | None):
