@@ -17,11 +17,12 @@ import json
 
 
 def truth(prompt: str) -> str:
+    from mergeqa.family.skills import _fmt, list_answer
+
     words = prompt.split()
     if words[1] == "+":
         return str(int(words[0]) + int(words[2]))
-    digits = [int(w.strip("[]")) for w in words[1:-1]]
-    return "[" + " ".join(map(str, digits[::-1] if words[0] == "reverse" else sorted(digits))) + "]"
+    return _fmt(list_answer(words[0], tuple(int(w.strip("[]")) for w in words[1:-1])))
 
 
 def main() -> None:

@@ -106,7 +106,7 @@ def test_the_embedded_pairs_cover_both_relations_and_both_skills():
 
 def test_the_embedded_pairs_are_the_generators_output_on_held_out_problems():
     """The shipped file is `python -m mergeqa.family.pairs` (regenerable, not hand-edited), and
-    every arithmetic prompt is a held-out problem of the family or its neighbour (b + 1)."""
+    the first prompt of every arithmetic pair is a held-out problem of the family."""
     from mergeqa.family.pairs import consistency_pairs
     from mergeqa.family.skills import skill_items
 

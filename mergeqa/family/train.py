@@ -55,12 +55,7 @@ def _optimizer(model, lr: float, token_ids: Sequence[int] | None, token_lr: floa
     keep = torch.zeros_like(embedding)
     keep[list(token_ids)] = 1.0
     rest = [p for p in model.parameters() if p is not embedding]
-    groups = [{"params": [embedding], "lr": token_lr}]
-    if lr > 0:
-        groups.append({"params": rest, "lr": lr})
-    else:
-        for p in rest:
-            p.requires_grad_(False)
+    groups = [{"params": [embedding], "lr": token_lr}, {"params": rest, "lr": lr}]
     return torch.optim.AdamW(groups, weight_decay=0.0, betas=betas), (embedding, keep)
 
 
@@ -113,6 +108,4 @@ def train(model, tokenizer, sources: Mapping[str, tuple[Sequence[tuple[str, str]
         if log and (step + 1) % max(1, steps // 5) == 0:
             log(f"step {step + 1}/{steps} loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
     return losses
