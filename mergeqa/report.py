@@ -121,11 +121,39 @@ def probing_accuracy(verdicts, which: str = "best") -> dict[str, dict[str, float
     return out
 
 
-def divergence_summary(verdicts, min_tau: float = 0.0) -> str:
+def probing_items(verdicts, which: str = "best") -> dict[str, dict[str, list[float]]]:
+    """{phenomenon: {model: per-test-item probe score}} from the probing verdicts."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for v in verdicts:
+        if v.check.startswith("probing.") and v.data.get("which") == which and "items" in v.data:
+            out.setdefault(v.data["phenomenon"], {}).update(v.data["items"])
+    return out
+
+
+def probing_above_tests(verdicts, merges, parents):
+    """One `AboveParents` test per merge: its best-layer probe scores pooled over every phenomenon
+    that all these models were probed on, against each parent's on the same items."""
+    from .probing.divergence import above_parents
+
+    items = probing_items(verdicts)
+    models = set(merges) | set(parents)
+    shared = sorted(p for p, per_model in items.items() if models <= set(per_model))
+    if not shared or not parents:
+        return []
+
+    def pooled(model):
+        return [x for p in shared for x in items[p][model]]
+
+    return [above_parents(m, pooled(m), {q: pooled(q) for q in parents}) for m in merges]
+
+
+def divergence_summary(verdicts, min_tau: float = 0.0, *, alpha: float = 0.05, correction: str = "holm") -> str:
     """The paper's comparison from the run's verdicts: merges ranked by behaviour (mean of the
     higher-is-better retention tasks) and by probed internals (mean best-layer accuracy), Kendall's
-    tau, then where each merge lies against its parents on each skill and each phenomenon."""
-    from .probing.divergence import divergence_report
+    tau, then where each merge lies against its parents on each skill and each phenomenon, and
+    which merges' probed competence is *shown* above both parents (paired test over the pooled
+    test items, adjusted across the merges)."""
+    from .probing.divergence import above_line, divergence_report, shown_above
 
     scores, roles, direction = _scores_by_task(verdicts)
     probes = probing_accuracy(verdicts)
@@ -141,11 +169,15 @@ def divergence_summary(verdicts, min_tau: float = 0.0) -> str:
     def internals(names):
         return {m: sum(probes[p][m] for p in probes) / len(probes) for m in names if all(m in probes[p] for p in probes)}
 
+    tests = probing_above_tests(verdicts, merges, parents)
+    adjusted = shown_above(tests, alpha=alpha, correction=correction)
+    shown = [m for m, p in adjusted.items() if p <= alpha]
     report = divergence_report(behaviour(merges), internals(merges), min_tau=min_tau,
-                               parents_behaviour=behaviour(parents), parents_internals=internals(parents))
+                               parents_behaviour=behaviour(parents), parents_internals=internals(parents),
+                               internals_shown_above=shown)
     lines = [report.summary(), "", "Where each merge lies against its parents (the paper in miniature):", "",
              "| merge | " + " | ".join(tasks + list(probes)) + " |", "|---|" + "---|" * (len(tasks) + len(probes))]
-    counts = {"between": 0, "cells": 0, "above": set()}
+    counts = {"between": 0, "cells": 0}
     for m in merges:
         cells = []
         for t in tasks:
@@ -154,12 +186,13 @@ def divergence_summary(verdicts, min_tau: float = 0.0) -> str:
             counts["between"] += cells[-1] == "between"
         for p in probes:
             cells.append(_place(probes[p][m], [probes[p][q] for q in parents]))
-            if cells[-1] == "above both":
-                counts["above"].add(f"{m} ({p})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"skill tasks: {counts['between']} of {counts['cells']} merge x task scores lie between the "
-              f"parents'; probing above both parents: {', '.join(sorted(counts['above'])) or 'none'}"]
+    lines += ["", "(probing cells place point estimates; whether a merge's competence is above its "
+              "parents' is the paired test below)", "",
+              f"skill tasks: {counts['between']} of {counts['cells']} merge x task scores lie between the "
+              f"parents'; probing above both parents: {above_line(tests, adjusted, alpha, correction)}"]
     return "\n".join(lines)
+
 
 
 def _place(value: float, parents: list[float]) -> str:
@@ -235,7 +268,10 @@ def write_run_reports(config, terminalreporter=None) -> dict[str, Path]:
     policy = inconclusive_policy(config)
     min_tau = thresholds.get("probing", "divergence_tau") if thresholds is not None else 0.0
     comparison = comparison_table(verdicts)
-    sections = {"comparison": comparison, "divergence": divergence_summary(verdicts, min_tau)}
+    alpha = thresholds.get("statistics", "alpha") if thresholds is not None else 0.05
+    correction = thresholds.get("statistics", "correction") if thresholds is not None else "holm"
+    sections = {"comparison": comparison,
+                "divergence": divergence_summary(verdicts, min_tau, alpha=alpha, correction=correction)}
     sections["summary"] = summary_markdown(verdicts, policy, comparison)
     out_dir = report_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)

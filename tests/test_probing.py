@@ -341,14 +341,102 @@ def test_divergence_report_ranks_and_flags():
     assert agree.tau == pytest.approx(1.0) and not agree.flagged
     assert agree.behaviour_ranking == agree.internals_ranking == ["ties", "slerp", "linear"]
     disagree = divergence_report(behaviour, {"linear": 0.95, "ties": 0.8, "slerp": 0.9},
-                                 parents_behaviour={"a": 0.9}, parents_internals={"a": 0.9})
+                                 parents_behaviour={"a": 0.9}, parents_internals={"a": 0.9},
+                                 internals_shown_above=["linear"])
     assert disagree.tau == pytest.approx(-1.0) and disagree.flagged
     assert disagree.internals_above_parents == ["linear"]
     assert "DISAGREE" in disagree.summary() and "linear" in disagree.summary().splitlines()[-1]
+    # higher point estimates alone are not a claim: without a paired test no merge is "above"
+    untested = divergence_report(behaviour, {"linear": 0.95, "ties": 0.8, "slerp": 0.9},
+                                 parents_behaviour={"a": 0.9}, parents_internals={"a": 0.9})
+    assert untested.internals_above_parents == [] and "above both" not in untested.summary()
     with pytest.raises(ValueError, match="different merges"):
         divergence_report(behaviour, {"linear": 1.0})
     r = _result(0.9, 0)
     assert internal_scores({"m": {"x": r}})["m"] == pytest.approx(r.accuracy().mean(1)[r.best_layer])
+
+
+def _flip(items: np.ndarray, up: int, down: int, seed: int) -> np.ndarray:
+    """A copy of 0/1 `items` with `up` wrong items made right and `down` right ones made wrong."""
+    rng = np.random.default_rng(seed)
+    out = items.copy()
+    out[rng.choice(np.flatnonzero(items == 0), up, replace=False)] = 1
+    out[rng.choice(np.flatnonzero(items == 1), down, replace=False)] = 0
+    return out
+
+
+def test_above_both_parents_needs_a_paired_test_against_each_parent():
+    from mergeqa.probing.divergence import above_parents, shown_above
+
+    parent = (np.random.default_rng(0).random(1050) < 0.9).astype(float)
+    other = _flip(parent, 10, 10, seed=1)
+    clear = _flip(parent, 60, 0, seed=2)  # 60 items better, none worse: 5.7 points
+    noise = _flip(parent, 5, 2, seed=3)  # what the family's merges show: a handful of items
+    tests = [above_parents("clear", clear, {"a": parent, "b": other}),
+             above_parents("noise", noise, {"a": parent, "b": other}),
+             above_parents("one", clear, {"a": parent, "b": _flip(clear, 30, 0, seed=4)})]
+    adjusted = shown_above(tests)
+    assert adjusted["clear"] <= 0.05 < adjusted["noise"]
+    assert tests[0].diffs["a"] == pytest.approx(60 / 1050) and tests[0].n_items == 1050
+    # above one parent is not above both (intersection-union: the larger p decides)
+    assert tests[2].pvalues["a"] < 0.001 and tests[2].closest == "b" and adjusted["one"] > 0.5
+    # Holm across the merges: adjusted p-values are never below the raw ones
+    assert all(adjusted[t.merge] >= t.p for t in tests)
+
+
+def test_divergence_summary_names_only_merges_shown_above_both_parents():
+    from mergeqa.report import divergence_summary
+    from mergeqa.verdict import Verdict
+
+    parent = (np.random.default_rng(0).random(300) < 0.8).astype(float)
+    models = {"a": parent, "b": _flip(parent, 5, 5, seed=1), "ties": _flip(parent, 45, 0, seed=2),
+              "linear": _flip(parent, 3, 1, seed=3)}
+    roles = {"a": "parent", "b": "parent", "ties": "merged", "linear": "merged"}
+    verdicts = []
+    for merge in ("ties", "linear"):
+        verdicts.append(Verdict("retention", merge, "pass", {}, data={
+            "task": "t", "scores": {m: 0.5 for m in roles}, "roles": roles}))
+        for half, phen in ((slice(0, 150), "p1"), (slice(150, 300), "p2")):
+            items = {m: models[m][half].tolist() for m in (merge, "a", "b")}
+            verdicts.append(Verdict(f"probing.{phen}.best", merge, "pass", {}, data={
+                "phenomenon": phen, "which": "best", "items": items,
+                "accuracy": {m: float(np.mean(x)) for m, x in items.items()}}))
+    text = divergence_summary(verdicts)
+    last = text.splitlines()[-1]
+    assert "probing above both parents: ties (" in last and "linear" not in last.split("(")[0]
+    assert "over 300 pooled test items" in last
+    # the same point estimates with no per-item scores make no claim
+    for v in verdicts:
+        v.data.pop("items", None)
+    assert text.splitlines()[-1] != (bare := divergence_summary(verdicts).splitlines()[-1])
+    assert bare.endswith("probing above both parents: not tested (no per-item probe scores)")
+
+
+def test_the_family_table_claims_above_both_only_from_its_recorded_test(tmp_path):
+    from mergeqa.family.table import TABLE_FILE, TABLE_VERSION, recorded_table, relations, render
+    from mergeqa.probing.divergence import above_parents
+
+    parent = (np.random.default_rng(0).random(1050) < 0.9).astype(float)
+    other = _flip(parent, 4, 4, seed=1)
+    rows = [{"model": m, "role": r, "items": {"family_arithmetic": 400},
+             "scores": {"family_arithmetic": s, "family_lists": s, "probing": 0.99}}
+            for m, r, s in (("a", "parent", 0.9), ("b", "parent", 0.2), ("ties", "merge", 0.5),
+                            ("linear", "merge", 0.95))]
+    table = {"version": TABLE_VERSION, "tasks": ["family_arithmetic", "family_lists", "probing"], "rows": rows,
+             "probing_above": {"ties": above_parents("ties", _flip(parent, 50, 0, seed=2), {"a": parent, "b": other}).to_dict(),
+                               "linear": above_parents("linear", _flip(parent, 3, 0, seed=3), {"a": parent, "b": other}).to_dict()}}
+    rel = relations(table)
+    assert rel["ties"] == {"family_arithmetic": True, "family_lists": True, "probing": True}
+    assert rel["linear"] == {"family_arithmetic": False, "family_lists": False, "probing": False}
+    text = render(table)
+    assert "between the parents on both skill tasks: ties (1 of 2 merges)" in text
+    assert "above both parents on probing: ties (" in text
+    # a table recorded by an older version (no test) is recomputed, not read
+    family = type("F", (), {"root": tmp_path})()
+    (tmp_path / TABLE_FILE).write_text(json.dumps({**table, "version": TABLE_VERSION - 1}))
+    assert recorded_table(family) is None
+    (tmp_path / TABLE_FILE).write_text(json.dumps(table))
+    assert recorded_table(family)["probing_above"].keys() == {"ties", "linear"}
 
 
 # -- the check on the embedded family -------------------------------------------------------------

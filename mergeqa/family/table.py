@@ -2,9 +2,10 @@
 
 It is computed once per family and recorded in the family's cache entry (`table.json`), with the
 build's wall and CPU time and the machine, so figures from two machines can be compared line by
-line. It shows the two results of the paper the gate follows, in miniature: on the skill tasks
-merges sit between their parents; on probing, some merges score above both. Not a verdict: the
-gate decides pass or fail, with statistics; this table is a description.
+line. It looks for the two results of the paper the gate follows, in miniature: on the skill
+tasks merges sit between their parents; on probing, some merges score above both (claimed only
+when a paired test over the probes' test items shows it). Not a verdict: the gate decides pass or
+fail, with statistics; this table is a description.
 """
 
 from __future__ import annotations
@@ -15,19 +16,25 @@ import platform
 from pathlib import Path
 
 TABLE_FILE = "table.json"
+#: Bumped when what the table records changes: a recorded table of another version is recomputed.
+#: 2: the "above both parents on probing" test per merge (paired, over test items).
+TABLE_VERSION = 2
 #: Columns of the table: the gated suite's tasks, then the minimal pairs (described, not gated).
 TABLE_TASKS = ("family_arithmetic", "family_lists", "family_grammar", "family_grammar_pairs")
 SKILL_TASKS = ("family_arithmetic", "family_lists")
 PROBING = "probing"  # column: mean over the built-in phenomena of the best layer's probe accuracy
+#: How "above both parents on probing" is decided: the default [statistics] alpha and correction.
+ALPHA, CORRECTION = 0.05, "holm"
 
 
 def recorded_table(family) -> dict | None:
     """The table recorded in the family's cache entry, or None if none was computed yet."""
     path = Path(family.root) / TABLE_FILE
     try:
-        return json.loads(path.read_text())
+        table = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return table if isinstance(table, dict) and table.get("version") == TABLE_VERSION else None
 
 
 def family_table(cache_dir: Path | str | None = None, *, log=None) -> dict:
@@ -54,7 +61,7 @@ def family_table(cache_dir: Path | str | None = None, *, log=None) -> dict:
 
 def _compute(gate, family, cache_dir: Path, log) -> dict:
     from ..engine import EvalSettings, evaluate
-    from ..probing.divergence import internal_scores
+    from ..probing.divergence import above_parents, internal_scores
     from ..probing.engine import ProbingEngine
     from ..thresholds import load_thresholds
 
@@ -65,16 +72,21 @@ def _compute(gate, family, cache_dir: Path, log) -> dict:
     settings = EvalSettings(cache_dir=cache_dir, device="cpu", task_paths=(str(family.tasks_dir),))
     probing = ProbingEngine.from_thresholds(load_thresholds(None), cache_dir=cache_dir, device="cpu",
                                             dtype="float32")
-    rows = []
+    rows, items = [], {}
     for ref, role in refs:
         log(f"evaluating {ref.name}")
         result = evaluate(ref, list(TABLE_TASKS), settings)
         scores = {t: round(result.score(t), 4) for t in TABLE_TASKS}
-        scores[PROBING] = round(internal_scores({ref.name: probing.results(ref)})[ref.name], 4)
+        probes = probing.results(ref)
+        scores[PROBING] = round(internal_scores({ref.name: probes})[ref.name], 4)
+        items[ref.name] = [x for name in sorted(probes) for x in probes[name].item_scores(probes[name].best_layer)]
         n_items = {t: len(result.tasks[t].items) for t in TABLE_TASKS}
         rows.append({"model": ref.name, "role": role, "scores": scores, "items": n_items})
-    return {"family": family.root.name, "tasks": [*TABLE_TASKS, PROBING], "rows": rows,
-            "build": family.build_info, "table_machine": machine()}
+    parents = [r["model"] for r in rows if r["role"] == "parent"]
+    above = {r["model"]: above_parents(r["model"], items[r["model"]], {p: items[p] for p in parents}).to_dict()
+             for r in rows if r["role"] == "merge"}
+    return {"version": TABLE_VERSION, "family": family.root.name, "tasks": [*TABLE_TASKS, PROBING],
+            "rows": rows, "probing_above": above, "build": family.build_info, "table_machine": machine()}
 
 
 def machine() -> dict:
@@ -84,9 +96,20 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def above_tests(table: dict) -> tuple[list, dict[str, float]]:
+    """The recorded "above both parents on probing" tests, and their p-values adjusted across the
+    merges with the default thresholds' alpha and correction."""
+    from ..probing.divergence import AboveParents, shown_above
+
+    tests = [AboveParents.from_dict(m, d) for m, d in table["probing_above"].items()]
+    return tests, shown_above(tests, alpha=ALPHA, correction=CORRECTION)
+
+
 def relations(table: dict) -> dict[str, dict[str, bool]]:
-    """merge -> {task: lies between its parents (inclusive), probing: above both parents}."""
+    """merge -> {task: lies between its parents (inclusive), probing: *shown* above both parents
+    (one-sided paired sign-flip tests over the pooled probe test items, adjusted across merges)}."""
     parents = [r["scores"] for r in table["rows"] if r["role"] == "parent"]
+    _, adjusted = above_tests(table)
     out = {}
     for row in table["rows"]:
         if row["role"] != "merge":
@@ -95,14 +118,16 @@ def relations(table: dict) -> dict[str, dict[str, bool]]:
         for task in SKILL_TASKS:
             lo, hi = min(p[task] for p in parents), max(p[task] for p in parents)
             rel[task] = lo <= row["scores"][task] <= hi
-        rel[PROBING] = row["scores"][PROBING] > max(p[PROBING] for p in parents)
+        rel[PROBING] = adjusted[row["model"]] <= ALPHA
         out[row["model"]] = rel
     return out
 
 
 def render(table: dict) -> str:
     """The table as markdown, then the merges that lie between their parents on both skill tasks
-    and those above both parents on probing, named."""
+    and those shown above both parents on probing, named."""
+    from ..probing.divergence import above_line
+
     tasks = table["tasks"]
     lines = ["| model | role | " + " | ".join(tasks) + " |", "|---|---|" + "---:|" * len(tasks)]
     for row in table["rows"]:
@@ -114,10 +139,10 @@ def render(table: dict) -> str:
                  + f"; {PROBING}: mean best-layer probe accuracy over the built-in phenomena")
     rel = relations(table)
     between = [m for m, r in rel.items() if all(r[t] for t in SKILL_TASKS)]
-    above = [m for m, r in rel.items() if r[PROBING]]
+    tests, adjusted = above_tests(table)
     lines.append(f"between the parents on both skill tasks: {', '.join(between) or 'none'} "
                  f"({len(between)} of {len(rel)} merges)")
-    lines.append(f"above both parents on probing: {', '.join(above) or 'none'} ({len(above)} of {len(rel)})")
+    lines.append(f"above both parents on probing: {above_line(tests, adjusted, ALPHA, CORRECTION)}")
     build = table.get("build") or {}
     if build:
         lines.append(f"family built in {build.get('wall_s')} s wall, {build.get('cpu_s')} s CPU "

@@ -29,6 +29,78 @@ def internal_scores(results: Mapping[str, Mapping[str, ProbeResult]], which: str
     return out
 
 
+@dataclass(frozen=True)
+class AboveParents:
+    """Is a merge's probed competence above every parent's? One-sided paired sign-flip tests of
+    mean(merge - parent) > 0 over the same test items (correctness averaged over probe seeds,
+    pooled over phenomena), one per parent. "Above both" is shown when every parent's test rejects
+    (an intersection-union test: no correction across the parents); `p` is the largest p-value,
+    which `shown_above` adjusts across merges."""
+
+    merge: str
+    diffs: dict[str, float]  # parent -> mean(merge - parent), accuracy
+    pvalues: dict[str, float]  # parent -> one-sided p-value
+    n_items: int
+
+    @property
+    def p(self) -> float:
+        return max(self.pvalues.values())
+
+    @property
+    def closest(self) -> str:
+        """The parent the merge is least above (the one that decides the claim)."""
+        return min(self.diffs, key=lambda n: (self.diffs[n], n))
+
+    def describe(self, p_adjusted: float | None = None) -> str:
+        ref = self.closest
+        adj = "" if p_adjusted is None else f", adjusted {p_adjusted:.3g}"
+        return f"{self.merge} {100 * self.diffs[ref]:+.2f} pts over {ref} (one-sided p = {self.pvalues[ref]:.3g}{adj})"
+
+    def to_dict(self) -> dict:
+        return {"diffs": self.diffs, "pvalues": self.pvalues, "n_items": self.n_items}
+
+    @classmethod
+    def from_dict(cls, merge: str, d: Mapping) -> "AboveParents":
+        return cls(merge, dict(d["diffs"]), dict(d["pvalues"]), int(d["n_items"]))
+
+
+def above_parents(merge: str, merged_items, parents_items: Mapping[str, object]) -> AboveParents:
+    """Test the merge's per-item probe scores against each parent's (same items, same order)."""
+    from mergeqa.stats.signflip import signflip_test
+
+    if not parents_items:
+        raise ValueError("above_parents needs at least one parent")
+    merged_items = np.asarray(merged_items, dtype=float)
+    diffs, pvalues = {}, {}
+    for name, items in parents_items.items():
+        res = signflip_test(merged_items, np.asarray(items, dtype=float), alternative="greater")
+        diffs[name], pvalues[name] = float(res.statistic), float(res.pvalue)
+    return AboveParents(merge, diffs, pvalues, int(merged_items.size))
+
+
+def shown_above(tests: list[AboveParents], *, alpha: float = 0.05,
+                correction: str = "holm") -> dict[str, float]:
+    """merge -> adjusted p of "above every parent" (adjusted across the merges); shown when <= alpha."""
+    from mergeqa.stats.multiplicity import adjust_pvalues
+
+    adjusted = adjust_pvalues([t.p for t in tests], correction) if tests else []
+    return {t.merge: float(a) for t, a in zip(tests, adjusted)}
+
+
+def above_line(tests, adjusted: dict[str, float], alpha: float, correction: str) -> str:
+    """'linear, ties (...)' or 'none (...)': the merges shown above both parents on probing, with
+    how it was tested and the figures of the merge that came closest."""
+    if not tests:
+        return "not tested (no per-item probe scores)"
+    shown = sorted(t.merge for t in tests if adjusted[t.merge] <= alpha)
+    best = min(tests, key=lambda t: (adjusted[t.merge], -t.diffs[t.closest], t.merge))
+    how = (f"one-sided paired sign-flip test against each parent over {best.n_items} pooled test "
+           f"items, {correction} across {len(tests)} merges, alpha {alpha:g}")
+    if shown:
+        return f"{', '.join(shown)} ({how}; e.g. {best.describe(adjusted[best.merge])})"
+    return f"none ({how}; closest: {best.describe(adjusted[best.merge])})"
+
+
 def _ranking(scores: Mapping[str, float]) -> list[str]:
     return sorted(scores, key=lambda n: (-scores[n], n))
 
@@ -42,6 +114,9 @@ class DivergenceReport:
     min_tau: float
     parents_behaviour: dict[str, float] = field(default_factory=dict)
     parents_internals: dict[str, float] = field(default_factory=dict)
+    #: merges whose probed competence was *shown* above every parent's (`shown_above`); None when
+    #: no item-level test was run, and then no merge is said to be above its parents
+    internals_shown_above: tuple[str, ...] | None = None
 
     @property
     def behaviour_ranking(self) -> list[str]:
@@ -58,11 +133,11 @@ class DivergenceReport:
 
     @property
     def internals_above_parents(self) -> list[str]:
-        """Merges whose internals beat every parent's while their behaviour beats none's."""
-        if not self.parents_behaviour or not self.parents_internals:
+        """Merges whose internals were shown above every parent's (a paired test, not two point
+        estimates) while their behaviour beats none's."""
+        if not self.parents_behaviour or not self.internals_shown_above:
             return []
-        return [m for m in self.behaviour
-                if self.internals[m] > max(self.parents_internals.values())
+        return [m for m in self.behaviour if m in self.internals_shown_above
                 and self.behaviour[m] <= max(self.parents_behaviour.values())]
 
     def figures(self) -> dict[str, object]:
@@ -91,7 +166,8 @@ class DivergenceReport:
 
 def divergence_report(behaviour: Mapping[str, float], internals: Mapping[str, float], *,
                       min_tau: float = 0.0, parents_behaviour: Mapping[str, float] | None = None,
-                      parents_internals: Mapping[str, float] | None = None) -> DivergenceReport:
+                      parents_internals: Mapping[str, float] | None = None,
+                      internals_shown_above: list[str] | None = None) -> DivergenceReport:
     """Rank the merges both ways and compare the rankings (Kendall's tau-b, two-sided p)."""
     from scipy.stats import kendalltau
 
@@ -105,4 +181,5 @@ def divergence_report(behaviour: Mapping[str, float], internals: Mapping[str, fl
         res = kendalltau([behaviour[n] for n in names], [internals[n] for n in names])
         tau, p = float(res.statistic), float(res.pvalue)
     return DivergenceReport({n: float(behaviour[n]) for n in names}, {n: float(internals[n]) for n in names},
-                            tau, p, min_tau, dict(parents_behaviour or {}), dict(parents_internals or {}))
+                            tau, p, min_tau, dict(parents_behaviour or {}), dict(parents_internals or {}),
+                            None if internals_shown_above is None else tuple(internals_shown_above))

@@ -177,7 +177,7 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
     (val-chosen) and last layer vs min(parents) at their own layer choice, paired over test
     items (correctness averaged over seeds), margin = tolerance; the two p-values are adjusted
     together (`correction`). Each verdict's data carries every model's accuracy at that layer
-    choice (the divergence report reads it)."""
+    choice and its per-item test scores (the divergence report reads them)."""
     from mergeqa.significance import adjust_comparisons, compare_paired
     from mergeqa.verdict import Verdict
 
@@ -210,12 +210,16 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
             cause = "the probes' differences on this many test items are within the noise"
             fix = ("probe more items (your own set under [probing] datasets) or widen [probing] "
                    "tolerance; [statistics] inconclusive decides whether this fails")
-        accuracy = {merge: score, **{n: float(r.item_scores(r.best_layer if which == "best" else r.last_layer).mean())
-                                     for n, r in parents.items()}}
+        pick = (lambda r: r.best_layer) if which == "best" else (lambda r: r.last_layer)
+        items = {merge: merged.item_scores(pick(merged)),
+                 **{n: r.item_scores(pick(r)) for n, r in parents.items()}}
+        accuracy = {n: float(x.mean()) for n, x in items.items()}
         verdicts.append(Verdict(
             f"probing.{name}.{which}", merge, c.verdict, figures,
             summary=f"{name} probe at the {which} layer ({lay}) vs {ref} ({which} layer {ref_layer})",
             expected=f">= {ref_score:.4f} - {c.margin:g} (min of parents - [probing] tolerance)",
             delta=score - ref_score, details=c.describe(ref).splitlines(), cause=cause, fix=fix,
-            data={"phenomenon": name, "which": which, "accuracy": accuracy}))
+            data={"phenomenon": name, "which": which, "accuracy": accuracy,
+                  # per test item, for the divergence report's paired "above both parents" test
+                  "items": {n: [round(float(v), 6) for v in x] for n, x in items.items()}}))
     return verdicts
