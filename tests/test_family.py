@@ -214,3 +214,16 @@ def test_adding_task_vectors_keeps_both_skills(family, tmp_path):
     result = evaluate(ModelRef("task_arithmetic", merged, "merged"), ["family_arithmetic", "family_lists"], settings)
     assert result.score("family_arithmetic") >= 0.80
     assert result.score("family_lists") >= 0.80
+
+
+def test_only_the_code_that_builds_the_family_keys_its_cache_entry(tmp_path, monkeypatch):
+    from mergeqa.family import build
+
+    copy = tmp_path / "family"
+    shutil.copytree(build.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(build, "PACKAGE_DIR", copy)
+    before = build._source_digest()
+    (copy / "table.py").write_text((copy / "table.py").read_text() + "\n# the table's code reads a built family\n")
+    assert build._source_digest() == before  # no four-minute rebuild of the same weights
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# the trainer builds it\n")
+    assert build._source_digest() != before
