@@ -23,8 +23,6 @@ TABLE_VERSION = 2
 TABLE_TASKS = ("family_arithmetic", "family_lists", "family_grammar", "family_grammar_pairs")
 SKILL_TASKS = ("family_arithmetic", "family_lists")
 PROBING = "probing"  # column: mean over the built-in phenomena of the best layer's probe accuracy
-#: How "above both parents on probing" is decided: the default [statistics] alpha and correction.
-ALPHA, CORRECTION = 0.05, "holm"
 
 
 def recorded_table(family) -> dict | None:
@@ -96,13 +94,23 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def statistics() -> tuple[float, str]:
+    """How "above both parents on probing" is decided: the default [statistics] alpha and
+    correction (the table, like the family, uses the default thresholds)."""
+    from ..thresholds import load_thresholds
+
+    defaults = load_thresholds(None)
+    return defaults.get("statistics", "alpha"), defaults.get("statistics", "correction")
+
+
 def above_tests(table: dict) -> tuple[list, dict[str, float]]:
     """The recorded "above both parents on probing" tests, and their p-values adjusted across the
-    merges with the default thresholds' alpha and correction."""
+    merges."""
     from ..probing.divergence import AboveParents, shown_above
 
+    alpha, correction = statistics()
     tests = [AboveParents.from_dict(m, d) for m, d in table["probing_above"].items()]
-    return tests, shown_above(tests, alpha=ALPHA, correction=CORRECTION)
+    return tests, shown_above(tests, alpha=alpha, correction=correction)
 
 
 def relations(table: dict) -> dict[str, dict[str, bool]]:
@@ -110,6 +118,7 @@ def relations(table: dict) -> dict[str, dict[str, bool]]:
     (one-sided paired sign-flip tests over the pooled probe test items, adjusted across merges)}."""
     parents = [r["scores"] for r in table["rows"] if r["role"] == "parent"]
     _, adjusted = above_tests(table)
+    alpha, _ = statistics()
     out = {}
     for row in table["rows"]:
         if row["role"] != "merge":
@@ -118,7 +127,7 @@ def relations(table: dict) -> dict[str, dict[str, bool]]:
         for task in SKILL_TASKS:
             lo, hi = min(p[task] for p in parents), max(p[task] for p in parents)
             rel[task] = lo <= row["scores"][task] <= hi
-        rel[PROBING] = adjusted[row["model"]] <= ALPHA
+        rel[PROBING] = adjusted[row["model"]] <= alpha
         out[row["model"]] = rel
     return out
 
@@ -142,7 +151,7 @@ def render(table: dict) -> str:
     tests, adjusted = above_tests(table)
     lines.append(f"between the parents on both skill tasks: {', '.join(between) or 'none'} "
                  f"({len(between)} of {len(rel)} merges)")
-    lines.append(f"above both parents on probing: {above_line(tests, adjusted, ALPHA, CORRECTION)}")
+    lines.append(f"above both parents on probing: {above_line(tests, adjusted, *statistics())}")
     build = table.get("build") or {}
     if build:
         lines.append(f"family built in {build.get('wall_s')} s wall, {build.get('cpu_s')} s CPU "
