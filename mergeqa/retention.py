@@ -127,8 +127,12 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
                                 (task, ref_name)))
     if pending:
         usable = [(k, c, h) for k, c, h in pending if not isinstance(c, str)]
+        # With sequential decisions in the run, each spent alpha / m of the run's alpha
+        # (Bonferroni over m = 2 x tasks comparisons); the fixed-n ones share what is left.
+        slots = next(iter(decided.values())).comparisons if decided else len(pending)
         adjusted = adjust_comparisons([c for _, c, _ in usable], stat("correction"),
-                                      keys=[h for _, _, h in usable]) if usable else []
+                                      keys=[h for _, _, h in usable],
+                                      share=min(1.0, len(pending) / slots)) if usable else []
         for (key, _, _), c in zip(usable, adjusted):
             v = verdicts[key]
             v.outcome = decide_significant_drop(c) if stat("decision") == "significant_drop" else c.verdict

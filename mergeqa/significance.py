@@ -127,7 +127,8 @@ class PairedComparison:
 
         unit = " pts" if points else ""
         level = f"{100 * (1 - 2 * self.alpha):g}%"
-        adjusted = "" if self.correction == "none" else f" ({self.correction}-adjusted)"
+        method, _, share = self.correction.partition(" at ")  # "holm" or "holm at 0.5 of alpha"
+        adjusted = "" if method == "none" else f" ({method}-adjusted{', at ' + share if share else ''})"
         if math.isfinite(self.mde):
             detects = f"detects only drops of {show(self.mde)}{' points' if points else ''} or more"
         else:
@@ -271,7 +272,7 @@ def compare_paired(
     return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power, spread=spread)
 
 
-def adjust_comparisons(comparisons, method: str = "holm", keys=None) -> list[PairedComparison]:
+def adjust_comparisons(comparisons, method: str = "holm", keys=None, *, share: float = 1.0) -> list[PairedComparison]:
     """Adjust `p_regression` across a family (tasks x parents) and decide again.
 
     `keys`, one per comparison, name the hypothesis each tests: comparisons with the same key
@@ -280,7 +281,14 @@ def adjust_comparisons(comparisons, method: str = "holm", keys=None) -> list[Pai
     hypothesis twice. `p_noninferiority` is left as is: the gate passes only when every
     comparison passes, an intersection-union test, which keeps its level without adjustment
     (Berger 1982). Intervals and `mde` stay per-comparison.
+
+    `share` (in (0, 1]) is the part of alpha this family may spend when the rest goes to
+    comparisons decided elsewhere (the sequential ones spend alpha / m each, Bonferroni): the
+    family is adjusted at level share x alpha, i.e. its adjusted p-values are divided by `share`,
+    so the run's chance of any false fail stays within alpha by the union bound.
     """
+    if not 0 < share <= 1:
+        raise ValueError(f"share = {share!r}: expected a number in (0, 1]")
     comparisons = list(comparisons)
     keys = list(range(len(comparisons))) if keys is None else list(keys)
     if len(keys) != len(comparisons):
@@ -290,9 +298,10 @@ def adjust_comparisons(comparisons, method: str = "holm", keys=None) -> list[Pai
         if key in unique and unique[key] != c.p_regression:
             raise ValueError(f"comparisons keyed {key!r} test one hypothesis but have different p-values")
         unique.setdefault(key, c.p_regression)
-    adjusted = dict(zip(unique, adjust_pvalues(list(unique.values()), method))) if unique else {}
+    adjusted = dict(zip(unique, np.minimum(1.0, adjust_pvalues(list(unique.values()), method) / share))) if unique else {}
+    label = method if share == 1 else f"{method} at {share:.3g} of alpha"  # the rest: sequential comparisons
     return [
-        replace(c, p_regression=float(adjusted[k]), correction=method,
+        replace(c, p_regression=float(adjusted[k]), correction=label,
                 verdict=decide(adjusted[k], c.p_noninferiority, c.alpha))
         for k, c in zip(keys, comparisons)
     ]

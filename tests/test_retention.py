@@ -136,6 +136,34 @@ def test_holm_counts_a_shared_hypothesis_once():
     assert ret.outcome == reg.outcome == "fail"
 
 
+def test_fixed_n_comparisons_beside_sequential_ones_spend_only_the_alpha_left():
+    """Sequential comparisons spend alpha / (2 x tasks) each; the fixed-n family of the same run is
+    Holm-adjusted at the share left, so the run's chance of a false fail stays within alpha
+    (without it: 2 x alpha / 4 sequential + alpha fixed-n, 1.5 x alpha)."""
+    from mergeqa.early_stop import EarlyStop, SequentialDecision
+    from mergeqa.stats import discordant_counts, mcnemar_pvalue
+    from mergeqa.stats.sequential import compare_sequential
+
+    t = _thresholds(retention={"capabilities": {"x": "a", "y": "a"}})
+    parent_x, parent_y = _binary(0.9, 300, 5), _binary(0.9, 300, 7)
+    merged_x = list(np.array(parent_x) * (np.random.default_rng(6).random(300) > 0.04))  # ~4 point drop
+    merged, parents = _result({"x": merged_x, "y": parent_y}), {"a": _result({"x": parent_x, "y": parent_y})}
+    seq = compare_sequential(np.array(parent_y), np.array(parent_y), margin=0.05, alpha=0.05 / 4)
+    decided = {("y", kind): SequentialDecision(seq, "a", 0.05 / 4, 4) for kind in ("retention", "regression")}
+    alone = assess("m", merged, parents, ["x"], t)[("x", "retention")]
+    early = EarlyStop(merged, parents, None, decisions=decided, fixed_n={"x": "decided fixed-n"})
+    beside = assess("m", merged, parents, ["x", "y"], t, early=early)[("x", "retention")]
+    wins, losses, _ = discordant_counts(np.array(merged_x), np.array(parent_x))
+    raw = float(mcnemar_pvalue(wins, losses, alternative="less"))
+    assert alone.figures["p_regression"] == pytest.approx(raw)  # one hypothesis, all of alpha
+    assert beside.figures["p_regression"] == pytest.approx(min(1.0, 2 * raw))  # half of alpha is left
+    assert "at 0.5 of alpha" in beside.figures["correction"]
+    with pytest.raises(ValueError, match="share"):
+        from mergeqa.significance import adjust_comparisons
+
+        adjust_comparisons([], share=0.0)
+
+
 def test_a_task_no_parent_owns_is_decided_against_the_parents_per_item_mean():
     t = _thresholds(retention={"capabilities": {}})
     a, b = _binary(0.9, 400, 7), _binary(0.7, 400, 8)
