@@ -199,6 +199,10 @@ class ReportInput:
                     cell[task] = (score, interval, n)
         return tasks, table
 
+    def lower_is_better(self) -> set[str]:
+        """Tasks whose scores improve downwards (perplexity-type), from the verdicts' data."""
+        return {task for v in self.verdicts if (task := task_of(v)) and v.data.get("higher_is_better") is False}
+
     def cost_rows(self) -> dict[str, dict]:
         rows: dict[str, dict] = {}
         for v in self.verdicts:
@@ -501,7 +505,9 @@ class HtmlReport:
             return "<h2 id=\"comparison\">Comparison</h2><p class=\"not_run\">not run: no verdict carried per-model task scores</p>"
         order = [m for m in [self.d.base, *self.d.parents, *self.d.merges] if m in table]
         order += sorted(set(table) - set(order))
-        best = {t: max((table[m][t][0] for m in order if t in table[m]), default=None) for t in tasks}
+        lower = self.d.lower_is_better()  # perplexity-type tasks: the lowest is the best
+        best = {t: (min if t in lower else max)((table[m][t][0] for m in order if t in table[m]), default=None)
+                for t in tasks}
         rows = []
         for m in order:
             cells = [esc(m) + (f" <small>({self._role(m)})</small>")]
@@ -519,7 +525,9 @@ class HtmlReport:
                     text += f"<br><small>[{lo:.3f}, {hi:.3f}]</small>"
                 cells.append(text)
             rows.append(cells)
-        return ("<h2 id=\"comparison\">Comparison</h2><p class=\"muted\">Main metric per task, best in bold. "
+        down = [t for t in tasks if t in lower]
+        return ("<h2 id=\"comparison\">Comparison</h2><p class=\"muted\">Main metric per task, best in bold"
+                + (f" (lowest for {', '.join(map(esc, down))})" if down else "") + ". "
                 "Under a merge's score: the 95 % interval of its paired difference to the reference "
                 "parent (&Delta;); under a reference: its Wilson interval when the item count is known.</p>"
                 + _table(["model", *tasks], rows))

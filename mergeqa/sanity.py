@@ -339,6 +339,8 @@ def check_perplexity(ppl: Perplexity | None, max_ratio: float, model: str, probl
                      "metric": ppl.metric, "merged": ppl.merged, "worst_parent": worst,
                      **{f"parent.{k}": v for k, v in ppl.parents.items()}},
                     expected=f"{ppl.metric} <= {max_ratio:g} x the worst parent's ({worst}: {worst_value:.4g})")
+    # the reports' comparison shows perplexities side by side (not the ratio beside raw values)
+    r.data = {"task": ppl.task, "scores": {model: ppl.merged, **ppl.parents}, "higher_is_better": False}
     if not ppl.ratio <= max_ratio:  # NaN fails too
         r.details = [f"{ppl.task}: {ppl.metric} {ppl.merged:.4g}, worst parent {worst} {worst_value:.4g}"]
         r.summary = (f"{ppl.metric} on {ppl.task} is {ppl.merged:.4g}, {ppl.ratio:.3g} x the worst parent's "

@@ -113,6 +113,22 @@ def test_html_is_self_contained_and_shows_each_section(report_input):
     assert text.count("<svg") == 1
 
 
+def test_perplexity_shows_as_perplexities_with_the_lowest_in_bold(report_input):
+    """The sanity check gates a ratio; the comparison shows every model's perplexity, and for a
+    lower-is-better task the best is the lowest (not the merge's ratio beside raw values)."""
+    from mergeqa.sanity import Perplexity, check_perplexity
+
+    ppl = Perplexity("family_grammar_ppl", "word_perplexity", 7.9, {"arithmetic": 8.4, "lists": 8.1}, 400)
+    report_input.verdicts.append(check_perplexity(ppl, 1.5, "linear"))
+    tasks, table = report_input.comparison()
+    assert table["linear"]["family_grammar_ppl"][0] == pytest.approx(7.9)  # not 7.9 / 8.4
+    assert table["arithmetic"]["family_grammar_ppl"][0] == pytest.approx(8.4)
+    text = HtmlReport(report_input).comparison()
+    assert "<b>7.900</b>" in text and "<b>8.400</b>" not in text
+    assert "lowest for family_grammar_ppl" in text
+    assert "<b>0.970</b>" in text  # accuracy tasks keep the highest in bold
+
+
 def test_step_summary_stays_under_githubs_limit(report_input):
     report_input.verdicts += [Verdict("lint.finite", "ties", "fail", {"obtained": i}, summary="x" * 200)
                               for i in range(2000)]
