@@ -194,7 +194,6 @@ def divergence_summary(verdicts, min_tau: float = 0.0, *, alpha: float = 0.05, c
     return "\n".join(lines)
 
 
-
 def _place(value: float, parents: list[float]) -> str:
     low, high = min(parents), max(parents)
     if value > high:

@@ -75,6 +75,7 @@ class PairedComparison:
     power: float = 0.8
     correction: str = "none"
     spread: float = math.nan  # standard deviation of the per-item differences
+    alpha_share: float = 1.0  # the part of alpha the correction ran at (sequential runs: what is left)
 
     def __post_init__(self):
         check_choice("verdict", self.verdict, VERDICTS)
@@ -94,7 +95,7 @@ class PairedComparison:
             "margin": self.margin,
             "alpha": self.alpha,
             "power": self.power,
-            "correction": self.correction,
+            "correction": self.correction if self.alpha_share == 1 else f"{self.correction} at {self.alpha_share:.3g} of alpha",
             "items_to_decide": self.items_to_decide(),
         }
 
@@ -127,8 +128,8 @@ class PairedComparison:
 
         unit = " pts" if points else ""
         level = f"{100 * (1 - 2 * self.alpha):g}%"
-        method, _, share = self.correction.partition(" at ")  # "holm" or "holm at 0.5 of alpha"
-        adjusted = "" if method == "none" else f" ({method}-adjusted{', at ' + share if share else ''})"
+        share = f", at {self.alpha_share:.3g} of alpha" if self.alpha_share < 1 else ""
+        adjusted = "" if self.correction == "none" else f" ({self.correction}-adjusted{share})"
         if math.isfinite(self.mde):
             detects = f"detects only drops of {show(self.mde)}{' points' if points else ''} or more"
         else:
@@ -299,9 +300,8 @@ def adjust_comparisons(comparisons, method: str = "holm", keys=None, *, share: f
             raise ValueError(f"comparisons keyed {key!r} test one hypothesis but have different p-values")
         unique.setdefault(key, c.p_regression)
     adjusted = dict(zip(unique, np.minimum(1.0, adjust_pvalues(list(unique.values()), method) / share))) if unique else {}
-    label = method if share == 1 else f"{method} at {share:.3g} of alpha"  # the rest: sequential comparisons
     return [
-        replace(c, p_regression=float(adjusted[k]), correction=label,
+        replace(c, p_regression=float(adjusted[k]), correction=method, alpha_share=share,
                 verdict=decide(adjusted[k], c.p_noninferiority, c.alpha))
         for k, c in zip(keys, comparisons)
     ]

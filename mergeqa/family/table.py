@@ -103,12 +103,11 @@ def statistics() -> tuple[float, str]:
     return defaults.get("statistics", "alpha"), defaults.get("statistics", "correction")
 
 
-def above_tests(table: dict) -> tuple[list, dict[str, float]]:
+def above_tests(table: dict, alpha: float, correction: str) -> tuple[list, dict[str, float]]:
     """The recorded "above both parents on probing" tests, and their p-values adjusted across the
     merges."""
     from ..probing.divergence import AboveParents, shown_above
 
-    alpha, correction = statistics()
     tests = [AboveParents.from_dict(m, d) for m, d in table["probing_above"].items()]
     return tests, shown_above(tests, alpha=alpha, correction=correction)
 
@@ -117,8 +116,8 @@ def relations(table: dict) -> dict[str, dict[str, bool]]:
     """merge -> {task: lies between its parents (inclusive), probing: *shown* above both parents
     (one-sided paired sign-flip tests over the pooled probe test items, adjusted across merges)}."""
     parents = [r["scores"] for r in table["rows"] if r["role"] == "parent"]
-    _, adjusted = above_tests(table)
-    alpha, _ = statistics()
+    alpha, correction = statistics()
+    _, adjusted = above_tests(table, alpha, correction)
     out = {}
     for row in table["rows"]:
         if row["role"] != "merge":
@@ -148,10 +147,11 @@ def render(table: dict) -> str:
                  + f"; {PROBING}: mean best-layer probe accuracy over the built-in phenomena")
     rel = relations(table)
     between = [m for m, r in rel.items() if all(r[t] for t in SKILL_TASKS)]
-    tests, adjusted = above_tests(table)
+    alpha, correction = statistics()
+    tests, adjusted = above_tests(table, alpha, correction)
     lines.append(f"between the parents on both skill tasks: {', '.join(between) or 'none'} "
                  f"({len(between)} of {len(rel)} merges)")
-    lines.append(f"above both parents on probing: {above_line(tests, adjusted, *statistics())}")
+    lines.append(f"above both parents on probing: {above_line(tests, adjusted, alpha, correction)}")
     build = table.get("build") or {}
     if build:
         lines.append(f"family built in {build.get('wall_s')} s wall, {build.get('cpu_s')} s CPU "

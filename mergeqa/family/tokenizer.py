@@ -2,8 +2,9 @@
 
 Digits are split one per token, each keeping the space before it (" 7", as GPT-2's byte-level BPE
 keeps a word's space), so arithmetic is learnable and a list "[3 1 2]" is five tokens, not seven:
-one token per element is what let a 4-layer model learn to reverse 5-element lists in the build's
-few minutes (97-100 % of held-out lists against about 80 % with a token per space). bos is added
+one token per element. With everything else equal (base-only runs, 3200 steps), the base then got
+8-10 of the consistency pairs' 318 list prompts wrong instead of 23-33 (`bench/family_generation.py`
+counts them on the built family). bos is added
 by the post-processor, eos/pad/unk are set explicitly and a chat template is attached, because
 lm-eval silently reuses <unk> as pad when a tokenizer has none.
 """
