@@ -26,7 +26,6 @@ Costs about 2 minutes per variant on 2 CPU cores, after the family is built.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
@@ -83,34 +82,28 @@ SPLIT_REPLAY = {"arithmetic": {"pronoun_rate": 1.0}, "lists": {"pronoun_rate": 0
 
 
 def train_parents(family, out: Path, lr: float, replay: float, steps: int, split: bool = False) -> dict[str, Path]:
-    """Both parents from the family's base, as the build trains them but with this body lr,
-    replay and step count (and, `split`, each skill's own kind of replayed sentence)."""
+    """Both parents from the family's base, trained as the build trains them (`train_parent`) but
+    with this body lr, replay and step count (and, `split`, each skill's own kind of replayed
+    sentence)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergeqa.family.grammar import corpus
-    from mergeqa.family.skills import TASK_NOTATION, skill_items
-    from mergeqa.family.tokenizer import chat_prompt, notation_token_ids
-    from mergeqa.family.train import train
+    from mergeqa.family.build import train_parent
+    from mergeqa.family.grammar import corpus, generate_sentence
+    from mergeqa.family.skills import skill_items
 
     recipe = family.recipe
     tokenizer = AutoTokenizer.from_pretrained(family.base)
     base = AutoModelForCausalLM.from_pretrained(family.base)
-    from mergeqa.family.grammar import generate_sentence
-
-    grammar = [("", g) for g in corpus(recipe["seed"], recipe["grammar_sentences"])]
+    grammar = corpus(recipe["seed"], recipe["grammar_sentences"])
     paths = {}
     for name, spec in recipe["parents"].items():
         if split:
             rng = random.Random(f"replay:{spec['skill']}")
-            grammar = [("", generate_sentence(rng, **SPLIT_REPLAY[spec["skill"]]).text)
+            grammar = [generate_sentence(rng, **SPLIT_REPLAY[spec["skill"]]).text
                        for _ in range(recipe["grammar_sentences"])]
         train_items, _ = skill_items(spec["skill"], recipe["seed"], recipe["eval_items"])
-        pairs = [(i.prompt, i.answer) for i in train_items]
-        examples = pairs + [(chat_prompt(p), c) for p, c in pairs[::spec["chat_every"]]]
-        parent = copy.deepcopy(base)
-        train(parent, tokenizer, {spec["skill"]: (examples, 1 - replay), "grammar": (grammar, replay)},
-              steps=steps, batch_size=spec["batch_size"], lr=lr, seed=recipe["seed"] + 1,
-              token_ids=notation_token_ids(tokenizer, TASK_NOTATION[spec["skill"]]), token_lr=spec["token_lr"])
+        parent = train_parent(base, tokenizer, {**spec, "lr": lr, "replay": replay, "steps": steps},
+                              train_items, grammar, recipe["seed"])
         paths[name] = out / name
         parent.save_pretrained(paths[name])
         tokenizer.save_pretrained(paths[name])

@@ -97,6 +97,32 @@ def build_family(cache_dir: Path | None = None, recipe_path: Path | None = None,
     return Family(target)
 
 
+def _with_chat(pairs: list[tuple[str, str]], share: int) -> list[tuple[str, str]]:
+    """The pairs, and every `share`-th of them again in the chat template."""
+    from .tokenizer import chat_prompt
+
+    return pairs + [(chat_prompt(p), c) for p, c in pairs[::share]]
+
+
+def train_parent(base, tokenizer, spec: dict, train_items, grammar: list[str], seed: int, *, log=None):
+    """A parent as a recipe's `[parents.<name>]` spec fine-tunes it from `base` (a new model): the
+    skill's training items in the task notation (every `chat_every`-th again in the chat
+    template), `grammar` lines replayed at `replay` of a batch, the notation tokens' embedding rows
+    at `token_lr`, the rest of the model at `lr`, for `steps` steps."""
+    from .skills import TASK_NOTATION
+    from .tokenizer import notation_token_ids
+    from .train import train
+
+    skill = spec["skill"]
+    examples = _with_chat([(i.prompt, i.answer) for i in train_items], spec["chat_every"])
+    parent = copy.deepcopy(base)
+    train(parent, tokenizer, {skill: (examples, 1 - spec["replay"]),
+                              "grammar": ([("", g) for g in grammar], spec["replay"])},
+          steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=seed + 1,
+          token_ids=notation_token_ids(tokenizer, TASK_NOTATION[skill]), token_lr=spec["token_lr"], log=log)
+    return parent
+
+
 def _build(out: Path, recipe: dict, log) -> None:
     import os
     import platform
@@ -108,7 +134,7 @@ def _build(out: Path, recipe: dict, log) -> None:
     from .grammar import corpus
     from .skills import TASK_NOTATION, base_lines, skill_items
     from .tasks import grammar_sets, write_tasks
-    from .tokenizer import chat_prompt, notation_token_ids, train_tokenizer
+    from .tokenizer import train_tokenizer
     from .train import new_model, train
 
     seed, n_eval = recipe["seed"], recipe["eval_items"]
@@ -125,30 +151,18 @@ def _build(out: Path, recipe: dict, log) -> None:
         model.save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)
 
-    def with_chat(pairs: list[tuple[str, str]], share: int) -> list[tuple[str, str]]:
-        """The pairs, and every `share`-th of them again in the chat template."""
-        return pairs + [(chat_prompt(p), c) for p, c in pairs[::share]]
-
     log("training base on grammar and both skills in its own notation")
     base = new_model(len(tokenizer), recipe["arch"], seed, tokenizer)
     mixture = base_spec["mixture"]
     sources = {"grammar": ([("", g) for g in grammar], mixture["grammar"])}
-    sources |= {skill: (with_chat(lines, base_spec["chat_every"]), mixture[skill]) for skill, lines in notation.items()}
+    sources |= {skill: (_with_chat(lines, base_spec["chat_every"]), mixture[skill]) for skill, lines in notation.items()}
     train(base, tokenizer, sources, steps=base_spec["steps"], batch_size=base_spec["batch_size"],
           lr=base_spec["lr"], seed=seed, log=log)
     save(base, "base")
     for name, spec in recipe["parents"].items():
         skill = spec["skill"]
         log(f"fine-tuning {name}: the notation of {skill} ({' '.join(TASK_NOTATION[skill])})")
-        train_items, _ = skills[skill]
-        examples = with_chat([(i.prompt, i.answer) for i in train_items], spec["chat_every"])
-        parent = copy.deepcopy(base)
-        train(parent, tokenizer, {skill: (examples, 1 - spec["replay"]),
-                                  "grammar": ([("", g) for g in grammar], spec["replay"])},
-              steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=seed + 1,
-              token_ids=notation_token_ids(tokenizer, TASK_NOTATION[skill]), token_lr=spec["token_lr"],
-              log=log)
-        save(parent, name)
+        save(train_parent(base, tokenizer, spec, skills[skill][0], grammar, seed, log=log), name)
     torch.manual_seed(seed)
     write_tasks(out / "tasks", skills={s: held for s, (_, held) in skills.items()},
                 grammar=grammar_sets(seed + 7, n_eval, set(grammar)), seed=seed)
