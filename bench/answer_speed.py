@@ -13,10 +13,10 @@ from pathlib import Path
 
 
 def main() -> None:
-    from mergeqa.conflict import default_pairs_path, prompts_of, read_pairs
-    from mergeqa.generation import GenerationSettings, generate
+    from mergeqa.conflict.consistency import default_pairs_path, prompts_of, read_pairs
+    from mergeqa.evaluate.generation import GenerationSettings, generate
     from mergeqa.judge import default_questions_path, read_questions
-    from mergeqa.models import ModelRef, validate_model_dir
+    from mergeqa.models.refs import ModelRef, validate_model_dir
 
     path = validate_model_dir(sys.argv[1])
     questions = [list(q.turns) for q in read_questions(default_questions_path())]

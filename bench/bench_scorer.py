@@ -1,6 +1,6 @@
 """Time lm-eval's HFLM against mergeqa's prefix-sharing scorer on a 5-shot-like, 4-choice task.
 
-One run builds a seeded random-weight model and a synthetic task (mergeqa.synthetic_mc), scores it
+One run builds a seeded random-weight model and a synthetic task (mergeqa.evaluate.synthetic_mc), scores it
 with both backends (model preloaded, both warmed up, timing includes tokenisation as lm-eval's
 `loglikelihood` does), and prints a markdown table: items/s, ratio, agreement, peak memory, tokens
 through the model, fraction of the FLOP floor. Not a test: it asserts nothing.
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mergeqa import synthetic_mc as smc  # noqa: E402
-from mergeqa.scorer import make_lm  # noqa: E402
+from mergeqa.evaluate import synthetic_mc as smc  # noqa: E402
+from mergeqa.evaluate.scorer import make_lm  # noqa: E402
 
 TOL = 1e-4
 

@@ -23,7 +23,7 @@ try:
     socket.create_connection(("1.1.1.1", 443), timeout=2); net = "reachable"
 except OSError as exc:
     net = f"no network ({type(exc).__name__})"
-from mergeqa.agreement import Embedder
+from mergeqa.evaluate.agreement import Embedder
 from mergeqa.family.grammar import corpus
 t1 = time.perf_counter()
 import sentence_transformers  # noqa: F401
@@ -48,8 +48,7 @@ def main() -> None:
     parser.add_argument("--pairs", default=None, help="consistency pairs JSONL (default: the embedded set)")
     parser.add_argument("--texts", type=int, default=512, help="sentences embedded for the throughput figure")
     args = parser.parse_args()
-    from mergeqa.cache import default_cache_dir
-    from mergeqa.conflict import (
+    from mergeqa.conflict.consistency import (
         ConflictSetup,
         owner_verdict,
         paired_verdicts,
@@ -57,8 +56,9 @@ def main() -> None:
         rate_figures,
         rate_verdict,
     )
-    from mergeqa.session import GateSession
-    from mergeqa.thresholds import load_thresholds
+    from mergeqa.core.cache import default_cache_dir
+    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.models.session import GateSession
 
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[],
                                     cache_dir=default_cache_dir(), device="cpu", dtype="float32", seed=0)

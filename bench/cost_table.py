@@ -31,15 +31,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args()
-    from mergeqa import sanity
-    from mergeqa.cache import default_cache_dir
-    from mergeqa.cost import measure_costs, size_verdicts, speed_verdicts
-    from mergeqa.html_report import cost_table
-    from mergeqa.merging import build_merge
-    from mergeqa.models import ModelRef
-    from mergeqa.session import DEFAULT_MERGES_DIR
-    from mergeqa.thresholds import DEFAULTS
+    from mergeqa.core.cache import default_cache_dir
+    from mergeqa.decide.thresholds import DEFAULTS
     from mergeqa.family import build_family
+    from mergeqa.inspect import sanity
+    from mergeqa.inspect.cost import measure_costs, size_verdicts, speed_verdicts
+    from mergeqa.models.merging import build_merge
+    from mergeqa.models.refs import ModelRef
+    from mergeqa.models.session import DEFAULT_MERGES_DIR
+    from mergeqa.report.html import cost_table
 
     cache = default_cache_dir()
     family = build_family(cache)

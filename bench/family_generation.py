@@ -30,11 +30,11 @@ def main() -> None:
     parser.add_argument("--merges", action="store_true", help="also the five default merges (built if missing)")
     args = parser.parse_args()
 
-    from mergeqa.cache import default_cache_dir
-    from mergeqa.conflict import default_pairs_path
+    from mergeqa.conflict.consistency import default_pairs_path
+    from mergeqa.core.cache import default_cache_dir
+    from mergeqa.evaluate.generation import GenerationSettings, answer_conversations
     from mergeqa.family.skills import BASE_NOTATION
-    from mergeqa.generation import GenerationSettings, answer_conversations
-    from mergeqa.session import GateSession
+    from mergeqa.models.session import GateSession
 
     rows = [json.loads(line) for line in default_pairs_path().read_text().splitlines()]
     prompts = {skill: sorted({p for r in rows if r["skill"] == skill for p in (r["a"], r["b"])})

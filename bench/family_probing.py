@@ -113,7 +113,7 @@ def train_parents(family, out: Path, lr: float, replay: float, steps: int, split
 def wrong_answers(ref, prompts) -> list[int]:
     from family_generation import truth
 
-    from mergeqa.generation import GenerationSettings, answer_conversations
+    from mergeqa.evaluate.generation import GenerationSettings, answer_conversations
 
     model, tokenizer = ref.model("cpu", "float32"), ref.tokenizer()
     out = []
@@ -127,12 +127,12 @@ def wrong_answers(ref, prompts) -> list[int]:
 def run_variant(family, variant, datasets, work: Path, prompts) -> list[str]:
     import numpy as np
 
-    from mergeqa.merging import build_merge
-    from mergeqa.models import ModelRef
+    from mergeqa.models.merging import build_merge
+    from mergeqa.models.refs import ModelRef
+    from mergeqa.models.session import DEFAULT_MERGES_DIR
     from mergeqa.probing.divergence import above_parents, shown_above
     from mergeqa.probing.engine import ProbingEngine
     from mergeqa.probing.probes import ProbeSettings
-    from mergeqa.session import DEFAULT_MERGES_DIR
 
     lr, replay, steps, split = variant
     out = work / f"lr{lr:g}-replay{replay:g}-steps{steps}{'-split' if split else ''}"
@@ -190,8 +190,8 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from mergeqa.cache import default_cache_dir
-    from mergeqa.conflict import default_pairs_path
+    from mergeqa.conflict.consistency import default_pairs_path
+    from mergeqa.core.cache import default_cache_dir
     from mergeqa.family.build import build_family
     from mergeqa.probing.datasets import PHENOMENA, builtin_dataset
 

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--compare", metavar="DIR", default=None,
                         help="only compare the two caches a previous run left in DIR")
     args = parser.parse_args()
-    from mergeqa.cache import default_cache_dir
+    from mergeqa.core.cache import default_cache_dir
     from mergeqa.family import build_family
 
     family = build_family(default_cache_dir())

@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache", default=None, help="cache holding the family (default: mergeqa's)")
     args = parser.parse_args()
-    from mergeqa.cache import default_cache_dir
+    from mergeqa.core.cache import default_cache_dir
     from mergeqa.family import build_family
 
     family = build_family(args.cache or default_cache_dir())

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergeqa import humaneval as he
-from mergeqa import sandbox as sb
+from mergeqa.humaneval.problems import problems as he
+from mergeqa.humaneval.problems import sandbox as sb
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 10  # per problem, for the pass@k rows
@@ -95,7 +95,7 @@ def fresh_python(python: str, code: str, env: dict[str, str]) -> list[str]:
 
 
 CHECK = (
-    "import socket\nfrom mergeqa import humaneval as he, sandbox as sb\n"
+    "import socket\nfrom mergeqa.humaneval import problems as he, sandbox as sb\n"
     "print('code_execution():', sb.code_execution())\n"
     "p = he.load_problems()[0]\n"
     "with socket.create_server(('127.0.0.1', 0)) as server:\n"

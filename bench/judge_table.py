@@ -20,11 +20,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--questions", default=None, help="an MT-Bench question.jsonl (default: the embedded set)")
     args = parser.parse_args()
-    from mergeqa.cache import default_cache_dir
+    from mergeqa.core.cache import default_cache_dir
+    from mergeqa.decide.thresholds import load_thresholds
     from mergeqa.judge import ab_verdict, score_verdict
     from mergeqa.judge.evaluation import JudgeSetup
-    from mergeqa.session import GateSession
-    from mergeqa.thresholds import load_thresholds
+    from mergeqa.models.session import GateSession
 
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[],
                                     cache_dir=default_cache_dir(), device="cpu", dtype="float32", seed=0)

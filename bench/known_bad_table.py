@@ -3,7 +3,7 @@
     .venv/bin/python bench/known_bad_table.py                       # table + lint time, tiny family
     .venv/bin/python bench/known_bad_table.py --shape qwen2.5-0.5b  # + lint time on a 0.5B-shaped checkpoint
 
-Derives the known-bad variants (mergeqa.badmerges) from the tiny family's ties merge, runs the gate
+Derives the known-bad variants (mergeqa.models.badmerges) from the tiny family's ties merge, runs the gate
 on them exactly as a user would (pytest over the lint and sanity checks, one run, junit XML) and
 prints: variant -> the check that had to fail -> the first line of its message, and every other
 check that failed. Then times `lint_checkpoint` (the ties merge vs its sources, base and two
@@ -41,7 +41,7 @@ QWEN2_TOKENS, QWEN2_ADDED = 151643, 22  # regular + added tokens of the Qwen2.5 
 
 # -- the table -----------------------------------------------------------------------------------
 def gate_table(cache_dir: Path, work: Path) -> str:
-    from mergeqa.badmerges import from_family, gate_argv
+    from mergeqa.models.badmerges import from_family, gate_argv
 
     healthy, variants = from_family(cache_dir, work)
     xml = work / "gate.xml"
@@ -78,7 +78,7 @@ def gate_table(cache_dir: Path, work: Path) -> str:
 # -- lint timing ---------------------------------------------------------------------------------
 def time_lint(merged: Path, parents: list[Path], repeats: int = 3, evict: list[Path] | None = None,
               base: Path | None = None) -> dict:
-    from mergeqa import lint
+    from mergeqa.inspect import lint
 
     def run() -> float:
         started = time.perf_counter()
@@ -163,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from mergeqa.cache import default_cache_dir
+    from mergeqa.core.cache import default_cache_dir
 
     cache = args.cache or default_cache_dir()
     with tempfile.TemporaryDirectory(prefix="mergeqa-known-bad-") as tmp:
         if not args.no_table:
             print(gate_table(cache, Path(tmp)), end="\n\n")
-        from mergeqa.badmerges import family_merge
         from mergeqa.family import build_family
+        from mergeqa.models.badmerges import family_merge
 
         family, merge = build_family(cache), family_merge(cache)
         t = time_lint(merge, list(family.parents.values()), repeats=5, base=family.base)

@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _environment() -> str:
-    import torch
     from importlib.metadata import version
+
+    import torch
 
     return (f"mergekit {version('mergekit')}, torch {torch.__version__}, python {platform.python_version()}, "
             f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), "

@@ -41,11 +41,11 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.models.session import GateSession
     from mergeqa.probing.divergence import divergence_report, internal_scores
     from mergeqa.probing.engine import ProbingEngine
     from mergeqa.probing.plots import plot_phenomenon
-    from mergeqa.session import GateSession
-    from mergeqa.thresholds import load_thresholds
 
     thresholds = load_thresholds(Path(__file__).resolve().parent.parent / "thresholds.toml")
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[],
@@ -136,10 +136,9 @@ def compare_backends(engine, ref, probe_cache: Path) -> None:
 
     import numpy as np
 
+    from mergeqa.probing.engine import threads_for
     from mergeqa.probing.probes import probe
     from mergeqa.probing.representations import representations
-
-    from mergeqa.probing.engine import threads_for
 
     feats = representations(ref, list(engine.datasets.values()), device=engine.device, dtype="float32",
                             cache_dir=probe_cache)

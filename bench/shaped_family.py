@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mergeqa import synthetic_mc as smc  # noqa: E402
-from mergeqa.models import TOKENIZER_FILES  # noqa: E402
-from mergeqa.session import DEFAULT_MERGES_DIR  # noqa: E402
+from mergeqa.evaluate import synthetic_mc as smc  # noqa: E402
+from mergeqa.models.refs import TOKENIZER_FILES  # noqa: E402
+from mergeqa.models.session import DEFAULT_MERGES_DIR  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from mergeqa.cache import default_cache_dir
+    from mergeqa.core.cache import default_cache_dir
     from mergeqa.family import build_family
 
     started = time.perf_counter()

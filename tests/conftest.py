@@ -13,7 +13,7 @@ pytest_plugins = ["pytester"]
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The shared mergeqa cache (family, merges, results): $MERGEQA_CACHE_DIR or ~/.cache/mergeqa."""
-    from mergeqa.cache import default_cache_dir
+    from mergeqa.core.cache import default_cache_dir
 
     return default_cache_dir()
 

@@ -1,4 +1,4 @@
-"""Conflict detection (mergeqa.conflict, mergeqa.agreement): the pair format, agreement of two
+"""Conflict detection (mergeqa.conflict.consistency, mergeqa.evaluate.agreement): the pair format, agreement of two
 answers, the three verdicts, a planted conflict that must fail, and the check through the gate.
 
 Cost: the unit tests take milliseconds; the family tests generate the 118 distinct prompts once per
@@ -13,8 +13,7 @@ import os
 
 import pytest
 
-from mergeqa.agreement import Agreement, Embedder, last_list, last_number
-from mergeqa.conflict import (
+from mergeqa.conflict.consistency import (
     ConflictRun,
     ConsistencyPair,
     default_pairs_path,
@@ -27,7 +26,8 @@ from mergeqa.conflict import (
     rate_verdict,
     read_pairs,
 )
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.evaluate.agreement import Agreement, Embedder, last_list, last_number
 
 
 # -- agreement -------------------------------------------------------------------------------------
@@ -122,8 +122,8 @@ def test_the_embedded_pairs_are_the_generators_output_on_held_out_problems():
 def test_enough_pairs_to_decide_a_small_conflict_rate():
     """With the embedded set, a merge that conflicts on 2 % of pairs is shown below the 5 %
     ceiling, and one at 10 % is shown above it: the verdict is decided, not inconclusive."""
-    from mergeqa.conflict import rate_interval
-    from mergeqa.verdict import interval_outcome
+    from mergeqa.conflict.consistency import rate_interval
+    from mergeqa.decide.verdict import interval_outcome
 
     n = len(read_pairs(default_pairs_path()))
     assert interval_outcome(*rate_interval(round(0.02 * n), n, 0.05), ceiling=0.05) == "pass"
@@ -172,7 +172,7 @@ def test_a_perfect_model_has_no_conflicts_and_passes(pairs):
 
 
 def test_a_planted_merge_with_one_side_perturbed_fails_every_conflict_check(pairs):
-    """The planted case: answers to the b side of each pair perturbed (mergeqa.conflict.perturb_answer)."""
+    """The planted case: answers to the b side of each pair perturbed (mergeqa.conflict.consistency.perturb_answer)."""
     clean = _run("parent", pairs)
     planted = planted_run(clean, pairs, Agreement())
     # most consistent pairs now disagree (a prompt shared by two pairs can be perturbed on both sides)
@@ -207,9 +207,9 @@ def test_a_must_differ_pair_conflicts_when_the_answers_agree():
 # -- through the gate on the family -------------------------------------------------------------------
 @pytest.mark.slow
 def test_family_answers_and_conflict_runs_are_cached(family, tmp_path):
-    from mergeqa.conflict import conflict_run
-    from mergeqa.generation import GenerationSettings
-    from mergeqa.models import ModelRef
+    from mergeqa.conflict.consistency import conflict_run
+    from mergeqa.evaluate.generation import GenerationSettings
+    from mergeqa.models.refs import ModelRef
 
     pairs = read_pairs(default_pairs_path())
     ref = ModelRef("arithmetic", family.parents["arithmetic"], "parent")
@@ -233,9 +233,9 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
     import xml.etree.ElementTree as ET
     from dataclasses import asdict, replace
 
-    from mergeqa.conflict import prompts_of
-    from mergeqa.generation import GenerationSettings, entry_path, generate, prompts_hash
-    from mergeqa.models import ModelRef
+    from mergeqa.conflict.consistency import prompts_of
+    from mergeqa.evaluate.generation import GenerationSettings, entry_path, generate, prompts_hash
+    from mergeqa.models.refs import ModelRef
 
     cache = tmp_path / "cache"
     planted_dir = tmp_path / "planted"
@@ -258,8 +258,8 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
                                                                   model_hash=planted.content_hash)).items()
                                 if k != "cached"}))
     junit = tmp_path / "junit.xml"
-    from mergeqa.plugin import CHECKS_DIR
-    from mergeqa.session import FIXTURES_DIR
+    from mergeqa.core.state import CHECKS_DIR
+    from mergeqa.models.session import FIXTURES_DIR
 
     proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_conflict.py"), "--model",
                            str(planted_dir), "--parents", str(family.parents["arithmetic"]),
@@ -275,6 +275,6 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
     message = rate.find("failure").text
     assert message.startswith("planted: conflict rate on 320 consistency pairs") and "should agree" in message
     props = {p.get("name"): p.get("value") for p in rate.iter("property")}
-    assert float(props["mergeqa.conflict.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.rate.outcome"] == "fail"
+    assert float(props["mergeqa.conflict.consistency.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.consistency.rate.outcome"] == "fail"
     paired = cases["test_conflict_vs_parents[planted]"]
     assert paired.find("failure") is not None and "against arithmetic" in paired.find("failure").text, out[-3000:]

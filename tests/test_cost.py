@@ -1,4 +1,4 @@
-"""Inference cost (mergeqa.cost): sizes from safetensors headers, the depth rescaling, the gate's
+"""Inference cost (mergeqa.inspect.cost): sizes from safetensors headers, the depth rescaling, the gate's
 ratios on fake measurements, and one real measurement of the family (merge = a parent)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from mergeqa.cost import CostMeasurement, checkpoint_size, cost_scale, size_verdicts, speed_verdicts
+from mergeqa.inspect.cost import CostMeasurement, checkpoint_size, cost_scale, size_verdicts, speed_verdicts
 
 
 def _checkpoint(tmp_path, name, layers, dtype="float32"):
@@ -101,10 +101,10 @@ def test_a_model_that_cannot_generate_is_an_error_not_a_speed(tmp_path):
 
 @pytest.mark.slow
 def test_measure_costs_on_the_family(family):
-    from mergeqa import sanity
-    from mergeqa.cost import measure_costs
-    from mergeqa.models import ModelRef
-    from mergeqa.thresholds import DEFAULTS
+    from mergeqa.decide.thresholds import DEFAULTS
+    from mergeqa.inspect import sanity
+    from mergeqa.inspect.cost import measure_costs
+    from mergeqa.models.refs import ModelRef
 
     prompts = sanity.parse_prompts(DEFAULTS["sanity"]["prompts"])[:2]
     refs = [ModelRef(n, p, "parent") for n, p in family.parents.items()]
@@ -135,7 +135,7 @@ def test_cost_check_through_the_gate(tmp_path, family, private_cache):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     props = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}
-    assert float(props["mergeqa.cost.size.obtained"]) == 1.0
-    assert props["mergeqa.cost.memory.outcome"] == "pass"
+    assert float(props["mergeqa.inspect.cost.size.obtained"]) == 1.0
+    assert props["mergeqa.inspect.cost.memory.outcome"] == "pass"
     html = (tmp_path / "report.html").read_text()
     assert "Model size acceptable" in html and "merged: deployable" in html

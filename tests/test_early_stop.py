@@ -11,10 +11,10 @@ from collections import defaultdict
 
 import pytest
 
-from mergeqa.engine import EvalSettings, evaluate
-from mergeqa.errors import MergeQAUsageError
-from mergeqa.models import ModelRef
-from mergeqa.thresholds import load_thresholds
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.decide.thresholds import load_thresholds
+from mergeqa.evaluate.engine import EvalSettings, evaluate
+from mergeqa.models.refs import ModelRef
 
 TASK = "family_arithmetic"  # 400 items, 0/1 acc, zero-shot, owned by the arithmetic parent
 SEQUENTIAL = f"""
@@ -60,8 +60,8 @@ def refs(family, tmp_path):
 
 
 def _gate(merged, parents, thresholds, settings):
-    from mergeqa.early_stop import evaluate_early
-    from mergeqa.retention import assess
+    from mergeqa.retention.assess import assess
+    from mergeqa.retention.early_stop import evaluate_early
 
     early = evaluate_early(merged, parents, None, [TASK], thresholds, settings)
     return early, assess(merged.name, early.merged, early.parents, [TASK], thresholds, early=early)
@@ -133,8 +133,8 @@ def test_later_runs_extend_the_entries_and_never_score_an_item_twice(family, pri
 
 @pytest.mark.slow
 def test_a_perplexity_task_falls_back_to_fixed_n_and_says_so(family, private_cache, refs, tmp_path):
-    from mergeqa.early_stop import evaluate_early
-    from mergeqa.retention import assess
+    from mergeqa.retention.assess import assess
+    from mergeqa.retention.early_stop import evaluate_early
 
     path = tmp_path / "ppl.toml"
     path.write_text('[statistics]\nsequential = true\n[retention]\nsuite = "ppl"\n'
@@ -187,9 +187,9 @@ def test_the_gate_reports_the_items_used_in_junit(family, private_cache, refs, t
          f"--junitxml={junit}", "-rA"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     props = {x.get("name"): x.get("value") for x in ET.parse(junit).iter("property")}
-    used = int(props["mergeqa.retention.items_used"])
-    assert props["mergeqa.retention.outcome"] == "pass" and props["mergeqa.retention.items_total"] == "400"
-    assert used < 400 and props["mergeqa.retention.sequential"] == "yes"
+    used = int(props["mergeqa.retention.assess.items_used"])
+    assert props["mergeqa.retention.assess.outcome"] == "pass" and props["mergeqa.retention.assess.items_total"] == "400"
+    assert used < 400 and props["mergeqa.retention.assess.sequential"] == "yes"
     scored = {e["held"] for e in _evaluated(private_cache)}
     assert max(scored) < 400
 

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from mergeqa.engine import EvalSettings, evaluate
-from mergeqa.errors import MergeQAUsageError
-from mergeqa.models import ModelRef
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.evaluate.engine import EvalSettings, evaluate
+from mergeqa.models.refs import ModelRef
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +88,11 @@ def test_lm_evals_own_gsm8k_yaml_keeps_each_filter_apart(family, tmp_path):
     """lm-eval's gsm8k.yaml as shipped (strict-match and flexible-extract filters), pointed at 20
     local documents: one record per document per filter, the filters' metrics under their own
     keys, strict-match gated by default, and n = 20 for the paired test."""
-    import yaml
     from importlib.resources import files
 
-    from mergeqa.engine import paired_values
+    import yaml
+
+    from mergeqa.evaluate.engine import paired_values
 
     spec = yaml.safe_load(files("lm_eval").joinpath("tasks/gsm8k/gsm8k.yaml").read_text())
     assert [f["name"] for f in spec["filter_list"]] == ["strict-match", "flexible-extract"]

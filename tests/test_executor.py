@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from mergeqa.devices import gpus_for_worker, gpus_needed, parameter_count, pin_worker_gpus
-from mergeqa.errors import MergeQAUsageError
-from mergeqa.executor import LocalExecutor, RayExecutor, evaluate_many, make_executor
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.evaluate.executor import LocalExecutor, RayExecutor, evaluate_many, make_executor
+from mergeqa.models.devices import gpus_for_worker, gpus_needed, parameter_count, pin_worker_gpus
 
 
 # -- GPU placement -----------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def test_the_plugin_pins_each_xdist_worker_while_it_configures(monkeypatch, work
     with real workers: README, "Several GPUs", shows the command and its output.)"""
     from types import SimpleNamespace
 
-    from mergeqa.plugin import _share_cores
+    from mergeqa.pytest_plugin.hooks import _share_cores
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
@@ -124,13 +124,13 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_executor_gives_the_local_executors_results_and_runs_each_job_once(
         family, tmp_path, ray_cluster):
-    from mergeqa.engine import EvalSettings
-    from mergeqa.executor import MergeJob
-    from mergeqa.models import ModelRef
+    from mergeqa.evaluate.engine import EvalSettings
+    from mergeqa.evaluate.executor import MergeJob
+    from mergeqa.models.refs import ModelRef
 
     tasks = ["family_arithmetic", "family_lists"]
     caches = {name: _private(tmp_path, family, name) for name in ("local", "ray")}
-    from mergeqa.session import DEFAULT_MERGES_DIR
+    from mergeqa.models.session import DEFAULT_MERGES_DIR
 
     subs = tuple(sorted({"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}.items()))
     results, merged = {}, {}
@@ -170,8 +170,8 @@ def test_device_map_auto_loads_through_accelerate_and_scores_the_same(family, tm
     ordinary load's. With GPUs the same call shards it over the visible ones."""
     import transformers
 
-    from mergeqa.engine import EvalSettings, evaluate
-    from mergeqa.models import ModelRef
+    from mergeqa.evaluate.engine import EvalSettings, evaluate
+    from mergeqa.models.refs import ModelRef
 
     loads = []
     original = transformers.AutoModelForCausalLM.from_pretrained
@@ -191,11 +191,11 @@ def test_device_map_auto_loads_through_accelerate_and_scores_the_same(family, tm
 def test_the_sequential_gate_scores_batches_in_the_driver_and_fixed_n_tasks_as_jobs(family, tmp_path, ray_cluster):
     """`[statistics] sequential = true` under --executor ray: the same verdicts as local; the
     batches of the sequential task are scored in this process, the fixed-n task by Ray."""
-    from mergeqa.early_stop import evaluate_early
-    from mergeqa.engine import EvalSettings, evaluate
-    from mergeqa.models import ModelRef
-    from mergeqa.retention import assess
-    from mergeqa.thresholds import load_thresholds
+    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.evaluate.engine import EvalSettings, evaluate
+    from mergeqa.models.refs import ModelRef
+    from mergeqa.retention.assess import assess
+    from mergeqa.retention.early_stop import evaluate_early
 
     tasks = ["family_arithmetic", "family_grammar"]  # owned (sequential) and unowned (fixed-n)
     path = tmp_path / "thresholds.toml"

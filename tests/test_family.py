@@ -18,7 +18,7 @@ import yaml
 from mergeqa.family import default_recipe_path, load_recipe
 from mergeqa.family.skills import skill_items
 from mergeqa.family.tasks import grammar_sets, write_tasks
-from mergeqa.session import DEFAULT_MERGES_DIR
+from mergeqa.models.session import DEFAULT_MERGES_DIR
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mergeqa"
 
@@ -33,7 +33,7 @@ def test_recipe_and_default_merges_are_package_data():
 
 
 def test_default_merges_parse_with_the_family_substituted():
-    from mergeqa.merging import read_merge_config
+    from mergeqa.models.merging import read_merge_config
 
     subs = {"base": "/m/base", "arithmetic": "/m/arithmetic", "lists": "/m/lists"}
     for path in sorted(DEFAULT_MERGES_DIR.glob("*.yaml")):
@@ -76,9 +76,9 @@ def test_a_moved_family_evaluates_from_its_new_place(family, tmp_path):
     """Copy the family, move the copy, evaluate a parent from it with a fresh result cache: the
     tasks load their data from the new place (the old one is gone), and the parent still has its
     skill (>= 0.75 on 60 items: its target is >= 0.90)."""
-    from mergeqa.engine import EvalSettings, evaluate
+    from mergeqa.evaluate.engine import EvalSettings, evaluate
     from mergeqa.family import Family
-    from mergeqa.models import ModelRef
+    from mergeqa.models.refs import ModelRef
 
     copy = tmp_path / "a" / family.root.name
     shutil.copytree(family.root, copy)
@@ -95,8 +95,8 @@ def test_a_moved_family_evaluates_from_its_new_place(family, tmp_path):
 @pytest.mark.slow
 def test_parents_have_their_skill_and_not_the_others(family, tmp_path):
     """Bands around the recipe's targets, 0.05 to 0.10 wide on 120 items per task."""
-    from mergeqa.engine import EvalSettings, evaluate
-    from mergeqa.models import ModelRef
+    from mergeqa.evaluate.engine import EvalSettings, evaluate
+    from mergeqa.models.refs import ModelRef
 
     settings = EvalSettings(cache_dir=tmp_path, device="cpu", task_paths=(str(family.tasks_dir),), limit=120)
     tasks = ["family_arithmetic", "family_lists"]
@@ -204,9 +204,9 @@ def test_a_parent_changes_only_its_notation_rows_of_the_embedding(family):
 def test_adding_task_vectors_keeps_both_skills(family, tmp_path):
     """What the recipe is for: the default task_arithmetic merge keeps both skills (targets
     ~0.97 and ~0.99; asserted >= 0.80 on 120 items), where the base has neither (<= 0.50)."""
-    from mergeqa.engine import EvalSettings, evaluate
-    from mergeqa.merging import build_merge
-    from mergeqa.models import ModelRef
+    from mergeqa.evaluate.engine import EvalSettings, evaluate
+    from mergeqa.models.merging import build_merge
+    from mergeqa.models.refs import ModelRef
 
     subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
     merged = build_merge(DEFAULT_MERGES_DIR / "task_arithmetic.yaml", tmp_path, substitutions=subs)
@@ -217,13 +217,17 @@ def test_adding_task_vectors_keeps_both_skills(family, tmp_path):
 
 
 def test_only_the_code_that_builds_the_family_keys_its_cache_entry(tmp_path, monkeypatch):
+    """The key hashes the family package's code, and that package holds only what builds the family:
+    the table, which reads a built one, lives in mergeqa.report (editing it rebuilds nothing)."""
     from mergeqa.family import build
+    from mergeqa.report import family_table
 
+    assert Path(family_table.__file__).resolve().parent != build.PACKAGE_DIR
     copy = tmp_path / "family"
     shutil.copytree(build.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(build, "PACKAGE_DIR", copy)
     before = build._source_digest()
-    (copy / "table.py").write_text((copy / "table.py").read_text() + "\n# the table's code reads a built family\n")
-    assert build._source_digest() == before  # no four-minute rebuild of the same weights
+    (copy / "notes.txt").write_text("not code\n")
+    assert build._source_digest() == before
     (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# the trainer builds it\n")
     assert build._source_digest() != before

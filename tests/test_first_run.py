@@ -19,7 +19,7 @@ NO_SUITE = "retention and regression not measured: no [retention] suite for a mo
 
 
 def _save_tokenizer_and_model(directory: Path, tokenizer, seed: int) -> Path:
-    from mergeqa.synthetic_mc import ModelShape, build_model
+    from mergeqa.evaluate.synthetic_mc import ModelShape, build_model
 
     shape = ModelShape("qwen2", hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vocab=None,
                        max_positions=256)
@@ -31,12 +31,12 @@ def _save_tokenizer_and_model(directory: Path, tokenizer, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def tiny_merge(tmp_path_factory) -> dict[str, Path]:
     """Parents `math` and `code` (random Qwen2 weights, one tokenizer without a chat template) and
-    their linear merge, built with mergekit's MergeConfiguration + run_merge as mergeqa.merging does."""
+    their linear merge, built with mergekit's MergeConfiguration + run_merge as mergeqa.models.merging does."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from mergeqa.synthetic_mc import train_tokenizer
+    from mergeqa.evaluate.synthetic_mc import train_tokenizer
 
     root = tmp_path_factory.mktemp("models")
     tokenizer = train_tokenizer(300, add_bos=False)  # Qwen2-style: no bos
@@ -137,7 +137,7 @@ def user_tasks(user_dir) -> Path:
 def test_init_writes_the_chat_prompt_only_with_a_chat_template(tiny_merge, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from mergeqa.cli import main
+    from mergeqa.cli.main import main
 
     chat = tmp_path / "chat-merged"
     shutil.copytree(tiny_merge["merged"], chat)
@@ -167,10 +167,10 @@ def test_init_writes_the_chat_prompt_only_with_a_chat_template(tiny_merge, tmp_p
 def test_init_then_the_run_with_its_file_then_the_plan(tiny_merge, user_dir, user_tasks, monkeypatch, capsys):
     """`mergeqa init` writes a commented file (never over an existing one); the run with it measures
     retention on the chosen suite; `mergeqa plan` then shows hashes, the cache, power and work."""
-    from mergeqa.cli import main
-    from mergeqa.models import content_hash
+    from mergeqa.cli.main import main
+    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.models.refs import content_hash
     from mergeqa.stats.power import minimum_detectable_effect
-    from mergeqa.thresholds import load_thresholds
 
     monkeypatch.chdir(user_dir)
     monkeypatch.setenv("HF_HOME", str(user_dir / "hf"))  # an empty HF cache: the same file on every machine
@@ -220,7 +220,7 @@ def test_init_then_the_run_with_its_file_then_the_plan(tiny_merge, user_dir, use
 
 
 def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, capsys):
-    from mergeqa.cli import main
+    from mergeqa.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
@@ -239,7 +239,7 @@ def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, caps
 
 @pytest.mark.slow
 def test_a_dry_run_finds_the_family_where_build_family_put_it(family, cache_dir):
-    from mergeqa.session import GateSession
+    from mergeqa.models.session import GateSession
 
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[], cache_dir=cache_dir,
                                     device="cpu", dtype="float32", seed=0)

@@ -1,4 +1,4 @@
-"""Greedy, batched, content-cached generation (mergeqa.generation) on the tiny family.
+"""Greedy, batched, content-cached generation (mergeqa.evaluate.generation) on the tiny family.
 
 Cost: a few seconds once the family is built: the arithmetic parent (0.58M parameters) answers a
 dozen short prompts a few times, into a private cache.
@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from mergeqa.generation import GenerationSettings, entry_path, generate, prompts_hash, render
-from mergeqa.models import ModelRef
+from mergeqa.evaluate.generation import GenerationSettings, entry_path, generate, prompts_hash, render
+from mergeqa.models.refs import ModelRef
 
 PROMPTS = [["12 + 7 ="], ["7 + 12 ="], ["23 + 14 =", "37 + 5 ="], ["sort [5 4 9] ="], ["reverse [3 1 2] ="],
            ["30 + 11 =", "41 + 2 ="]]
@@ -76,8 +76,8 @@ def test_a_prompt_longer_than_the_context_is_cut_from_the_left_and_counted(paren
 
 
 def test_template_required_without_one_is_a_usage_error(parent, tmp_path):
-    from mergeqa.errors import MergeQAUsageError
-    from mergeqa.generation import _rendering
+    from mergeqa.core.errors import MergeQAUsageError
+    from mergeqa.evaluate.generation import _rendering
 
     tok = parent.tokenizer()
     saved = tok.chat_template

@@ -1,4 +1,4 @@
-"""The deployment report (mergeqa.html_report): checklist, banners, self-containment, the step
+"""The deployment report (mergeqa.report.html): checklist, banners, self-containment, the step
 summary, pytest-html extras, and a render in headless Chromium where one is installed."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa.html_report import CHECKLIST, HtmlReport, ReportInput, step_summary, svg_curves
-from mergeqa.verdict import Verdict
+from mergeqa.decide.verdict import Verdict
+from mergeqa.report.html import CHECKLIST, HtmlReport, ReportInput, step_summary, svg_curves
 
 
 def _retention(merge, task, merged, outcome, examples=()):
@@ -116,7 +116,7 @@ def test_html_is_self_contained_and_shows_each_section(report_input):
 def test_perplexity_shows_as_perplexities_with_the_lowest_in_bold(report_input):
     """The sanity check gates a ratio; the comparison shows every model's perplexity, and for a
     lower-is-better task the best is the lowest (not the merge's ratio beside raw values)."""
-    from mergeqa.sanity import Perplexity, check_perplexity
+    from mergeqa.inspect.sanity import Perplexity, check_perplexity
 
     ppl = Perplexity("family_grammar_ppl", "word_perplexity", 7.9, {"arithmetic": 8.4, "lists": 8.1}, 400)
     report_input.verdicts.append(check_perplexity(ppl, 1.5, "linear"))
@@ -145,7 +145,7 @@ def test_svg_curves_scale_into_the_box():
 
 GATE_TEST = """
 import pytest
-from mergeqa.verdict import Verdict, decide
+from mergeqa.decide.verdict import Verdict, decide
 
 @pytest.mark.parametrize("merge", ["linear"])
 def test_not_yet_on_verdicts(merge, record_figure):  # a check that only records figures
@@ -237,7 +237,7 @@ def test_renders_in_a_browser_without_console_errors_or_missing_images(report_in
 @pytest.mark.skipif(chromium() is None, reason="no chromium on this machine (Debian: apt-get install -y chromium)")
 def test_the_browser_check_sees_a_broken_image(tmp_path):
     """The render test above could not pass vacuously: a page with a broken image is caught."""
-    from mergeqa.html_report import SCRIPT
+    from mergeqa.report.html import SCRIPT
 
     page = tmp_path / "broken.html"
     page.write_text(f'<!DOCTYPE html><html><body><img src="data:image/png;base64,AAAA" alt="broken">'

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa import humaneval as he
-from mergeqa import sandbox as sb
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.humaneval.problems import problems as he
+from mergeqa.humaneval.problems import sandbox as sb
 
 TASKS_DIR = Path(he.__file__).parent / "data" / "tasks"
 SAMPLE = [0, 2, 10, 12, 32, 33, 38, 50, 53, 107, 148, 163]  # 32, 38, 50: checks call prompt helpers; 33: its own name

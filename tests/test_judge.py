@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.judge import (
     EndpointJudge,
     JudgeSetup,
@@ -305,14 +305,14 @@ def test_score_gate_uses_the_paired_test_over_questions():
 @pytest.mark.slow
 def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(family, cache_dir, tmp_path):
     """The built-in checks on one default merge (ties) of the embedded family: decided through the
-    verdict machinery (no errors), figures in junit as mergeqa.judge.*, mergeqa.ab.*, mergeqa.conflict.*."""
+    verdict machinery (no errors), figures in junit as mergeqa.judge.*, mergeqa.ab.*, mergeqa.conflict.consistency.*."""
     import os
     import subprocess
     import sys
     import xml.etree.ElementTree as ET
 
-    from mergeqa.plugin import CHECKS_DIR
-    from mergeqa.session import FIXTURES_DIR
+    from mergeqa.core.state import CHECKS_DIR
+    from mergeqa.models.session import FIXTURES_DIR
 
     junit = tmp_path / "junit.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_judge.py"),
@@ -333,7 +333,7 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
     assert props["mergeqa.ab.arithmetic.swap_disagreement"] == "0.0"  # the reference judge is symmetric
     assert 0 <= float(props["mergeqa.ab.lists.ci_low"]) <= float(props["mergeqa.ab.lists.obtained"]) <= 1
     assert {"mergeqa.judge.score.bleu", "mergeqa.judge.score.chrf", "mergeqa.judge.score.p_noninferiority",
-            "mergeqa.conflict.rate.ci_high", "mergeqa.conflict.owner.arithmetic.obtained"} <= set(props)
+            "mergeqa.conflict.consistency.rate.ci_high", "mergeqa.conflict.consistency.owner.arithmetic.obtained"} <= set(props)
     assert not [n for n, c in cases.items() if c.find("error") is not None], out[-3000:]
 
 
@@ -341,14 +341,14 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
 def test_a_local_model_judge_is_prompted_cached_and_its_untagged_replies_counted(family, tmp_path):
     """The family's base as a (hopeless) judge: it never writes [[rating]], so every reply is a
     counted parse error and the verdict an error naming the judge, not a silent drop."""
-    from mergeqa.thresholds import load_thresholds
+    from mergeqa.decide.thresholds import load_thresholds
 
     qs = tmp_path / "q.jsonl"
     qs.write_text("\n".join(json.dumps(q) for q in FASTCHAT_LINES[1:]) + "\n")
     setup = JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", questions=str(qs),
                                        judge=str(family.base))
     assert setup.judge.identity.startswith("local:base:")
-    from mergeqa.models import ModelRef
+    from mergeqa.models.refs import ModelRef
 
     parent = ModelRef("arithmetic", family.parents["arithmetic"], "parent")
     scores = setup.scores(parent)
@@ -361,7 +361,7 @@ def test_a_local_model_judge_is_prompted_cached_and_its_untagged_replies_counted
 
 
 def test_judge_and_judge_url_together_is_a_usage_error(tmp_path):
-    from mergeqa.thresholds import load_thresholds
+    from mergeqa.decide.thresholds import load_thresholds
 
     with pytest.raises(MergeQAUsageError, match="--judge and --judge-url"):
         JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="x",

@@ -1,5 +1,5 @@
 """Known-bad merges through the gate, as a user runs it: each broken variant of a tiny-family merge
-(mergeqa.badmerges) must fail in the right check with a message that names the tensor or token and
+(mergeqa.models.badmerges) must fail in the right check with a message that names the tensor or token and
 the likely cause, a healthy copy must pass, and junit must carry every figure.
 
 Cost: deriving the variants (~4 s) and one gate run in a subprocess over all of them (lint + sanity
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa.badmerges import VARIANTS, BadMerge, from_family, gate_argv
+from mergeqa.models.badmerges import VARIANTS, BadMerge, from_family, gate_argv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,16 +120,16 @@ def test_gate_passes_the_healthy_merge_and_errors_on_nothing(gate):
 @pytest.mark.slow
 def test_junit_carries_the_figures_of_passing_and_failing_checks(gate):
     passing = properties(gate.case("test_lint[healthy-finite]"))
-    assert passing["mergeqa.lint.finite.obtained"] == "0" and passing["mergeqa.lint.finite.threshold"] == "0"
-    assert int(passing["mergeqa.lint.finite.n"]) > 0
+    assert passing["mergeqa.inspect.lint.finite.obtained"] == "0" and passing["mergeqa.inspect.lint.finite.threshold"] == "0"
+    assert int(passing["mergeqa.inspect.lint.finite.n"]) > 0
     failing = properties(gate.case("test_lint[nan_tensor-finite]"))
-    assert failing["mergeqa.lint.finite.obtained"] == "1"
-    assert failing["mergeqa.lint.finite.first"] == gate.variants["nan_tensor"].subject
+    assert failing["mergeqa.inspect.lint.finite.obtained"] == "1"
+    assert failing["mergeqa.inspect.lint.finite.first"] == gate.variants["nan_tensor"].subject
     loop = properties(gate.case("test_no_degenerate_repetition[healthy]"))
     assert {"obtained", "threshold", "n", "max_repeated_span"} <= {k.rsplit(".", 1)[1] for k in loop}
     ppl = properties(gate.case("test_perplexity[healthy]"))
     # the figures, not the outcome: how the ties merge's perplexity compares differs between machines
-    assert float(ppl["mergeqa.sanity.perplexity.obtained"]) > 0 and float(ppl["mergeqa.sanity.perplexity.threshold"]) == 1.5
+    assert float(ppl["mergeqa.inspect.sanity.perplexity.obtained"]) > 0 and float(ppl["mergeqa.inspect.sanity.perplexity.threshold"]) == 1.5
     suite = {p.get("name"): p.get("value") for p in gate.junit.find("testsuite").find("properties")}
     assert suite["mergeqa.run.merged.healthy.path"].endswith("healthy")
     assert "mergeqa.run.merged.nan_tensor.content_hash" in suite and "mergeqa.run.version.mergekit" in suite
@@ -137,7 +137,7 @@ def test_junit_carries_the_figures_of_passing_and_failing_checks(gate):
 
 # -- the measures behind the verdicts (no model needed) ------------------------------------------
 def test_repetition_measures_flag_a_loop_and_not_ordinary_text():
-    from mergeqa.sanity import longest_repeated_span, repetition_rate
+    from mergeqa.inspect.sanity import longest_repeated_span, repetition_rate
 
     loop = [5, 6, 7, 8] * 6
     assert longest_repeated_span(loop) == 20 and repetition_rate(loop) == pytest.approx(18 / 22)
@@ -147,8 +147,8 @@ def test_repetition_measures_flag_a_loop_and_not_ordinary_text():
 
 
 def test_a_malformed_sanity_prompt_is_a_usage_error_naming_it():
-    from mergeqa.errors import MergeQAUsageError
-    from mergeqa.sanity import parse_prompts
+    from mergeqa.core.errors import MergeQAUsageError
+    from mergeqa.inspect.sanity import parse_prompts
 
     with pytest.raises(MergeQAUsageError, match="capital: give expect"):
         parse_prompts({"capital": {"prompt": "The capital of France is"}})
@@ -159,7 +159,7 @@ def test_a_malformed_sanity_prompt_is_a_usage_error_naming_it():
 
 
 def test_thresholds_file_and_defaults_agree_on_sanity_and_lint():
-    from mergeqa.thresholds import DEFAULTS, load_thresholds
+    from mergeqa.decide.thresholds import DEFAULTS, load_thresholds
 
     t = load_thresholds(REPO / "thresholds.toml")
     for section in ("sanity", "lint"):

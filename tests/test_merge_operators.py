@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.operators import register_profiles
 from mergeqa.operators.catalogue import CATALOGUE, get_property
 from mergeqa.operators.description import MergeOperator, PropertyViolation

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mergekit.merge_methods import TensorGroup, merge_method
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.operators import PROFILES, register_profiles
 from mergeqa.operators import strategies as mst
 from mergeqa.operators.catalogue import CATALOGUE, estimate_bias, get_property

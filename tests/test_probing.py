@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.probing.datasets import (
     BUILTIN_ITEMS,
     BUNDLED_DIR,
@@ -31,7 +31,6 @@ from mergeqa.probing.datasets import (
     write_jsonl,
 )
 from mergeqa.probing.probes import ProbeResult, ProbeSettings, control_labels, probe
-
 
 # -- datasets ---------------------------------------------------------------------------------
 
@@ -224,7 +223,7 @@ def tiny_ref(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from mergeqa.models import ModelRef
+    from mergeqa.models.refs import ModelRef
 
     words = sorted({w for name in PHENOMENA for it in builtin_dataset(name).items for w in it.text.split()})
     vocab = {"<unk>": 0, "<pad>": 1, "<s>": 2, "</s>": 3, **{w: i + 4 for i, w in enumerate(words)}}
@@ -297,8 +296,8 @@ def test_one_forward_pass_per_sentence_and_the_cache_is_reused(tiny_ref, tmp_pat
 # -- thresholds, plots, divergence --------------------------------------------------------------
 
 def test_datasets_from_thresholds(tmp_path):
+    from mergeqa.decide.thresholds import load_thresholds
     from mergeqa.probing.engine import datasets_from_thresholds
-    from mergeqa.thresholds import load_thresholds
 
     write_jsonl(_small("person"), tmp_path / "mine.jsonl")
     t = tmp_path / "t.toml"
@@ -315,7 +314,7 @@ def test_datasets_from_thresholds(tmp_path):
 
 
 def test_thresholds_defaults_match_the_repository_file():
-    from mergeqa.thresholds import DEFAULTS, load_thresholds
+    from mergeqa.decide.thresholds import DEFAULTS, load_thresholds
 
     repo = load_thresholds(Path(__file__).resolve().parent.parent / "thresholds.toml")
     assert repo.values["probing"] == DEFAULTS["probing"]
@@ -385,8 +384,8 @@ def test_above_both_parents_needs_a_paired_test_against_each_parent():
 
 
 def test_divergence_summary_names_only_merges_shown_above_both_parents():
-    from mergeqa.report import divergence_summary
-    from mergeqa.verdict import Verdict
+    from mergeqa.decide.verdict import Verdict
+    from mergeqa.report.markdown import divergence_summary
 
     parent = (np.random.default_rng(0).random(300) < 0.8).astype(float)
     models = {"a": parent, "b": _flip(parent, 5, 5, seed=1), "ties": _flip(parent, 45, 0, seed=2),
@@ -413,8 +412,8 @@ def test_divergence_summary_names_only_merges_shown_above_both_parents():
 
 
 def test_the_family_table_claims_above_both_only_from_its_recorded_test(tmp_path):
-    from mergeqa.family.table import TABLE_FILE, TABLE_VERSION, recorded_table, relations, render
     from mergeqa.probing.divergence import above_parents
+    from mergeqa.report.family_table import TABLE_FILE, TABLE_VERSION, recorded_table, relations, render
 
     parent = (np.random.default_rng(0).random(1050) < 0.9).astype(float)
     other = _flip(parent, 4, 4, seed=1)

@@ -1,5 +1,5 @@
 """Provenance-aware static checks: the tensors a merge config maps to each output tensor
-(mergeqa.provenance), and lint / the config check comparing with them.
+(mergeqa.models.provenance), and lint / the config check comparing with them.
 
 Cost: the mapping tests build 4-layer random Llamas of a few thousand weights and merge them
 with mergekit (~1 s each after mergekit's import); the family test builds two merges of the tiny
@@ -94,7 +94,7 @@ def _config_dir(tmp_path: Path, text: str) -> Path:
 def _merge(tmp_path: Path, text: str) -> Path:
     """Built by mergekit as the gate builds a --merge-config (the tiny models have no tokenizer:
     mergekit logs that it copied none)."""
-    from mergeqa.merging import build_merge
+    from mergeqa.models.merging import build_merge
 
     config = tmp_path / "merge.yaml"
     config.write_text(text)
@@ -118,7 +118,7 @@ def _tensors(path: Path) -> dict:
 
 # -- the mapping ---------------------------------------------------------------------------------
 def test_passthrough_mapping_is_what_mergekit_builds(tiny, passthrough):
-    from mergeqa.provenance import provenance_for
+    from mergeqa.models.provenance import provenance_for
 
     merged = passthrough
     prov = provenance_for(merged, [tiny["alpha"], tiny["lima"]])
@@ -137,7 +137,7 @@ def test_passthrough_mapping_is_what_mergekit_builds(tiny, passthrough):
 
 
 def test_models_config_maps_every_layer_of_every_model_and_the_unlisted_base(tiny, tmp_path):
-    from mergeqa.provenance import provenance_for
+    from mergeqa.models.provenance import provenance_for
 
     merged = _config_dir(tmp_path, TIES.format(a=tiny["alpha"], b=tiny["lima"], base=tiny["base"]))
     prov = provenance_for(merged, list(tiny.values()))
@@ -149,7 +149,7 @@ def test_models_config_maps_every_layer_of_every_model_and_the_unlisted_base(tin
 
 
 def test_gradient_parameters_change_the_weights_not_the_mapping(tiny, tmp_path):
-    from mergeqa.provenance import provenance_for
+    from mergeqa.models.provenance import provenance_for
 
     merged = _config_dir(tmp_path, GRADIENT_SLERP.format(a=tiny["alpha"], b=tiny["lima"]))
     prov = provenance_for(merged, [tiny["alpha"], tiny["lima"]])
@@ -168,7 +168,7 @@ def test_gradient_parameters_change_the_weights_not_the_mapping(tiny, tmp_path):
 
 
 def test_placeholders_and_other_paths_resolve_by_directory_name(tiny, tmp_path):
-    from mergeqa.provenance import provenance_for
+    from mergeqa.models.provenance import provenance_for
 
     text = PASSTHROUGH.format(a="${alpha}", b="../somewhere/else/lima")
     prov = provenance_for(_config_dir(tmp_path, text), [tiny["alpha"], tiny["lima"], tiny["base"]])
@@ -177,15 +177,15 @@ def test_placeholders_and_other_paths_resolve_by_directory_name(tiny, tmp_path):
     # a hub id, given as its huggingface cache snapshot
     snapshot = tmp_path / "hub" / "models--org--lima" / "snapshots" / "0123abc"
     shutil.copytree(tiny["lima"], snapshot)
-    from mergeqa.provenance import resolve_model
+    from mergeqa.models.provenance import resolve_model
 
     assert resolve_model("org/lima", [tiny["alpha"], snapshot]) == (snapshot, "")
     assert resolve_model("org/lima", [tiny["alpha"]])[0] is None
 
 
 def test_a_source_that_cannot_be_found_is_named_and_the_checks_say_so(tiny, passthrough, tmp_path):
-    from mergeqa.lint import lint_checkpoint
-    from mergeqa.provenance import provenance_for
+    from mergeqa.inspect.lint import lint_checkpoint
+    from mergeqa.models.provenance import provenance_for
 
     merged_copy = shutil.copytree(passthrough, tmp_path / "moved")
     text = PASSTHROUGH.format(a=tiny["alpha"], b="/nowhere/omega")
@@ -203,8 +203,8 @@ def test_a_source_that_cannot_be_found_is_named_and_the_checks_say_so(tiny, pass
 
 
 def test_an_unparseable_config_is_one_usage_error_naming_the_file(tiny, tmp_path):
-    from mergeqa.errors import MergeQAUsageError
-    from mergeqa.provenance import provenance_for
+    from mergeqa.core.errors import MergeQAUsageError
+    from mergeqa.models.provenance import provenance_for
 
     merged = _config_dir(tmp_path, "merge_method: passthrough\nslices: [\n")
     with pytest.raises(MergeQAUsageError, match=r"mergekit_config.yml:.*invalid YAML.*fix or remove"):
@@ -236,7 +236,7 @@ def _edited_copy(src: Path, dst: Path, *, drop_config=False, edit=None) -> Path:
 
 
 def test_a_passthrough_merge_passes_lint_with_its_provenance(tiny, passthrough):
-    from mergeqa.lint import lint_checkpoint
+    from mergeqa.inspect.lint import lint_checkpoint
 
     # the tensor checks (the tiny models have no tokenizer: the family test covers the others)
     results = lint_checkpoint(passthrough, [tiny["alpha"], tiny["lima"]],
@@ -250,7 +250,7 @@ def test_a_passthrough_merge_passes_lint_with_its_provenance(tiny, passthrough):
 def test_provenance_still_catches_a_dropped_and_a_zeroed_tensor(tiny, passthrough, tmp_path):
     import torch
 
-    from mergeqa.lint import lint_checkpoint
+    from mergeqa.inspect.lint import lint_checkpoint
 
     def damage(t):
         del t["model.layers.5.mlp.gate_proj.weight"]
@@ -267,7 +267,7 @@ def test_provenance_still_catches_a_dropped_and_a_zeroed_tensor(tiny, passthroug
 
 
 def test_a_nan_is_traced_to_the_source_layer_it_came_from(tiny, passthrough, tmp_path):
-    from mergeqa.lint import lint_checkpoint
+    from mergeqa.inspect.lint import lint_checkpoint
 
     def poison(name):
         return lambda t: t[name].view(-1).__setitem__(0, float("nan"))
@@ -284,7 +284,7 @@ def test_a_nan_is_traced_to_the_source_layer_it_came_from(tiny, passthrough, tmp
 
 
 def test_without_provenance_a_layer_count_change_is_not_comparable(tiny, passthrough, tmp_path):
-    from mergeqa.lint import lint_checkpoint
+    from mergeqa.inspect.lint import lint_checkpoint
 
     bare = _edited_copy(passthrough, tmp_path / "bare", drop_config=True)
     results = lint_checkpoint(bare, [tiny["alpha"], tiny["lima"]])
@@ -339,7 +339,7 @@ def static_gate(family, cache_dir: Path, out: Path) -> tuple[dict[str, ET.Elemen
     """Build the passthrough and gradient-slerp merges of `family` with mergekit, copy the first
     without its mergekit_config.yml, and run the gate's static checks (load, config, lint) over
     the three in one pytest run, as a user would: ({test name: junit testcase}, output)."""
-    from mergeqa.merging import build_merge
+    from mergeqa.models.merging import build_merge
 
     subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
     built = {}

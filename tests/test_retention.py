@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mergeqa.engine import EvalResult, ItemRecord, TaskResult, paired_values
-from mergeqa.errors import MergeQAUsageError
-from mergeqa.retention import assess
-from mergeqa.thresholds import load_thresholds
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.decide.thresholds import load_thresholds
+from mergeqa.evaluate.engine import EvalResult, ItemRecord, TaskResult, paired_values
+from mergeqa.retention.assess import assess
 
 
 def _result(tasks: dict[str, list[float]], *, metric="acc", hib=True, weights=None, hashes=None,
@@ -140,7 +140,7 @@ def test_fixed_n_comparisons_beside_sequential_ones_spend_only_the_alpha_left():
     """Sequential comparisons spend alpha / (2 x tasks) each; the fixed-n family of the same run is
     Holm-adjusted at the share left, so the run's chance of a false fail stays within alpha
     (without it: 2 x alpha / 4 sequential + alpha fixed-n, 1.5 x alpha)."""
-    from mergeqa.early_stop import EarlyStop, SequentialDecision
+    from mergeqa.retention.early_stop import EarlyStop, SequentialDecision
     from mergeqa.stats import discordant_counts, mcnemar_pvalue
     from mergeqa.stats.sequential import compare_sequential
 
@@ -159,7 +159,7 @@ def test_fixed_n_comparisons_beside_sequential_ones_spend_only_the_alpha_left():
     assert beside.figures["p_regression"] == pytest.approx(min(1.0, 2 * raw))  # half of alpha is left
     assert "at 0.5 of alpha" in beside.figures["correction"]
     with pytest.raises(ValueError, match="share"):
-        from mergeqa.significance import adjust_comparisons
+        from mergeqa.decide.significance import adjust_comparisons
 
         adjust_comparisons([], share=0.0)
 

@@ -1,4 +1,4 @@
-"""mergeqa.sandbox: the data channel, the seccomp filter, what a sandboxed program can see and do,
+"""mergeqa.humaneval.sandbox: the data channel, the seccomp filter, what a sandboxed program can see and do,
 the refusal without bubblewrap and the unsandboxed opt-in.
 
 Runs for real: CI installs bubblewrap in .ci/setup; without it these tests fail (no skips).
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mergeqa import sandbox as sb
+from mergeqa.humaneval.problems import sandbox as sb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def test_nothing_of_a_run_outlives_it():
 
 def test_a_sandbox_dies_with_the_process_that_started_it():
     code = (
-        "import sys\nfrom mergeqa import sandbox as sb\n"
+        "import sys\nfrom mergeqa.humaneval import sandbox as sb\n"
         "run = sb.CandidateProcess('def f():\\n    while True:\\n        pass\\n', 'f', timeout_s=600)\n"
         "print(run.pid_namespace, flush=True)\nrun.call()\n"
     )
@@ -219,7 +219,7 @@ def test_a_sandbox_dies_with_the_process_that_started_it():
 
 NO_BWRAP = {"PATH": "/nonexistent"}
 CHECK_ONE = (
-    "from mergeqa import humaneval as he, sandbox as sb\n"
+    "from mergeqa.humaneval import problems as he, sandbox as sb\n"
     "p = he.load_problems()[0]\n"
     "print(sb.code_execution())\n"
     "r = he.check_completion(p, p.canonical_solution)\n"
@@ -232,7 +232,7 @@ def test_without_bubblewrap_model_code_is_refused_in_one_line():
     assert result.returncode != 0 and result.stdout.startswith("refused (bubblewrap (bwrap) is not installed)")
     last = result.stderr.strip().splitlines()[-1]
     assert last == (
-        "mergeqa.sandbox.SandboxUnavailable: refusing to run model-written code: bubblewrap (bwrap) is not "
+        "mergeqa.humaneval.sandbox.SandboxUnavailable: refusing to run model-written code: bubblewrap (bwrap) is not "
         f"installed; {sb.FIX}"
     )
 
@@ -244,7 +244,7 @@ def test_the_opt_in_runs_it_unsandboxed_and_says_so():
 
 def test_unsafe_exec_reaches_the_code_lm_eval_runs(tmp_path):
     (tmp_path / "test_env.py").write_text(
-        "import os\nfrom mergeqa.sandbox import code_execution\n\n\n"
+        "import os\nfrom mergeqa.humaneval.sandbox import code_execution\n\n\n"
         "def test_env():\n"
         "    assert os.environ.get('MERGEQA_UNSAFE_EXEC') == '1'\n"
         "    print(code_execution())\n"

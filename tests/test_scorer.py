@@ -1,4 +1,4 @@
-"""`mergeqa.scorer` gives lm-eval HFLM's answers: fp32 log-likelihoods within 1e-4, same is_greedy.
+"""`mergeqa.evaluate.scorer` gives lm-eval HFLM's answers: fp32 log-likelihoods within 1e-4, same is_greedy.
 
 Random-weight tiny Llama (tokenizer adds BOS) and Qwen2 (no BOS, tied embeddings) on CPU; the
 requests are built to hit what prefix sharing could get wrong. About 20 s on 2 cores, most of it
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa import synthetic_mc as smc
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.evaluate import synthetic_mc as smc
 
 MAX_LENGTH = 48
 
 
 def make_lm(*args, **kwargs):
-    from mergeqa.scorer import make_lm
+    from mergeqa.evaluate.scorer import make_lm
 
     return make_lm(*args, **kwargs)
 
@@ -108,7 +108,7 @@ def test_token_requests_match_hflm(tiny_lm, scorer_kwargs):
 
 def test_cuda_width_alignment_gives_the_same_answers(tiny_lm, monkeypatch):
     """On CUDA rows are padded to a multiple of 8 columns; check that padding on CPU too."""
-    from mergeqa import scorer
+    from mergeqa.evaluate import scorer
 
     build = scorer._Layout.build.__func__
     monkeypatch.setattr(scorer._Layout, "build", classmethod(lambda cls, *a, align=1: build(cls, *a, align=8)))
@@ -263,7 +263,7 @@ def test_simple_evaluate_gives_the_same_accuracy(tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from mergeqa.scorer import register
+    from mergeqa.evaluate.scorer import register
 
     tok = smc.train_tokenizer(add_bos=True)
     model = smc.build_model("tiny-llama", len(tok), seed=7, init_std=0.2)
@@ -305,10 +305,10 @@ def test_register_is_explicit_and_idempotent():
 
     from lm_eval.api.registry import get_model
 
-    import mergeqa.scorer
-    from mergeqa.scorer import MergeQAHFLM, register
+    import mergeqa.evaluate.scorer
+    from mergeqa.evaluate.scorer import MergeQAHFLM, register
 
-    tree = ast.parse(Path(mergeqa.scorer.__file__).read_text())
+    tree = ast.parse(Path(mergeqa.evaluate.scorer.__file__).read_text())
     top_level_calls = [
         node.func
         for stmt in tree.body
@@ -318,7 +318,7 @@ def test_register_is_explicit_and_idempotent():
     ]
     decorators = [d for stmt in tree.body if isinstance(stmt, ast.ClassDef) for d in stmt.decorator_list]
     registering = [ast.unparse(n) for n in top_level_calls + decorators if "regist" in ast.unparse(n)]
-    assert not registering, f"mergeqa.scorer registers at import: {registering}"
+    assert not registering, f"mergeqa.evaluate.scorer registers at import: {registering}"
     assert register() is register() is MergeQAHFLM
     assert get_model("mergeqa-hf") is MergeQAHFLM
 

@@ -1,29 +1,29 @@
 """Conflicting behaviours: on prompt pairs whose answers must agree (12 + 7 and 7 + 12) or must
 differ, the merge's conflict rate is under [conflict] max_conflict_rate, not significantly above
 its parents', and the merge agrees with the parent that owns each skill. Measuring and deciding
-are in mergeqa.conflict; answers are generated greedily and cached by mergeqa.generation.
+are in mergeqa.conflict.consistency; answers are generated greedily and cached by mergeqa.evaluate.generation.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from mergeqa.verdict import decide
+from mergeqa.decide.verdict import decide
 
 
 @pytest.fixture(scope="session")
 def conflict_setup(pytestconfig, mergeqa_session, thresholds):
-    """The pairs, agreement rule and limits of this run (mergeqa.conflict.ConflictSetup); a bad
+    """The pairs, agreement rule and limits of this run (mergeqa.conflict.consistency.ConflictSetup); a bad
     pairs file is a MergeQAUsageError, which the plugin reports in one line."""
-    from mergeqa.conflict import ConflictSetup
-    from mergeqa.models import resolve_device
+    from mergeqa.conflict.consistency import ConflictSetup
+    from mergeqa.models.refs import resolve_device
 
     return ConflictSetup.from_thresholds(thresholds, pytestconfig.option.conflict_pairs, mergeqa_session.cache_dir,
                                          resolve_device(mergeqa_session.device), mergeqa_session.dtype)
 
 
 def test_conflict_rate(merged_model, parent_models, base_model, conflict_setup, request):
-    from mergeqa.conflict import rate_verdict
+    from mergeqa.conflict.consistency import rate_verdict
 
     refs = [*([base_model] if base_model is not None else []), *parent_models]
     references = {r.name: conflict_setup.run(r) for r in refs}  # for the report: base and parents' rates
@@ -32,7 +32,7 @@ def test_conflict_rate(merged_model, parent_models, base_model, conflict_setup, 
 
 
 def test_conflict_vs_parents(merged_model, parent_models, conflict_setup, request):
-    from mergeqa.conflict import paired_verdicts
+    from mergeqa.conflict.consistency import paired_verdicts
 
     parents = {p.name: conflict_setup.run(p) for p in parent_models}
     decide(request, *paired_verdicts(conflict_setup.run(merged_model), parents, conflict_setup.alpha,
@@ -40,8 +40,8 @@ def test_conflict_vs_parents(merged_model, parent_models, conflict_setup, reques
 
 
 def test_agrees_with_skill_owner(merged_model, parent_models, conflict_setup, request):
-    from mergeqa.conflict import owner_verdict
-    from mergeqa.verdict import Verdict
+    from mergeqa.conflict.consistency import owner_verdict
+    from mergeqa.decide.verdict import Verdict
 
     by_name = {p.name: p for p in parent_models}
     verdicts = []

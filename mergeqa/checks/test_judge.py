@@ -2,14 +2,14 @@
 judge (the offline reference judge by default; --judge PATH or --judge-url URL --judge-model NAME).
 The merge's judged score must not fall below the parents' mean (paired test over questions), and
 its A/B win rate against each parent, judged in both orders, must reach [judge] min_win_rate.
-Measuring and deciding are in mergeqa.judge; answers are cached by mergeqa.generation.
+Measuring and deciding are in mergeqa.judge; answers are cached by mergeqa.evaluate.generation.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from mergeqa.verdict import decide
+from mergeqa.decide.verdict import decide
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def judge_setup(pytestconfig, mergeqa_session, thresholds):
     """Questions, judge and limits of this run (mergeqa.judge.JudgeSetup); a bad question file or
     judge is a MergeQAUsageError, which the plugin reports in one line."""
     from mergeqa.judge import JudgeSetup
-    from mergeqa.models import resolve_device
+    from mergeqa.models.refs import resolve_device
 
     opt = pytestconfig.option
     return JudgeSetup.from_thresholds(thresholds, mergeqa_session.cache_dir, resolve_device(mergeqa_session.device),

@@ -1,4 +1,4 @@
-"""Static lint of the merged checkpoint against its parents, from its files alone (mergeqa.lint):
+"""Static lint of the merged checkpoint against its parents, from its files alone (mergeqa.inspect.lint):
 finite tensors, names and shapes, vocabulary rows, tokenizer, special tokens, chat template, norms
 and dtype. No forward pass: it runs before anything is loaded. Ids: test_lint[<merge>-<check>].
 """
@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from mergeqa.lint import LINT_CHECKS
+from mergeqa.inspect.lint import LINT_CHECKS
 
 
 @pytest.fixture(scope="session")
 def lint_results(merged_model, parent_models, base_model, thresholds):
     """{check: Verdict} for one merge; every lint check reads the checkpoint once. A merge whose
     directory holds mergekit_config.yml (or built from --merge-config) is compared tensor by
-    tensor with the sources the config maps (mergeqa.provenance)."""
-    from mergeqa.lint import LintLimits, lint_checkpoint
+    tensor with the sources the config maps (mergeqa.models.provenance)."""
+    from mergeqa.inspect.lint import LintLimits, lint_checkpoint
 
     if not any(merged_model.path.glob("*.safetensors")):
         pytest.skip(f"{merged_model.path}: the lint reads *.safetensors only; re-save the model with "
@@ -28,6 +28,6 @@ def lint_results(merged_model, parent_models, base_model, thresholds):
 
 @pytest.mark.parametrize("check", LINT_CHECKS)
 def test_lint(check, lint_results, request):
-    from mergeqa.verdict import decide
+    from mergeqa.decide.verdict import decide
 
     decide(request, lint_results[check])

@@ -5,14 +5,14 @@ The cheapest checks run first: if these fail, nothing downstream is worth runnin
 
 from __future__ import annotations
 
-from mergeqa.verdict import Verdict, decide
+from mergeqa.decide.verdict import Verdict, decide
 
 ARCH_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "intermediate_size", "vocab_size")
 
 
 def test_loads(merged_model, mergeqa_session, request):
-    from mergeqa.models import resolve_device
+    from mergeqa.models.refs import resolve_device
 
     model = merged_model.model(resolve_device(mergeqa_session.device), mergeqa_session.dtype)
     n_params = sum(p.numel() for p in model.parameters())
@@ -25,7 +25,7 @@ def test_loads(merged_model, mergeqa_session, request):
 def test_config_matches_parents(merged_model, parent_models, base_model, request):
     """The parents' architecture keys; num_hidden_layers as the merge config builds it (a
     passthrough stacks slices), not comparable when a layer count changed and no config says how."""
-    from mergeqa.provenance import provenance_for
+    from mergeqa.models.provenance import provenance_for
 
     merged = merged_model.config
     given = [p.path for p in parent_models] + ([base_model.path] if base_model is not None else [])
@@ -62,7 +62,7 @@ def test_config_matches_parents(merged_model, parent_models, base_model, request
 def test_weights_finite(merged_model, mergeqa_session, request):
     import torch
 
-    from mergeqa.models import resolve_device
+    from mergeqa.models.refs import resolve_device
 
     model = merged_model.model(resolve_device(mergeqa_session.device), mergeqa_session.dtype)
     bad = [(name, int((~torch.isfinite(p)).sum())) for name, p in model.named_parameters()

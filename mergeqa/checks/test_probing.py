@@ -13,8 +13,8 @@ import pytest
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "probing_phenomenon" in metafunc.fixturenames:
-        from mergeqa.errors import MergeQAUsageError
-        from mergeqa.plugin import thresholds_key
+        from mergeqa.core.errors import MergeQAUsageError
+        from mergeqa.core.state import thresholds_key
         from mergeqa.probing.engine import datasets_from_thresholds
 
         try:
@@ -36,7 +36,7 @@ def probing_engine(mergeqa_session, thresholds):
 @pytest.fixture(scope="session")
 def probing_plots(pytestconfig, mergeqa_session, probing_engine):
     """plot(name) -> Path: the phenomenon's PNG over every model of the run, written once per process."""
-    from mergeqa.report import report_dir
+    from mergeqa.report.markdown import report_dir
 
     written: dict = {}
 
@@ -58,8 +58,8 @@ def probing_plots(pytestconfig, mergeqa_session, probing_engine):
 
 def test_probing(merged_model, parent_models, probing_phenomenon, probing_engine, probing_plots,
                  thresholds, request):
+    from mergeqa.decide.verdict import decide
     from mergeqa.probing.engine import compare_with_parents
-    from mergeqa.verdict import decide
 
     name = probing_phenomenon
     merged = probing_engine.result(merged_model, name)

@@ -1,21 +1,21 @@
-"""Behavioural sanity of the merged model before any benchmark (mergeqa.sanity): it generates,
+"""Behavioural sanity of the merged model before any benchmark (mergeqa.inspect.sanity): it generates,
 coherently, follows an instruction through its chat template, does not loop, has finite logits,
 is deterministic under greedy decoding, and its held-out perplexity is not far past the parents'.
-What to measure and which threshold; the measuring is in mergeqa.sanity and mergeqa.engine.
+What to measure and which threshold; the measuring is in mergeqa.inspect.sanity and mergeqa.evaluate.engine.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from mergeqa import sanity
-from mergeqa.verdict import decide
+from mergeqa.decide.verdict import decide
+from mergeqa.inspect import sanity
 
 
 @pytest.fixture(scope="session")
 def sanity_run(merged_model, mergeqa_session, thresholds):
     """Two greedy runs of [sanity.prompts] on one merge, shared by the generation checks."""
-    from mergeqa.models import resolve_device
+    from mergeqa.models.refs import resolve_device
 
     prompts = sanity.parse_prompts(thresholds.get("sanity", "prompts"))
     return sanity.sanity_run(merged_model, resolve_device(mergeqa_session.device), mergeqa_session.dtype,
@@ -50,11 +50,11 @@ def test_greedy_deterministic(sanity_run, request):
 
 
 def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings, thresholds, request):
-    from mergeqa.models import resolve_device
+    from mergeqa.models.refs import resolve_device
 
     task = thresholds.get("sanity", "perplexity_task")
     if not task:  # no held-out text known to fit this model: say how to give one
-        from mergeqa.verdict import Verdict
+        from mergeqa.decide.verdict import Verdict
 
         decide(request, Verdict("sanity.perplexity", merged_model.name, "not_applicable", reason=(
             "no [sanity] perplexity_task: name an lm-eval loglikelihood_rolling task whose data is on "

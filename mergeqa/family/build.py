@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import build_once, default_cache_dir, digest, log_event
-from ..errors import MergeQAUsageError
+from mergeqa.core.cache import build_once, default_cache_dir, digest, log_event
+from mergeqa.core.errors import MergeQAUsageError
 
 try:
     import tomllib
@@ -71,14 +71,8 @@ class Family:
             return {}
 
 
-#: Code in this package that does not build the family: it reads a built one (the table keeps its
-#: own version), so editing it does not rebuild four minutes of weights.
-NOT_BUILD_CODE = ("table.py",)
-
-
 def _source_digest() -> str:
-    return digest({p.name: p.read_text() for p in sorted(PACKAGE_DIR.glob("*.py"))
-                   if p.name not in NOT_BUILD_CODE})
+    return digest({p.name: p.read_text() for p in sorted(PACKAGE_DIR.glob("*.py"))})
 
 
 def build_family(cache_dir: Path | None = None, recipe_path: Path | None = None, *, log=None) -> Family:

@@ -7,7 +7,7 @@ references, and the verdicts the gate decides on (`judge.score`, `ab.<parent>`).
     ab = setup.pairwise(merged, parent)           # Pairwise: wins, ties, losses, flips, parse errors
     score_verdict(scores, {p: setup.scores(p)}, ...), ab_verdict(ab, ...)
 
-Statistics come from mergeqa.significance (paired test over questions) and mergeqa.stats (Wilson).
+Statistics come from mergeqa.decide.significance (paired test over questions) and mergeqa.stats (Wilson).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..generation import Answers, GenerationSettings, generate
-from ..verdict import Verdict, interval_outcome
+from mergeqa.decide.verdict import Verdict, interval_outcome
+from mergeqa.evaluate.generation import Answers, GenerationSettings, generate
+
 from .judges import Judge, JudgeUnavailable, PairItem, RateItem
 from .questions import Question
 
@@ -205,7 +206,8 @@ class JudgeSetup:
                         judge: str | None = None, judge_url: str | None = None,
                         judge_model: str | None = None) -> JudgeSetup:
         """Options win over [judge]; relative paths in the thresholds file are relative to it."""
-        from ..errors import MergeQAUsageError
+        from mergeqa.core.errors import MergeQAUsageError
+
         from .judges import EndpointJudge, LocalJudge, ReferenceJudge
         from .questions import default_questions_path, read_questions
 
@@ -225,7 +227,7 @@ class JudgeSetup:
         elif name == "reference":
             the_judge = ReferenceJudge()
         else:
-            from ..models import ModelRef, validate_model_dir
+            from mergeqa.models.refs import ModelRef, validate_model_dir
 
             judge_path = validate_model_dir(name if judge else base / name, "--judge")
             the_judge = LocalJudge(ModelRef(judge_path.name, judge_path, "judge"),
@@ -251,11 +253,11 @@ def unavailable_verdict(check: str, subject: str, exc: JudgeUnavailable) -> Verd
 def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, ModelScores],
                   references: dict[str, ModelScores] | None = None) -> Verdict:
     """judge.score: per question, the merge's score minus the parents' mean score, tested with the
-    paired test of mergeqa.significance (non-inferiority margin `score_margin` points): pass when
+    paired test of mergeqa.decide.significance (non-inferiority margin `score_margin` points): pass when
     the merge is shown no worse than the parents' mean by more than the margin, fail when it is
     significantly worse, else inconclusive. Error when the judge's replies could not be parsed
     often enough, or no question was judged for every model."""
-    from ..significance import compare_paired
+    from mergeqa.decide.significance import compare_paired
 
     models = {merged.model: merged, **parents}
     data = {"scores": {n: s.summary() for n, s in {**(references or {}), **models}.items()}}

@@ -4,7 +4,7 @@
 - `ReferenceJudge` (the default, offline, deterministic): checks each answer against the
   question's reference, as MT-Bench's reference-guided grading does for math, reasoning, coding;
 - `LocalJudge`: a local transformers model (`--judge PATH`), prompted with mergeqa.judge.prompts,
-  its replies generated greedily and cached by mergeqa.generation;
+  its replies generated greedily and cached by mergeqa.evaluate.generation;
 - `EndpointJudge`: an OpenAI-compatible endpoint (`--judge-url URL --judge-model NAME`) through the
   `openai` client: a timeout per request, retries with backoff on 429/5xx (the client's, honouring
   Retry-After), replies cached per request; an endpoint that cannot answer raises `JudgeUnavailable`.
@@ -19,8 +19,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..agreement import Agreement, last_list, last_number, normalise
-from ..cache import digest, write_json
+from mergeqa.core.cache import digest, write_json
+from mergeqa.evaluate.agreement import Agreement, last_list, last_number, normalise
+
 from .prompts import PROMPTS_HASH, pair_messages, parse_pair, parse_rating, single_messages
 
 CORRECT, SAME_FORM, WRONG = 10.0, 3.0, 1.0  # the reference judge's scale
@@ -148,7 +149,7 @@ class LocalJudge(PromptJudge):
         self.identity = f"local:{ref.path.name}:{ref.content_hash[:16]}"
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:
-        from ..generation import generate
+        from mergeqa.evaluate.generation import generate
 
         if not conversations:
             return []
@@ -163,7 +164,7 @@ class EndpointJudge(PromptJudge):
     def __init__(self, url: str, model: str, cache_dir: Path, *, key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retries: int = 3, max_tokens: int = 96):
         if not model:
-            from ..errors import MergeQAUsageError
+            from mergeqa.core.errors import MergeQAUsageError
 
             raise MergeQAUsageError(f"--judge-url {url}: name the model the endpoint serves with --judge-model NAME "
                                     "(or [judge] model)")

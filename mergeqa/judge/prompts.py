@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..cache import digest
+from mergeqa.core.cache import digest
 
 SYSTEM_SINGLE = (
     "You are an impartial judge. Rate the quality of the AI assistant's answer to the user's last "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MergeQAUsageError, read_jsonl_objects
+from mergeqa.core.errors import MergeQAUsageError, read_jsonl_objects
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "judge"
 EXAMPLE = ('{"question_id": 1, "category": "math", "turns": ["23 + 14 =", "37 + 5 ="], '

@@ -63,7 +63,7 @@ def register_profiles(load: str | None = "mergeqa-default") -> None:
         settings.register_profile(name, deadline=None, suppress_health_check=[HealthCheck.too_slow], **values)
     if load is not None:
         if load not in PROFILES:
-            from mergeqa.errors import MergeQAUsageError, did_you_mean
+            from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 
             raise MergeQAUsageError(f"unknown mergeqa hypothesis profile {load!r}." + did_you_mean(load, PROFILES))
         settings.load_profile(load)

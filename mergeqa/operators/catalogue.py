@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from hypothesis import currently_in_test_context, event
 from hypothesis import strategies as st
 
-from mergeqa.errors import MergeQAUsageError, did_you_mean
+from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 from mergeqa.operators import inputs as mi
 from mergeqa.operators.description import (
     MergeOperator,

@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hypothesis import strategies as st
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.operators import strategies as mst
 
 if TYPE_CHECKING:
     import torch
 
-    from mergeqa.operators.inputs import MergeInputs
-
 BasePolicy = Literal["required", "optional", "none"]
+
+
+class OperatorCall(Protocol):
+    """What calling an operator reads of its inputs (``inputs.MergeInputs`` is the one the kit
+    draws; declared here so that this module needs nothing from the layer above it)."""
+
+    models: Sequence[torch.Tensor]
+    base: torch.Tensor | None
+    params: Mapping[str, Any]
+    seed: int | None
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> OperatorCall: ...
 
 
 class PropertyViolation(AssertionError):
@@ -157,7 +167,7 @@ class MergeOperator:
         return st.integers(low, max(low, high))
 
     def __call__(
-        self, inputs: MergeInputs, *, device: str | None = None, reseed: bool = True
+        self, inputs: OperatorCall, *, device: str | None = None, reseed: bool = True
     ) -> torch.Tensor:
         """Merge ``inputs`` (moved to ``device`` if given), seeding torch's RNG if stochastic."""
         moved = inputs if device is None else inputs.map(lambda t: t.to(device))
@@ -175,7 +185,7 @@ def single_threaded() -> Iterator[None]:
     The kit's tensors have tens of entries: intra-op threads only add synchronisation, which on a
     loaded 2-core machine costs ~16 ms per reduction against ~2 us single-threaded.
     """
-    from mergeqa.threads import torch_threads
+    from mergeqa.core.threads import torch_threads
 
     with torch_threads(1):
         yield

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 
-from mergeqa.errors import MergeQAUsageError, did_you_mean
+from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 from mergeqa.operators import strategies as mst
 from mergeqa.operators.description import Endpoint, MergeOperator, PerModel
 

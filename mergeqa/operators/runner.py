@@ -16,7 +16,7 @@ from typing import Any, Literal
 from hypothesis import Phase, given
 from hypothesis import settings as hypothesis_settings
 
-from mergeqa.errors import MergeQAUsageError, did_you_mean
+from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 from mergeqa.operators.catalogue import CATALOGUE, PROPERTIES, MergeProperty, get_property
 from mergeqa.operators.description import MergeOperator, PropertyViolation
 from mergeqa.operators.inputs import REGIMES, MergeInputs, Regime, _literal, realistic_max_entries, realistic_size

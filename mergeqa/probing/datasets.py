@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from mergeqa.errors import MergeQAUsageError, did_you_mean
+from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 
 SPLITS = ("train", "val", "test")
 POOLINGS = ("span", "sentence")
@@ -87,14 +87,14 @@ class ProbeDataset:
     @cached_property
     def input_hash(self) -> str:
         """What the representations depend on: the ordered (text, span) pairs. Labels do not."""
-        from mergeqa.cache import digest
+        from mergeqa.core.cache import digest
 
         return digest([[it.text, list(it.span)] for it in self.items])[:16]
 
     @cached_property
     def content_hash(self) -> str:
         """Everything a probe result depends on: inputs, labels, splits and control types."""
-        from mergeqa.cache import digest
+        from mergeqa.core.cache import digest
 
         return digest(self.input_hash, self.pooling,
                       [[it.label, it.split, it.type] for it in self.items])[:16]

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 
 from .datasets import PHENOMENA, ProbeDataset, builtin_dataset, load_jsonl
 from .probes import ProbeResult, ProbeSettings, probe
@@ -73,13 +73,13 @@ class ProbingEngine:
 
     @classmethod
     def from_thresholds(cls, thresholds, *, cache_dir: Path, device: str, dtype: str) -> "ProbingEngine":
-        from mergeqa.models import resolve_device
+        from mergeqa.models.refs import resolve_device
 
         return cls(datasets_from_thresholds(thresholds), settings_from_thresholds(thresholds),
                    cache_dir=cache_dir, device=resolve_device(device), dtype=dtype)
 
     def _entry(self, ref, dataset: ProbeDataset) -> Path:
-        from mergeqa.cache import digest
+        from mergeqa.core.cache import digest
 
         key = digest(self.settings.key(), self.dtype)[:12]
         return self.cache_dir / "probes" / f"{ref.content_hash[:16]}-{dataset.content_hash}-{key}"
@@ -100,7 +100,7 @@ class ProbingEngine:
 
     def _compute(self, ref) -> None:
         """Probe the datasets missing for `ref` (the caller holds its lock)."""
-        from mergeqa.cache import build_once
+        from mergeqa.core.cache import build_once
 
         todo = self._missing(ref)  # again: another process may have done them while we waited
         if not todo:
@@ -148,7 +148,7 @@ class ProbingEngine:
 
     def result(self, ref, name: str) -> ProbeResult:
         if name not in self.datasets:
-            from mergeqa.errors import did_you_mean
+            from mergeqa.core.errors import did_you_mean
 
             raise MergeQAUsageError(f"no probing dataset {name!r} in this run.{did_you_mean(name, self.datasets)}")
         return self.results(ref)[name]
@@ -161,7 +161,7 @@ def threads_for(ref, device: str):
     if device != "cpu" or not hidden or hidden > SINGLE_THREAD_MAX_HIDDEN:
         yield
         return
-    from mergeqa.threads import torch_threads
+    from mergeqa.core.threads import torch_threads
 
     with torch_threads(1):
         yield
@@ -178,8 +178,8 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
     items (correctness averaged over seeds), margin = tolerance; the two p-values are adjusted
     together (`correction`). Each verdict's data carries every model's accuracy at that layer
     choice and its per-item test scores (the divergence report reads them)."""
-    from mergeqa.significance import adjust_comparisons, compare_paired
-    from mergeqa.verdict import Verdict
+    from mergeqa.decide.significance import adjust_comparisons, compare_paired
+    from mergeqa.decide.verdict import Verdict
 
     if not parents:
         raise MergeQAUsageError("probing needs parents to compare with; pass --parents")

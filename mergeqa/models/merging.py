@@ -1,0 +1,86 @@
+"""Builds merges with mergekit, the same way `mergekit-yaml` does, and caches them by content.
+
+The cache key is a hash of the parsed merge configuration, of every input model's content and of
+the options that change the result (seed, mergekit version), so a merge is built once per cache.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+from pathlib import Path
+
+from mergeqa.core.cache import build_once, digest, log_event
+from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.models.refs import content_hash, validate_model_dir
+
+
+def read_merge_config(path: Path, substitutions: dict[str, str] | None = None):
+    """Parse a mergekit YAML into a MergeConfiguration; bad YAML or schema is one usage error."""
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from pydantic import ValidationError
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise MergeQAUsageError(f"--merge-config {path}: cannot read ({exc.strerror}); "
+                                "pass a mergekit YAML file") from None
+    if substitutions:
+        text = string.Template(text).safe_substitute(substitutions)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise MergeQAUsageError(f"--merge-config {path}:{where}: invalid YAML ({problem}); "
+                                "fix the file (see mergekit's examples/)") from None
+    try:
+        return MergeConfiguration.model_validate(raw), text
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise MergeQAUsageError(f"--merge-config {path}: {loc}: {first['msg']} "
+                                f"({exc.error_count()} error(s)); see mergekit's README for the schema") from None
+    except (RuntimeError, ValueError) as exc:  # mergekit's own validators (slices and models together, ...)
+        raise MergeQAUsageError(f"--merge-config {path}: {str(exc).splitlines()[0]}; see mergekit's README "
+                                "for the schema") from None
+
+
+def input_models(config) -> list[Path]:
+    """Every model directory a merge configuration reads, validated."""
+    refs = {str(m) for m in config.referenced_models()}
+    return [validate_model_dir(r, "--merge-config model") for r in sorted(refs)]
+
+
+def merge_target(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
+                 seed: int = 0) -> Path:
+    """Where the merge of this config lives in the cache, built or not (nothing is built)."""
+    from importlib.metadata import version
+
+    config, _ = read_merge_config(config_path, substitutions)
+    inputs = {str(p): content_hash(p) for p in input_models(config)}
+    key = digest(config.model_dump(mode="json"), inputs, seed, version("mergekit"))
+    return Path(cache_dir) / "merges" / f"{Path(config_path).stem}-{key[:16]}"
+
+
+def build_merge(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
+                cuda: bool = False, seed: int = 0) -> Path:
+    """The merged model directory for this config, built with mergekit's run_merge if not cached."""
+    config, source = read_merge_config(config_path, substitutions)
+    target = merge_target(config_path, cache_dir, substitutions=substitutions, seed=seed)
+    started = time.perf_counter()
+
+    def build(tmp: Path) -> None:
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
+
+        options = MergeOptions(cuda=cuda, random_seed=seed, copy_tokenizer=True, lazy_unpickle=False,
+                               write_model_card=True, quiet=True)
+        options.apply_global_options()
+        run_merge(config, str(tmp), options=options, config_source=source)
+
+    return build_once(target, build, on_build=lambda: log_event(
+        cache_dir, "merge_built", config=str(config_path), path=str(target),
+        seconds=round(time.perf_counter() - started, 2)))
