@@ -57,7 +57,7 @@ def main() -> None:
         rate_verdict,
     )
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.models.session import GateSession
 
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[],

@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args()
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.decide.thresholds import DEFAULTS
+    from mergeqa.decision.thresholds import DEFAULTS
     from mergeqa.family import build_family
     from mergeqa.inspect import sanity
     from mergeqa.inspect.cost import measure_costs, size_verdicts, speed_verdicts

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--questions", default=None, help="an MT-Bench question.jsonl (default: the embedded set)")
     args = parser.parse_args()
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.judge import ab_verdict, score_verdict
     from mergeqa.judge.evaluation import JudgeSetup
     from mergeqa.models.session import GateSession

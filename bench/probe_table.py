@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.models.session import GateSession
     from mergeqa.probing.divergence import divergence_report, internal_scores
     from mergeqa.probing.engine import ProbingEngine

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from mergeqa.decide.significance import decide
+from mergeqa.decision.significance import decide
 from mergeqa.stats import mcnemar_pvalue, tango_pvalue
 from mergeqa.stats.sequential import (
     DEFAULT_BATCH,

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from mergeqa.decide.significance import compare_paired, decide
+from mergeqa.decision.significance import compare_paired, decide
 from mergeqa.stats import (
     bootstrap_interval,
     bootstrap_means,

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mergeqa.decide.significance import compare_paired  # noqa: E402
+from mergeqa.decision.significance import compare_paired  # noqa: E402
 
 PARENT_ACC, DISCORDANCE, MIN_RETENTION, ALPHA = 0.80, 0.10, 0.95, 0.05
 MARGIN = (1 - MIN_RETENTION) * PARENT_ACC  # 0.04

@@ -9,7 +9,7 @@ The public API, what your own tests and tools import, is listed here and kept st
 The fixtures (`merged_model`, `parent_models`, `base_model`, `thresholds`, `eval_settings`,
 `evaluations`, `record_figure`, `mergeqa_session`) come from the pytest plugin
 (`mergeqa.pytest_plugin`). Everything else is internal and may move; the packages follow the
-flow core -> decide -> models -> inspect -> evaluate -> checks -> report -> pytest plugin -> cli
+flow core -> decision -> models -> inspect -> evaluate -> checks -> report -> pytest plugin -> cli
 (docs/design/layout.md).
 
 Import-light on purpose: torch, transformers, mergekit and lm_eval are imported where they are
@@ -26,14 +26,14 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 PUBLIC_API = {
-    "Verdict": "mergeqa.decide.verdict",
-    "decide": "mergeqa.decide.verdict",
-    "interval_outcome": "mergeqa.decide.verdict",
-    "InconclusiveAccepted": "mergeqa.decide.verdict",
+    "Verdict": "mergeqa.decision.verdict",
+    "decide": "mergeqa.decision.verdict",
+    "interval_outcome": "mergeqa.decision.verdict",
+    "InconclusiveAccepted": "mergeqa.decision.verdict",
     "ModelRef": "mergeqa.models.refs",
     "MergeQAUsageError": "mergeqa.core.errors",
-    "load_thresholds": "mergeqa.decide.thresholds",
-    "Thresholds": "mergeqa.decide.thresholds",
+    "load_thresholds": "mergeqa.decision.thresholds",
+    "Thresholds": "mergeqa.decision.thresholds",
 }
 __all__ = [*PUBLIC_API, "operators"]
 

@@ -40,11 +40,11 @@ MOVED = {
     "mergeqa.sanity": "mergeqa.inspect.sanity",
     "mergeqa.scorer": "mergeqa.evaluate.scorer",
     "mergeqa.session": "mergeqa.models.session",
-    "mergeqa.significance": "mergeqa.decide.significance",
+    "mergeqa.significance": "mergeqa.decision.significance",
     "mergeqa.synthetic_mc": "mergeqa.evaluate.synthetic_mc",
     "mergeqa.threads": "mergeqa.core.threads",
-    "mergeqa.thresholds": "mergeqa.decide.thresholds",
-    "mergeqa.verdict": "mergeqa.decide.verdict",
+    "mergeqa.thresholds": "mergeqa.decision.thresholds",
+    "mergeqa.verdict": "mergeqa.decision.verdict",
 }
 
 

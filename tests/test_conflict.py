@@ -123,7 +123,7 @@ def test_enough_pairs_to_decide_a_small_conflict_rate():
     """With the embedded set, a merge that conflicts on 2 % of pairs is shown below the 5 %
     ceiling, and one at 10 % is shown above it: the verdict is decided, not inconclusive."""
     from mergeqa.conflict.consistency import rate_interval
-    from mergeqa.decide.verdict import interval_outcome
+    from mergeqa.decision.verdict import interval_outcome
 
     n = len(read_pairs(default_pairs_path()))
     assert interval_outcome(*rate_interval(round(0.02 * n), n, 0.05), ceiling=0.05) == "pass"

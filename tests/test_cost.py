@@ -101,7 +101,7 @@ def test_a_model_that_cannot_generate_is_an_error_not_a_speed(tmp_path):
 
 @pytest.mark.slow
 def test_measure_costs_on_the_family(family):
-    from mergeqa.decide.thresholds import DEFAULTS
+    from mergeqa.decision.thresholds import DEFAULTS
     from mergeqa.inspect import sanity
     from mergeqa.inspect.cost import measure_costs
     from mergeqa.models.refs import ModelRef

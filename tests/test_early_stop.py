@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.decide.thresholds import load_thresholds
+from mergeqa.decision.thresholds import load_thresholds
 from mergeqa.evaluate.engine import EvalSettings, evaluate
 from mergeqa.models.refs import ModelRef
 

@@ -168,7 +168,7 @@ def test_init_then_the_run_with_its_file_then_the_plan(tiny_merge, user_dir, use
     """`mergeqa init` writes a commented file (never over an existing one); the run with it measures
     retention on the chosen suite; `mergeqa plan` then shows hashes, the cache, power and work."""
     from mergeqa.cli.main import main
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.models.refs import content_hash
     from mergeqa.stats.power import minimum_detectable_effect
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa.decide.verdict import Verdict
+from mergeqa.decision.verdict import Verdict
 from mergeqa.report.html import CHECKLIST, HtmlReport, ReportInput, step_summary, svg_curves
 
 
@@ -145,7 +145,7 @@ def test_svg_curves_scale_into_the_box():
 
 GATE_TEST = """
 import pytest
-from mergeqa.decide.verdict import Verdict, decide
+from mergeqa.decision.verdict import Verdict, decide
 
 @pytest.mark.parametrize("merge", ["linear"])
 def test_not_yet_on_verdicts(merge, record_figure):  # a check that only records figures

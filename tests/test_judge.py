@@ -341,7 +341,7 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
 def test_a_local_model_judge_is_prompted_cached_and_its_untagged_replies_counted(family, tmp_path):
     """The family's base as a (hopeless) judge: it never writes [[rating]], so every reply is a
     counted parse error and the verdict an error naming the judge, not a silent drop."""
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
 
     qs = tmp_path / "q.jsonl"
     qs.write_text("\n".join(json.dumps(q) for q in FASTCHAT_LINES[1:]) + "\n")
@@ -361,7 +361,7 @@ def test_a_local_model_judge_is_prompted_cached_and_its_untagged_replies_counted
 
 
 def test_judge_and_judge_url_together_is_a_usage_error(tmp_path):
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
 
     with pytest.raises(MergeQAUsageError, match="--judge and --judge-url"):
         JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="x",

@@ -159,7 +159,7 @@ def test_a_malformed_sanity_prompt_is_a_usage_error_naming_it():
 
 
 def test_thresholds_file_and_defaults_agree_on_sanity_and_lint():
-    from mergeqa.decide.thresholds import DEFAULTS, load_thresholds
+    from mergeqa.decision.thresholds import DEFAULTS, load_thresholds
 
     t = load_thresholds(REPO / "thresholds.toml")
     for section in ("sanity", "lint"):

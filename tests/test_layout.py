@@ -51,7 +51,7 @@ def test_the_graph_script_sees_a_planted_upward_import(tmp_path):
     assert "import circles: 1" in proc.stdout
 
 
-@pytest.mark.parametrize("old, new, name", [("mergeqa.verdict", "mergeqa.decide.verdict", "Verdict"),
+@pytest.mark.parametrize("old, new, name", [("mergeqa.verdict", "mergeqa.decision.verdict", "Verdict"),
                                             ("mergeqa.engine", "mergeqa.evaluate.engine", "evaluate"),
                                             ("mergeqa.plugin", "mergeqa.pytest_plugin", "pytest_addoption")])
 def test_an_old_path_still_imports_with_a_deprecation_warning(old, new, name):
@@ -77,7 +77,7 @@ def test_every_old_path_answers():
 
 def test_the_public_api_is_listed_in_one_place():
     import mergeqa
-    from mergeqa.decide.verdict import Verdict, decide
+    from mergeqa.decision.verdict import Verdict, decide
     from mergeqa.models import ModelRef
 
     assert mergeqa.Verdict is Verdict and mergeqa.decide is decide and mergeqa.ModelRef is ModelRef

@@ -296,7 +296,7 @@ def test_one_forward_pass_per_sentence_and_the_cache_is_reused(tiny_ref, tmp_pat
 # -- thresholds, plots, divergence --------------------------------------------------------------
 
 def test_datasets_from_thresholds(tmp_path):
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.probing.engine import datasets_from_thresholds
 
     write_jsonl(_small("person"), tmp_path / "mine.jsonl")
@@ -314,7 +314,7 @@ def test_datasets_from_thresholds(tmp_path):
 
 
 def test_thresholds_defaults_match_the_repository_file():
-    from mergeqa.decide.thresholds import DEFAULTS, load_thresholds
+    from mergeqa.decision.thresholds import DEFAULTS, load_thresholds
 
     repo = load_thresholds(Path(__file__).resolve().parent.parent / "thresholds.toml")
     assert repo.values["probing"] == DEFAULTS["probing"]
@@ -384,7 +384,7 @@ def test_above_both_parents_needs_a_paired_test_against_each_parent():
 
 
 def test_divergence_summary_names_only_merges_shown_above_both_parents():
-    from mergeqa.decide.verdict import Verdict
+    from mergeqa.decision.verdict import Verdict
     from mergeqa.report.markdown import divergence_summary
 
     parent = (np.random.default_rng(0).random(300) < 0.8).astype(float)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.decide.thresholds import load_thresholds
+from mergeqa.decision.thresholds import load_thresholds
 from mergeqa.evaluate.engine import EvalResult, ItemRecord, TaskResult, paired_values
 from mergeqa.retention.assess import assess
 
@@ -159,7 +159,7 @@ def test_fixed_n_comparisons_beside_sequential_ones_spend_only_the_alpha_left():
     assert beside.figures["p_regression"] == pytest.approx(min(1.0, 2 * raw))  # half of alpha is left
     assert "at 0.5 of alpha" in beside.figures["correction"]
     with pytest.raises(ValueError, match="share"):
-        from mergeqa.decide.significance import adjust_comparisons
+        from mergeqa.decision.significance import adjust_comparisons
 
         adjust_comparisons([], share=0.0)
 

@@ -1,4 +1,4 @@
-"""Tests for mergeqa.stats and mergeqa.decide.significance: agreement with scipy/statsmodels to 1e-10,
+"""Tests for mergeqa.stats and mergeqa.decision.significance: agreement with scipy/statsmodels to 1e-10,
 property tests of the verdicts, degenerate inputs and argument checks.
 
 Fast on purpose (small n_resamples, few hypothesis examples); the statistical behaviour at scale
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mergeqa.decide.significance import (
+from mergeqa.decision.significance import (
     PairedComparison,
     adjust_comparisons,
     compare_paired,

@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from mergeqa.decide.verdict import Verdict
+from mergeqa.decision.verdict import Verdict
 
 CHECKS = '''
 import pytest
-from mergeqa.decide.verdict import Verdict, decide
+from mergeqa.decision.verdict import Verdict, decide
 
 @pytest.mark.parametrize("outcome", ["pass", "fail", "inconclusive", "error", "not_applicable"])
 def test_outcome(outcome, request):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergeqa.decide.verdict import decide
+from mergeqa.decision.verdict import decide
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def test_conflict_vs_parents(merged_model, parent_models, conflict_setup, reques
 
 def test_agrees_with_skill_owner(merged_model, parent_models, conflict_setup, request):
     from mergeqa.conflict.consistency import owner_verdict
-    from mergeqa.decide.verdict import Verdict
+    from mergeqa.decision.verdict import Verdict
 
     by_name = {p.name: p for p in parent_models}
     verdicts = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergeqa.decide.verdict import decide
+from mergeqa.decision.verdict import decide
 
 
 @pytest.fixture(scope="session")

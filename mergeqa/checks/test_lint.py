@@ -28,6 +28,6 @@ def lint_results(merged_model, parent_models, base_model, thresholds):
 
 @pytest.mark.parametrize("check", LINT_CHECKS)
 def test_lint(check, lint_results, request):
-    from mergeqa.decide.verdict import decide
+    from mergeqa.decision.verdict import decide
 
     decide(request, lint_results[check])

@@ -5,7 +5,7 @@ The cheapest checks run first: if these fail, nothing downstream is worth runnin
 
 from __future__ import annotations
 
-from mergeqa.decide.verdict import Verdict, decide
+from mergeqa.decision.verdict import Verdict, decide
 
 ARCH_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "intermediate_size", "vocab_size")

@@ -58,7 +58,7 @@ def probing_plots(pytestconfig, mergeqa_session, probing_engine):
 
 def test_probing(merged_model, parent_models, probing_phenomenon, probing_engine, probing_plots,
                  thresholds, request):
-    from mergeqa.decide.verdict import decide
+    from mergeqa.decision.verdict import decide
     from mergeqa.probing.engine import compare_with_parents
 
     name = probing_phenomenon

@@ -6,7 +6,7 @@ decides. Parametrised by the plugin: test_retention[<merge>-<task>].
 
 from __future__ import annotations
 
-from mergeqa.decide.verdict import decide
+from mergeqa.decision.verdict import decide
 
 
 def test_retention(retention_verdicts, retention_task, request):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergeqa.decide.verdict import decide
+from mergeqa.decision.verdict import decide
 from mergeqa.inspect import sanity
 
 
@@ -54,7 +54,7 @@ def test_perplexity(merged_model, parent_models, mergeqa_session, eval_settings,
 
     task = thresholds.get("sanity", "perplexity_task")
     if not task:  # no held-out text known to fit this model: say how to give one
-        from mergeqa.decide.verdict import Verdict
+        from mergeqa.decision.verdict import Verdict
 
         decide(request, Verdict("sanity.perplexity", merged_model.name, "not_applicable", reason=(
             "no [sanity] perplexity_task: name an lm-eval loglikelihood_rolling task whose data is on "

@@ -75,7 +75,7 @@ def _availability_lines(by_task: dict[str, list]) -> list[str]:
 
 def choose_suite(suite: str | None, tasks: list[str] | None, task_paths) -> tuple[str, dict, dict[str, list], str]:
     """(name, suite table, availability by task, why chosen)."""
-    from mergeqa.decide.thresholds import GENERIC_DEFAULTS
+    from mergeqa.decision.thresholds import GENERIC_DEFAULTS
 
     builtins = GENERIC_DEFAULTS["suites"]
     if tasks:
@@ -102,7 +102,7 @@ def choose_suite(suite: str | None, tasks: list[str] | None, task_paths) -> tupl
 
 def _prompts(chat: bool) -> dict:
     """The merge guide's sanity prompts; the chat one only for a tokenizer with a chat template."""
-    from mergeqa.decide.thresholds import GENERIC_DEFAULTS
+    from mergeqa.decision.thresholds import GENERIC_DEFAULTS
 
     return {k: v for k, v in GENERIC_DEFAULTS["sanity"]["prompts"].items() if chat or not v.get("chat")}
 
@@ -110,7 +110,7 @@ def _prompts(chat: bool) -> dict:
 def render(model: Path, parents: list[Path], base: Path | None, *, suite_name: str, suite: dict,
            by_task: dict[str, list], why: str, chat: bool, perplexity_task: str, task_paths) -> str:
     """The commented thresholds.toml."""
-    from mergeqa.decide.thresholds import GENERIC_DEFAULTS
+    from mergeqa.decision.thresholds import GENERIC_DEFAULTS
 
     d = GENERIC_DEFAULTS
     command = " ".join(["pytest", f"--model={model}", "--parents", *map(str, parents)]
@@ -158,7 +158,7 @@ def render(model: Path, parents: list[Path], base: Path | None, *, suite_name: s
 def init(model, parents, base=None, *, suite: str | None = None, tasks: list[str] | None = None,
          task_paths=(), out: Path = Path("thresholds.toml"), force: bool = False) -> tuple[Path, str]:
     """Write `out` for this merge; returns (path, a summary to print). Never overwrites without force."""
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
 
     out = Path(out)
     if out.exists() and not force:

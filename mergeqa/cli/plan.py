@@ -113,7 +113,7 @@ def plan(args) -> str:
     """The plan as text, from the same options as the gate (argparse namespace from mergeqa.cli.main)."""
     from mergeqa.core.cache import default_cache_dir
     from mergeqa.core.state import BUNDLED_TASKS
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.evaluate.engine import EvalSettings
     from mergeqa.models.session import GateSession
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError, read_jsonl_objects
 from mergeqa.core.state import PACKAGE_DIR
-from mergeqa.decide.verdict import Verdict, interval_outcome
+from mergeqa.decision.verdict import Verdict, interval_outcome
 from mergeqa.evaluate.agreement import Agreement, Match
 from mergeqa.evaluate.generation import GenerationSettings, generate
 
@@ -151,7 +151,7 @@ def planted_run(run: ConflictRun, pairs: list[ConsistencyPair], rule: Agreement,
 # -- deciding ------------------------------------------------------------------------------------
 def rate_interval(conflicts: int, n: int, alpha: float) -> tuple[float, float]:
     """The Wilson interval at 1 - 2 alpha (each side a one-sided alpha test, as in
-    mergeqa.decide.significance)."""
+    mergeqa.decision.significance)."""
     from mergeqa.stats import wilson_interval
 
     low, high = wilson_interval(conflicts, n, confidence=1 - 2 * alpha)

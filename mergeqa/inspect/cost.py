@@ -330,7 +330,7 @@ def _table(merged: CostMeasurement, parents: Sequence[CostMeasurement]) -> dict:
 
 def _unmeasured(checks: Sequence[str], merged: CostMeasurement, parents: Sequence[CostMeasurement]) -> list:
     """error verdicts when a model could not generate (its tokenizer indexes past its embedding)."""
-    from mergeqa.decide.verdict import Verdict
+    from mergeqa.decision.verdict import Verdict
 
     bad = next(m for m in [merged, *parents] if m.problem)
     return [Verdict(c, merged.model, "error", reason=f"{bad.model} cannot generate: {bad.problem}",
@@ -342,7 +342,7 @@ def size_verdicts(merged: CostMeasurement, parents: Sequence[CostMeasurement], *
                   max_memory_ratio: float) -> list:
     """cost.size (bytes on disk against the expected size) and cost.memory (peak while generating
     against the largest parent's, rescaled the same way)."""
-    from mergeqa.decide.verdict import Verdict
+    from mergeqa.decision.verdict import Verdict
 
     scale = cost_scale(merged, parents)
     biggest = max(parents, key=lambda p: p.size.bytes_on_disk)
@@ -384,7 +384,7 @@ def speed_verdicts(merged: CostMeasurement, parents: Sequence[CostMeasurement], 
                    max_latency_ratio: float) -> list:
     """cost.prefill and cost.decode (tokens/s against the slowest parent's, allowing the depth
     ratio) and cost.latency (ms per prompt against the slowest parent's x depth ratio)."""
-    from mergeqa.decide.verdict import Verdict
+    from mergeqa.decision.verdict import Verdict
 
     if any(m.problem for m in [merged, *parents]):
         return _unmeasured(["cost.prefill", "cost.decode", "cost.latency"], merged, parents)

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.decide.verdict import Verdict
+from mergeqa.decision.verdict import Verdict
 
 LINT_CHECKS = ("finite", "tensors", "vocab", "tokenizer", "special_tokens", "chat_template", "norms", "dtype")
 SPECIAL_ROLES = ("bos", "eos", "pad", "unk")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.decide.verdict import Verdict
+from mergeqa.decision.verdict import Verdict
 from mergeqa.inspect.lint import _result
 
 PROMPT_KEYS = {"prompt", "expect", "match", "chat"}

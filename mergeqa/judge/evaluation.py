@@ -7,7 +7,7 @@ references, and the verdicts the gate decides on (`judge.score`, `ab.<parent>`).
     ab = setup.pairwise(merged, parent)           # Pairwise: wins, ties, losses, flips, parse errors
     score_verdict(scores, {p: setup.scores(p)}, ...), ab_verdict(ab, ...)
 
-Statistics come from mergeqa.decide.significance (paired test over questions) and mergeqa.stats (Wilson).
+Statistics come from mergeqa.decision.significance (paired test over questions) and mergeqa.stats (Wilson).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergeqa.decide.verdict import Verdict, interval_outcome
+from mergeqa.decision.verdict import Verdict, interval_outcome
 from mergeqa.evaluate.generation import Answers, GenerationSettings, generate
 
 from .judges import Judge, JudgeUnavailable, PairItem, RateItem
@@ -253,11 +253,11 @@ def unavailable_verdict(check: str, subject: str, exc: JudgeUnavailable) -> Verd
 def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, ModelScores],
                   references: dict[str, ModelScores] | None = None) -> Verdict:
     """judge.score: per question, the merge's score minus the parents' mean score, tested with the
-    paired test of mergeqa.decide.significance (non-inferiority margin `score_margin` points): pass when
+    paired test of mergeqa.decision.significance (non-inferiority margin `score_margin` points): pass when
     the merge is shown no worse than the parents' mean by more than the margin, fail when it is
     significantly worse, else inconclusive. Error when the judge's replies could not be parsed
     often enough, or no question was judged for every model."""
-    from mergeqa.decide.significance import compare_paired
+    from mergeqa.decision.significance import compare_paired
 
     models = {merged.model: merged, **parents}
     data = {"scores": {n: s.summary() for n, s in {**(references or {}), **models}.items()}}

@@ -178,8 +178,8 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
     items (correctness averaged over seeds), margin = tolerance; the two p-values are adjusted
     together (`correction`). Each verdict's data carries every model's accuracy at that layer
     choice and its per-item test scores (the divergence report reads them)."""
-    from mergeqa.decide.significance import adjust_comparisons, compare_paired
-    from mergeqa.decide.verdict import Verdict
+    from mergeqa.decision.significance import adjust_comparisons, compare_paired
+    from mergeqa.decision.verdict import Verdict
 
     if not parents:
         raise MergeQAUsageError("probing needs parents to compare with; pass --parents")

@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from mergeqa.report.html import HtmlExtras
 
         config.pluginmanager.register(HtmlExtras(), "mergeqa-html-extras")
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.models.session import GateSession
 
     opt = config.option
@@ -113,7 +113,7 @@ def pytest_runtest_makereport(item, call):
     if call.excinfo is not None and call.excinfo.errisinstance(MergeQAUsageError):
         report.longrepr = f"mergeqa usage error: {call.excinfo.value}"
     if call.when == "call":
-        from mergeqa.decide.verdict import ITEM_VERDICTS
+        from mergeqa.decision.verdict import ITEM_VERDICTS
 
         report.mergeqa_verdicts = [v.to_dict() for v in item.stash.get(ITEM_VERDICTS, [])]
     return report
@@ -129,7 +129,7 @@ class VerdictCollector:
     def pytest_runtest_logreport(self, report) -> None:
         dicts = getattr(report, "mergeqa_verdicts", None)
         if dicts and not hasattr(self.config, "workerinput"):
-            from mergeqa.decide.verdict import RUN_VERDICTS, Verdict
+            from mergeqa.decision.verdict import RUN_VERDICTS, Verdict
 
             self.config.stash.setdefault(RUN_VERDICTS, []).extend(Verdict.from_dict(d) for d in dicts)
 
@@ -170,7 +170,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         meta.update(config.stash.get(worker_metadata_key, {}))
         for name, value in sorted(meta.items()):
             xml.add_global_property(name, value)
-    from mergeqa.decide.verdict import RUN_VERDICTS
+    from mergeqa.decision.verdict import RUN_VERDICTS
 
     opt = config.option  # report.html and the GitHub step summary (issue 15)
     if not opt.collectonly and (opt.model or opt.merge_config or opt.gate or config.stash.get(RUN_VERDICTS, None)):

@@ -58,7 +58,7 @@ def family_table(cache_dir: Path | str | None = None, *, log=None) -> dict:
 
 
 def _compute(gate, family, cache_dir: Path, log) -> dict:
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.evaluate.engine import EvalSettings, evaluate
     from mergeqa.probing.divergence import above_parents, internal_scores
     from mergeqa.probing.engine import ProbingEngine
@@ -97,7 +97,7 @@ def machine() -> dict:
 def statistics() -> tuple[float, str]:
     """How "above both parents on probing" is decided: the default [statistics] alpha and
     correction (the table, like the family, uses the default thresholds)."""
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
 
     defaults = load_thresholds(None)
     return defaults.get("statistics", "alpha"), defaults.get("statistics", "correction")

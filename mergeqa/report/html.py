@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from mergeqa.core.state import ITEM_VERDICTS, session_key, thresholds_key, worker_metadata_key
-from mergeqa.decide.verdict import Verdict, accepted
+from mergeqa.decision.verdict import Verdict, accepted
 
 STEP_SUMMARY_LIMIT = 60_000  # bytes; GitHub refuses a step summary over 1 MiB and truncates at 64 KB
 EXAMPLES_SHOWN = 5
@@ -119,7 +119,7 @@ class ReportInput:
 
     @classmethod
     def from_config(cls, config, verdicts: Iterable[Verdict]) -> ReportInput:
-        from mergeqa.decide.verdict import inconclusive_policy
+        from mergeqa.decision.verdict import inconclusive_policy
         from mergeqa.report.markdown import run_metadata
 
         verdicts = list(verdicts)

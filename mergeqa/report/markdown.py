@@ -205,7 +205,7 @@ def _place(value: float, parents: list[float]) -> str:
 
 def merge_lines(verdicts, policy: str = "fail") -> list[str]:
     """One line per merge: deployable or not, and the first failing check with its figure."""
-    from mergeqa.decide.verdict import accepted
+    from mergeqa.decision.verdict import accepted
 
     by_merge: dict[str, list] = {}
     for v in verdicts:
@@ -256,7 +256,7 @@ def write_run_reports(config, terminalreporter=None) -> dict[str, Path]:
     """At the end of a run, on the process that holds every verdict: comparison.md,
     divergence.md and summary.md in the report directory, echoed to the terminal, ending with
     one line per merge. Returns what was written."""
-    from mergeqa.decide.verdict import RUN_VERDICTS, inconclusive_policy
+    from mergeqa.decision.verdict import RUN_VERDICTS, inconclusive_policy
 
     verdicts = config.stash.get(RUN_VERDICTS, [])
     if not verdicts:

@@ -9,7 +9,7 @@ Leaderboard's, else the task's first; direction from lm-eval's higher_is_better)
   reference / min_retention);
 - regression: the merge against its weakest parent on the task, within `tolerance`.
 
-In "significance" mode each is a paired test on the same documents (mergeqa.decide.significance): pass
+In "significance" mode each is a paired test on the same documents (mergeqa.decision.significance): pass
 only when non-inferiority at the margin the point rule tolerates is shown, fail on a significant
 drop, else inconclusive; Holm/BH across the merge's distinct hypotheses. Perplexity-type metrics
 are compared per item in log-perplexity units, the units of their margin. "point" mode is the
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.decide.verdict import Verdict
+from mergeqa.decision.verdict import Verdict
 from mergeqa.evaluate.engine import WEIGHTED, EvalResult, paired_values, split_key
 
 EXAMPLES = 5  # documents the reference got right and the merge wrong, kept for the report
@@ -62,7 +62,7 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
     `early` (a mergeqa.retention.early_stop.EarlyStop) holds the comparisons the sequential test decided
     (the results then hold only the items it scored for those tasks) and, for the other tasks,
     why they were decided fixed-n."""
-    from mergeqa.decide.significance import adjust_comparisons, decide_significant_drop
+    from mergeqa.decision.significance import adjust_comparisons, decide_significant_drop
 
     get = lambda key: thresholds.get("retention", key)  # noqa: E731
     stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
@@ -173,7 +173,7 @@ def _compare(task, merged, parents, ref, margin, stat, merge):
     """The paired comparison, or a string saying why none can be decided (an error verdict)."""
     import numpy as np
 
-    from mergeqa.decide.significance import compare_paired, smallest_decidable_n
+    from mergeqa.decision.significance import compare_paired, smallest_decidable_n
 
     key = None
     if ref is not None:

@@ -1,5 +1,5 @@
 """Paired statistics for comparing two models on the same items; the gate's verdicts built on
-them live in `mergeqa.decide.significance`.
+them live in `mergeqa.decision.significance`.
 
 numpy only at import; scipy is imported inside the functions that need it.
 """

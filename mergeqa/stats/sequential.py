@@ -15,7 +15,7 @@ often it is looked at. Per item d = merged - reference in {-1 (loss), 0 (tie), +
 The e-values depend on the counts at each look only, so a cache that holds more items in the
 same order gives the same verdict at the same n. Count-level functions are vectorised (the
 simulation scores thousands of trials through them); item-level ones validate and count.
-Not the fixed-n test: for a decision on every item at once see `mergeqa.decide.significance`.
+Not the fixed-n test: for a decision on every item at once see `mergeqa.decision.significance`.
 """
 
 from __future__ import annotations

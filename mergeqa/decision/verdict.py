@@ -3,7 +3,7 @@
 A check measures, builds a `Verdict` (what was checked, on which model, its figures, the outcome,
 and a message reading obtained / expected / cause / fix) and hands it to `decide(request, ...)`:
 
-    from mergeqa.decide.verdict import Verdict, decide
+    from mergeqa.decision.verdict import Verdict, decide
 
     def test_vocab_kept(merged_model, parent_models, request):
         rows = merged_model.config["vocab_size"]
@@ -26,7 +26,7 @@ and divergence tables, the per-merge deployable lines), and applies the policy:
   decide): the test fails with the reason;
 - not_applicable: the check does not apply to this model (no chat template to test): a skip.
 
-Not for measuring anything: checks measure, `mergeqa.decide.significance` tests, this module decides.
+Not for measuring anything: checks measure, `mergeqa.decision.significance` tests, this module decides.
 """
 
 from __future__ import annotations
