@@ -46,7 +46,7 @@ def test_pinning_sets_cuda_visible_devices_only_inside_xdist():
 @pytest.mark.parametrize("worker, expected", [("gw0", "0"), ("gw1", "1")])
 def test_the_plugin_pins_each_xdist_worker_while_it_configures(monkeypatch, worker, expected):
     """What `pytest -n 2` does in each worker, before any test can initialise CUDA. (The same
-    with real workers: README, "Several GPUs", shows the command and its output.)"""
+    with real workers: docs/scaling.md, "Several GPUs", shows the command and its output.)"""
     from types import SimpleNamespace
 
     from mergeqa.pytest_plugin.hooks import _share_cores
@@ -191,7 +191,7 @@ def test_device_map_auto_loads_through_accelerate_and_scores_the_same(family, tm
 def test_the_sequential_gate_scores_batches_in_the_driver_and_fixed_n_tasks_as_jobs(family, tmp_path, ray_cluster):
     """`[statistics] sequential = true` under --executor ray: the same verdicts as local; the
     batches of the sequential task are scored in this process, the fixed-n task by Ray."""
-    from mergeqa.decide.thresholds import load_thresholds
+    from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.evaluate.engine import EvalSettings, evaluate
     from mergeqa.models.refs import ModelRef
     from mergeqa.retention.assess import assess

@@ -160,13 +160,14 @@ def test_a_pickle_only_checkpoint_is_refused_without_unpickling(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_readmes_add_a_check_example_runs(tmp_path, family, private_cache):
-    """The README's example check, copied as it is, runs per merge and reports through decide."""
+def test_the_guides_add_a_check_example_runs(tmp_path, family, private_cache):
+    """The user guide's example check (docs/guide.md), copied as it is, runs per merge and reports
+    through decide."""
     import re
     import xml.etree.ElementTree as ET
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Adding a check"):]
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guide.md").read_text()
+    section = guide[guide.index("### Adding a check"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "test_my_checks.py").write_text(code)
     p = family.parents
