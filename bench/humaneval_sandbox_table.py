@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergeqa.humaneval.problems import problems as he
-from mergeqa.humaneval.problems import sandbox as sb
+from mergeqa.humaneval import problems as he
+from mergeqa.humaneval import sandbox as sb
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 10  # per problem, for the pass@k rows

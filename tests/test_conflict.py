@@ -275,6 +275,6 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
     message = rate.find("failure").text
     assert message.startswith("planted: conflict rate on 320 consistency pairs") and "should agree" in message
     props = {p.get("name"): p.get("value") for p in rate.iter("property")}
-    assert float(props["mergeqa.conflict.consistency.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.consistency.rate.outcome"] == "fail"
+    assert float(props["mergeqa.conflict.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.rate.outcome"] == "fail"
     paired = cases["test_conflict_vs_parents[planted]"]
     assert paired.find("failure") is not None and "against arithmetic" in paired.find("failure").text, out[-3000:]

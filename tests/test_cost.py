@@ -135,7 +135,7 @@ def test_cost_check_through_the_gate(tmp_path, family, private_cache):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     props = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}
-    assert float(props["mergeqa.inspect.cost.size.obtained"]) == 1.0
-    assert props["mergeqa.inspect.cost.memory.outcome"] == "pass"
+    assert float(props["mergeqa.cost.size.obtained"]) == 1.0
+    assert props["mergeqa.cost.memory.outcome"] == "pass"
     html = (tmp_path / "report.html").read_text()
     assert "Model size acceptable" in html and "merged: deployable" in html

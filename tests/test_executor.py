@@ -192,7 +192,8 @@ def test_the_sequential_gate_scores_batches_in_the_driver_and_fixed_n_tasks_as_j
     """`[statistics] sequential = true` under --executor ray: the same verdicts as local; the
     batches of the sequential task are scored in this process, the fixed-n task by Ray."""
     from mergeqa.decision.thresholds import load_thresholds
-    from mergeqa.evaluate.engine import EvalSettings, evaluate
+    from mergeqa.evaluate.engine import EvalSettings
+    from mergeqa.evaluate.executor import evaluate_on
     from mergeqa.models.refs import ModelRef
     from mergeqa.retention.assess import assess
     from mergeqa.retention.early_stop import evaluate_early
@@ -209,7 +210,7 @@ def test_the_sequential_gate_scores_batches_in_the_driver_and_fixed_n_tasks_as_j
         cache = _private(tmp_path, family, name)
         settings = EvalSettings(cache_dir=cache, device="cpu", task_paths=(str(family.tasks_dir),), limit=200)
         early = evaluate_early(merged, parents, None, tasks, thresholds, settings,
-                               full=lambda ref, names: evaluate(ref, names, settings, executor=executor))
+                               full=lambda ref, names: evaluate_on(executor, ref, names, settings))
         assert set(early.fixed_n) == {"family_grammar"}
         verdicts = assess(merged.name, early.merged, early.parents, tasks, thresholds, early=early)
         outcomes[name] = {k: (v.outcome, v.figures.get("items_used"), v.figures["n"]) for k, v in verdicts.items()}

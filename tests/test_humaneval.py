@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.humaneval.problems import problems as he
-from mergeqa.humaneval.problems import sandbox as sb
+from mergeqa.core.state import BUNDLED_TASKS
+from mergeqa.humaneval import problems as he
+from mergeqa.humaneval import sandbox as sb
 
-TASKS_DIR = Path(he.__file__).parent / "data" / "tasks"
+TASKS_DIR = BUNDLED_TASKS
 SAMPLE = [0, 2, 10, 12, 32, 33, 38, 50, 53, 107, 148, 163]  # 32, 38, 50: checks call prompt helpers; 33: its own name
 ATTACK_TIMEOUT_S = 2.0
 

@@ -305,7 +305,7 @@ def test_score_gate_uses_the_paired_test_over_questions():
 @pytest.mark.slow
 def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(family, cache_dir, tmp_path):
     """The built-in checks on one default merge (ties) of the embedded family: decided through the
-    verdict machinery (no errors), figures in junit as mergeqa.judge.*, mergeqa.ab.*, mergeqa.conflict.consistency.*."""
+    verdict machinery (no errors), figures in junit as mergeqa.judge.*, mergeqa.ab.*, mergeqa.conflict.*."""
     import os
     import subprocess
     import sys
@@ -333,7 +333,7 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
     assert props["mergeqa.ab.arithmetic.swap_disagreement"] == "0.0"  # the reference judge is symmetric
     assert 0 <= float(props["mergeqa.ab.lists.ci_low"]) <= float(props["mergeqa.ab.lists.obtained"]) <= 1
     assert {"mergeqa.judge.score.bleu", "mergeqa.judge.score.chrf", "mergeqa.judge.score.p_noninferiority",
-            "mergeqa.conflict.consistency.rate.ci_high", "mergeqa.conflict.consistency.owner.arithmetic.obtained"} <= set(props)
+            "mergeqa.conflict.rate.ci_high", "mergeqa.conflict.owner.arithmetic.obtained"} <= set(props)
     assert not [n for n, c in cases.items() if c.find("error") is not None], out[-3000:]
 
 

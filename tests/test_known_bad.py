@@ -120,16 +120,16 @@ def test_gate_passes_the_healthy_merge_and_errors_on_nothing(gate):
 @pytest.mark.slow
 def test_junit_carries_the_figures_of_passing_and_failing_checks(gate):
     passing = properties(gate.case("test_lint[healthy-finite]"))
-    assert passing["mergeqa.inspect.lint.finite.obtained"] == "0" and passing["mergeqa.inspect.lint.finite.threshold"] == "0"
-    assert int(passing["mergeqa.inspect.lint.finite.n"]) > 0
+    assert passing["mergeqa.lint.finite.obtained"] == "0" and passing["mergeqa.lint.finite.threshold"] == "0"
+    assert int(passing["mergeqa.lint.finite.n"]) > 0
     failing = properties(gate.case("test_lint[nan_tensor-finite]"))
-    assert failing["mergeqa.inspect.lint.finite.obtained"] == "1"
-    assert failing["mergeqa.inspect.lint.finite.first"] == gate.variants["nan_tensor"].subject
+    assert failing["mergeqa.lint.finite.obtained"] == "1"
+    assert failing["mergeqa.lint.finite.first"] == gate.variants["nan_tensor"].subject
     loop = properties(gate.case("test_no_degenerate_repetition[healthy]"))
     assert {"obtained", "threshold", "n", "max_repeated_span"} <= {k.rsplit(".", 1)[1] for k in loop}
     ppl = properties(gate.case("test_perplexity[healthy]"))
     # the figures, not the outcome: how the ties merge's perplexity compares differs between machines
-    assert float(ppl["mergeqa.inspect.sanity.perplexity.obtained"]) > 0 and float(ppl["mergeqa.inspect.sanity.perplexity.threshold"]) == 1.5
+    assert float(ppl["mergeqa.sanity.perplexity.obtained"]) > 0 and float(ppl["mergeqa.sanity.perplexity.threshold"]) == 1.5
     suite = {p.get("name"): p.get("value") for p in gate.junit.find("testsuite").find("properties")}
     assert suite["mergeqa.run.merged.healthy.path"].endswith("healthy")
     assert "mergeqa.run.merged.nan_tensor.content_hash" in suite and "mergeqa.run.version.mergekit" in suite

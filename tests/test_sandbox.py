@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mergeqa.humaneval.problems import sandbox as sb
+from mergeqa.humaneval import sandbox as sb
 
 REPO = Path(__file__).resolve().parents[1]
 

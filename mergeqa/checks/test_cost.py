@@ -2,7 +2,7 @@
 memory) and "inference speed acceptable" (prefill and decode tokens/s, latency), as ratios with
 the limits of `[cost]`. mergeqa.inspect.cost measures the merge and its parents together on the prompts of
 [sanity.prompts]; a depth up-scaled merge is expected to be bigger and slower by its layer ratio.
-Figures: mergeqa.inspect.cost.size.*, cost.memory.*, cost.prefill.*, cost.decode.*, cost.latency.*.
+Figures: mergeqa.cost.size.*, cost.memory.*, cost.prefill.*, cost.decode.*, cost.latency.*.
 """
 
 from __future__ import annotations
