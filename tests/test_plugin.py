@@ -180,4 +180,6 @@ def test_the_guides_add_a_check_example_runs(tmp_path, family, private_cache):
     props = {x.get("name"): x.get("value") for x in ET.parse(junit).iter("property")}
     assert props["mergeqa.custom.vocab_rows.outcome"] == "pass"
     assert props["mergeqa.custom.vocab_rows.obtained"] == props["mergeqa.custom.vocab_rows.threshold"]
-    assert (tmp_path / "summary.md").read_text().count("deployable") == 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.splitlines()[0] == "# mergeqa gate: deployable: 1 of 1 merges pass every check"
+    assert summary.count("- arithmetic: deployable") == 1

@@ -47,7 +47,8 @@ def test_outcomes_map_to_test_results_under_each_policy(pytester, policy, expect
     summary = (junit.parent / "summary.md").read_text()
     assert "- m-pass: deployable: all 1 checks pass" in summary
     assert "- m-fail: NOT deployable: 1 of 1 checks did not pass; first: custom.demo: fail: demo figure" in summary
-    assert "- m-not_applicable: deployable" in summary
+    # every check of m-not_applicable was not applicable: nothing was measured, so nothing is shown
+    assert "- m-not_applicable: NOT deployable: no check applied (1 not applicable)" in summary
     if policy == "warn":
         assert "- m-inconclusive: deployable: all 1 checks pass (1 inconclusive, accepted" in summary
     else:
@@ -60,7 +61,9 @@ def test_verdicts_reach_the_reports_from_xdist_workers(pytester):
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", f"--junitxml={junit}")
     result.assert_outcomes(passed=1, failed=3, skipped=1)
     summary = (pytester.path / "summary.md").read_text()
-    assert summary.count("deployable") == 5 and "| 5 | 1 | 1 | 1 | 1 | 1 |" in summary
+    lines = [ln for ln in summary.splitlines() if ln.startswith("- m-")]
+    assert len(lines) == 5 and "| 5 | 1 | 1 | 1 | 1 | 1 |" in summary
+    assert summary.splitlines()[0] == "# mergeqa gate: NOT deployable: 1 of 5 merges pass every check"
     assert "mergeqa verdict per merge" in result.stdout.str()
 
 

@@ -19,3 +19,5 @@ thresholds_key = pytest.StashKey["Thresholds"]()  # the validated thresholds.tom
 worker_metadata_key = pytest.StashKey[dict]()  # xdist controller: the run metadata each worker saw
 ITEM_VERDICTS = pytest.StashKey[list]()  # the verdicts one test decided (on its item)
 RUN_VERDICTS = pytest.StashKey[list]()  # every verdict of the run (on the controller's config)
+run_record_key = pytest.StashKey["RunRecord"]()  # controller: every collected test and how it ended
+run_status_key = pytest.StashKey[list]()  # controller: each merge's MergeStatus, once the run has ended

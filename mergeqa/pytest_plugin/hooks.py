@@ -11,6 +11,7 @@ import pytest
 from mergeqa.core.cache import default_cache_dir
 from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.core.state import CHECKS_DIR, session_key, thresholds_key, worker_metadata_key
+from mergeqa.pytest_plugin.ledger import NOT_APPLICABLE_MARK, RunLedger, finish, merge_param
 
 
 def _share_cores(config: pytest.Config) -> None:
@@ -36,6 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _share_cores(config)
     config.pluginmanager.register(VerdictCollector(config), "mergeqa-verdicts")
+    config.addinivalue_line("markers", f"{NOT_APPLICABLE_MARK}: a parameter skipped because its check does not apply")
+    if not hasattr(config, "workerinput"):  # the process that writes the reports keeps the ledger
+        config.pluginmanager.register(RunLedger(config), "mergeqa-ledger")
     if config.option.unsafe_exec:  # read where lm-eval runs the code: mergeqa.humaneval.sandbox.unsafe_exec_allowed
         os.environ["MERGEQA_UNSAFE_EXEC"] = "1"
     if config.pluginmanager.hasplugin("html"):  # pytest-html: each check's figures as its extras
@@ -110,6 +114,7 @@ def pytest_runtest_makereport(item, call):
     """A usage error met while a test runs (a corrupt file found at load) reads as one line; the
     verdicts a test decided travel on its report (plain dicts, so xdist ships them)."""
     report = yield
+    report.mergeqa_merge = merge_param(item)  # the ledger's key, shipped by xdist with the report
     if call.excinfo is not None and call.excinfo.errisinstance(MergeQAUsageError):
         report.longrepr = f"mergeqa usage error: {call.excinfo.value}"
     if call.when == "call":
@@ -172,8 +177,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             xml.add_global_property(name, value)
     from mergeqa.decision.verdict import RUN_VERDICTS
 
-    opt = config.option  # report.html and the GitHub step summary (issue 15)
-    if not opt.collectonly and (opt.model or opt.merge_config or opt.gate or config.stash.get(RUN_VERDICTS, None)):
+    opt = config.option
+    statuses = [] if opt.collectonly else finish(session, config.stash.get(RUN_VERDICTS, []))
+    # report.html and the GitHub step summary (issue 15)
+    if not opt.collectonly and (statuses or opt.model or opt.merge_config or opt.gate
+                                or config.stash.get(RUN_VERDICTS, None)):
         from mergeqa.report.html import write_deployment_reports
 
         write_deployment_reports(config, config.stash.get(RUN_VERDICTS, []), report_dir(config))

@@ -16,7 +16,10 @@ def no_suite_line(thresholds) -> str:
 
 def no_suite_param(thresholds):
     """The single, skipped parameter of the retention tests when there is no suite."""
-    return pytest.param(None, marks=pytest.mark.skip(reason=no_suite_line(thresholds)), id="no-suite")
+    from mergeqa.pytest_plugin.ledger import NOT_APPLICABLE_MARK
+
+    return pytest.param(None, marks=[pytest.mark.skip(reason=no_suite_line(thresholds)),
+                                     getattr(pytest.mark, NOT_APPLICABLE_MARK)], id="no-suite")
 
 
 class NoSuiteNotice:

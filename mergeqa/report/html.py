@@ -27,8 +27,16 @@ from pathlib import Path
 
 import pytest
 
-from mergeqa.core.state import ITEM_VERDICTS, session_key, thresholds_key, worker_metadata_key
+from mergeqa.core.state import (
+    ITEM_VERDICTS,
+    run_record_key,
+    run_status_key,
+    session_key,
+    thresholds_key,
+    worker_metadata_key,
+)
 from mergeqa.decision.verdict import Verdict, accepted
+from mergeqa.report.status import MergeStatus, run_state
 
 STEP_SUMMARY_LIMIT = 60_000  # bytes; GitHub refuses a step summary over 1 MiB and truncates at 64 KB
 EXAMPLES_SHOWN = 5
@@ -116,6 +124,8 @@ class ReportInput:
     policy: str = "fail"
     seeds: dict[str, object] = field(default_factory=dict)
     title: str = "mergeqa deployment report"
+    statuses: dict[str, MergeStatus] = field(default_factory=dict)  # from the run's ledger, when there is one
+    run: str = ""  # the run's state (mergeqa.report.status.run_state), when there is a ledger
 
     @classmethod
     def from_config(cls, config, verdicts: Iterable[Verdict]) -> ReportInput:
@@ -140,15 +150,28 @@ class ReportInput:
         seeds = {"merge_seed": getattr(config.option, "merge_seed", None)}
         if thresholds is not None:
             seeds["probing_seeds"] = thresholds.get("probing", "seeds")
-        return cls(verdicts, merges, parents, base, meta, configs, inconclusive_policy(config), seeds)
+        statuses = {s.merge: s for s in config.stash.get(run_status_key, None) or []}
+        record = config.stash.get(run_record_key, None)
+        run = run_state(list(statuses.values()), record) if statuses else ""
+        merges += [m for m in statuses if m not in merges]
+        return cls(verdicts, merges, parents, base, meta, configs, inconclusive_policy(config), seeds,
+                   statuses=statuses, run=run)
 
     # -- views -----------------------------------------------------------------------------------
     def of(self, merge: str) -> list[Verdict]:
         return [v for v in self.verdicts if v.subject == merge]
 
+    def status(self, merge: str) -> MergeStatus | None:
+        """The merge's status from the run's ledger (every collected test counted); None for a
+        report built without one, or a merge the ledger did not see."""
+        return self.statuses.get(merge)
+
     def deployable(self, merge: str) -> tuple[bool | None, Verdict | None]:
         """(deployable, first verdict against it in checklist order); None when nothing ran."""
         mine = self.of(merge)
+        if merge in self.statuses and not self.statuses[merge].deployable:
+            against = [v for v in mine if not accepted(v, self.policy)]
+            return False, (self._ordered(against)[0] if against else None)
         if not mine:
             return None, None
         against = [v for v in mine if not accepted(v, self.policy)]
@@ -159,6 +182,11 @@ class ReportInput:
                     order.setdefault(id(v), len(order))
         against.sort(key=lambda v: order.get(id(v), len(order)))
         return not against, (against[0] if against else None)
+
+    def _ordered(self, verdicts: list[Verdict]) -> list[Verdict]:
+        order = {item.title: i for i, item in enumerate(CHECKLIST)}
+        return sorted(verdicts, key=lambda v: min((order[i.title] for i in CHECKLIST if i.decides(v)),
+                                                  default=len(order)))
 
     def checklist(self, merge: str) -> list[tuple[ChecklistItem, str, list[Verdict]]]:
         mine = self.of(merge)
@@ -461,9 +489,19 @@ class HtmlReport:
 
     def banners(self) -> str:
         out = ["<h2 id=\"verdicts\">Verdict per merge</h2>"]
+        if self.d.run == "interrupted":
+            out.append('<div class="banner none"><b>interrupted</b>: the run was stopped before every check '
+                       'ran; no merge has a verdict</div>')
         for merge in self.d.merges:
             ok, first = self.d.deployable(merge)
-            if ok is None:
+            status = self.d.status(merge)
+            if status is not None and status.state == "interrupted":
+                out.append(f'<div class="banner none"><b>{esc(merge)}: interrupted</b>: no verdict '
+                           f'({esc(status.line.split("(", 1)[-1].rstrip(")"))})</div>')
+            elif status is not None and not status.deployable and first is None:  # no verdict against it:
+                out.append(f'<div class="banner no"><b>{esc(merge)}: not deployable</b>: '  # tests that did not end
+                           f'{esc(status.line.split(": NOT deployable: ", 1)[-1])}</div>')
+            elif ok is None:
                 out.append(f'<div class="banner none"><b>{esc(merge)}</b>: no verdicts recorded</div>')
             elif ok:
                 n = len(self.d.of(merge))
@@ -683,9 +721,16 @@ def cost_table(rows: dict[str, dict], role) -> tuple[list[str], list[list[str]]]
 def step_summary(data: ReportInput, limit: int = STEP_SUMMARY_LIMIT) -> str:
     """Verdicts, checklist and comparison table as GitHub markdown, cut to `limit` bytes."""
     lines = ["## mergeqa deployment report", ""]
+    if data.run == "interrupted":
+        lines += ["**interrupted: no verdict** (the run was stopped before every check ran)", ""]
     for merge in data.merges:
         ok, first = data.deployable(merge)
-        if ok is None:
+        status = data.status(merge)
+        if status is not None and status.state == "interrupted":
+            lines.append(f"- :stop_sign: **{merge}**: interrupted: no verdict")
+        elif status is not None and not status.deployable and first is None:
+            lines.append(f"- :x: **{merge}**: not deployable; {_md(status.line.split(': NOT deployable: ', 1)[-1])}")
+        elif ok is None:
             lines.append(f"- **{merge}**: no verdicts recorded")
         elif ok:
             lines.append(f"- :white_check_mark: **{merge}**: deployable")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mergeqa.report.status import check_rank, headline, merge_statuses
+
 
 def package_versions() -> dict[str, str]:
     out = {}
@@ -44,14 +46,6 @@ def report_dir(config) -> Path:
         return Path(config.option.report_dir)
     xml = getattr(config.option, "xmlpath", None)
     return Path(xml).resolve().parent if xml else Path("mergeqa-report")
-
-
-CHECK_ORDER = ("load", "config", "weights", "lint", "sanity", "retention", "regression", "probing")
-
-
-def _rank(check: str) -> int:
-    head = check.split(".")[0]
-    return CHECK_ORDER.index(head) if head in CHECK_ORDER else len(CHECK_ORDER)
 
 
 def _scores_by_task(verdicts) -> tuple[dict, dict, dict]:
@@ -203,33 +197,19 @@ def _place(value: float, parents: list[float]) -> str:
     return "between"
 
 
-def merge_lines(verdicts, policy: str = "fail") -> list[str]:
-    """One line per merge: deployable or not, and the first failing check with its figure."""
-    from mergeqa.decision.verdict import accepted
-
-    by_merge: dict[str, list] = {}
-    for v in verdicts:
-        by_merge.setdefault(v.subject, []).append(v)
-    lines = []
-    for m in sorted(by_merge):
-        vs = sorted(by_merge[m], key=lambda v: _rank(v.check))
-        against = [v for v in vs if not accepted(v, policy)]
-        warned = [v for v in vs if v.outcome == "inconclusive" and accepted(v, policy)]
-        if against:
-            first = against[0]
-            label = f"{first.check}[{first.data['task']}]" if "task" in first.data else first.check
-            lines.append(f"{m}: NOT deployable: {len(against)} of {len(vs)} checks did not pass; first: "
-                         f"{label}: {first.headline().split(': ', 1)[1]}")
-        else:
-            note = f" ({len(warned)} inconclusive, accepted by inconclusive = \"warn\")" if warned else ""
-            lines.append(f"{m}: deployable: all {len(vs)} checks pass{note}")
-    return lines
+def merge_lines(verdicts, policy: str = "fail", record=None, merges=()) -> list[str]:
+    """One line per merge: deployable or not, and the first thing against it with its figure
+    (mergeqa.report.status decides; `record` adds the tests that errored or never ran)."""
+    return [s.line for s in merge_statuses(verdicts, record, merges, policy)]
 
 
-def summary_markdown(verdicts, policy: str, comparison: str) -> str:
+def summary_markdown(verdicts, policy: str, comparison: str, statuses=None, record=None) -> str:
+    """summary.md: the run's verdict in its first line, the counts, what did not pass, the
+    comparison and one line per merge."""
+    statuses = statuses if statuses is not None else merge_statuses(verdicts, record, (), policy)
     counts = {o: sum(v.outcome == o for v in verdicts) for o in ("pass", "fail", "inconclusive", "error",
                                                                   "not_applicable")}
-    lines = ["# mergeqa gate", "", "| verdicts | pass | fail | inconclusive | error | not applicable |",
+    lines = [f"# mergeqa gate: {headline(statuses, record)}", "", "| verdicts | pass | fail | inconclusive | error | not applicable |",
              "|---:|---:|---:|---:|---:|---:|",
              f"| {len(verdicts)} | {counts['pass']} | {counts['fail']} | {counts['inconclusive']}"
              f"{' (accepted: warn)' if policy == 'warn' and counts['inconclusive'] else ''} | {counts['error']} | "
@@ -241,14 +221,16 @@ def summary_markdown(verdicts, policy: str, comparison: str) -> str:
 
         lines += [f"**Model-written code: {code_execution()}** (--unsafe-exec)", ""]
     bad = sorted((v for v in verdicts if v.outcome in ("fail", "error", "inconclusive")),
-                 key=lambda v: (v.subject, _rank(v.check)))
+                 key=lambda v: (v.subject, check_rank(v.check)))
     if bad:
         lines += ["## Checks that did not pass", ""]
         lines += [f"- `{v.test or v.name}`: {v.headline()}" for v in bad]
         lines.append("")
     if comparison:
         lines += ["## Comparison", "", comparison, ""]
-    lines += ["## Verdict per merge", ""] + [f"- {line}" for line in merge_lines(verdicts, policy)]
+    lines += ["## Verdict per merge", ""] + [f"- {s.line}" for s in statuses]
+    if record is not None and record.unfinished():
+        lines += [f"- (not tied to a merge) `{n}`: {o.outcome.replace('_', ' ')}" for n, o in record.unfinished().items()]
     return "\n".join(lines)
 
 
@@ -256,12 +238,14 @@ def write_run_reports(config, terminalreporter=None) -> dict[str, Path]:
     """At the end of a run, on the process that holds every verdict: comparison.md,
     divergence.md and summary.md in the report directory, echoed to the terminal, ending with
     one line per merge. Returns what was written."""
+    from mergeqa.core.state import run_record_key, run_status_key, thresholds_key
     from mergeqa.decision.verdict import RUN_VERDICTS, inconclusive_policy
 
     verdicts = config.stash.get(RUN_VERDICTS, [])
-    if not verdicts:
+    statuses = config.stash.get(run_status_key, None)
+    record = config.stash.get(run_record_key, None) if statuses is not None else None
+    if not verdicts and not statuses:
         return {}
-    from mergeqa.core.state import thresholds_key
 
     thresholds = config.stash.get(thresholds_key, None)
     policy = inconclusive_policy(config)
@@ -271,7 +255,9 @@ def write_run_reports(config, terminalreporter=None) -> dict[str, Path]:
     correction = thresholds.get("statistics", "correction") if thresholds is not None else "holm"
     sections = {"comparison": comparison,
                 "divergence": divergence_summary(verdicts, min_tau, alpha=alpha, correction=correction)}
-    sections["summary"] = summary_markdown(verdicts, policy, comparison)
+    if statuses is None:
+        statuses = merge_statuses(verdicts, None, (), policy)
+    sections["summary"] = summary_markdown(verdicts, policy, comparison, statuses, record)
     out_dir = report_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -286,8 +272,10 @@ def write_run_reports(config, terminalreporter=None) -> dict[str, Path]:
             terminalreporter.write_line(text)
     if terminalreporter is not None:
         terminalreporter.write_sep("=", "mergeqa verdict per merge")
-        for line in merge_lines(verdicts, policy):
-            terminalreporter.write_line(line)
+        for s in statuses:
+            terminalreporter.write_line(s.line)
+        if record is not None and record.unfinished():
+            terminalreporter.write_line(f"(and {len(record.unfinished())} test(s) not tied to a merge did not pass)")
         terminalreporter.write_line(f"(reports in {out_dir}: {', '.join(p.name for p in written.values())})")
     return written
 
