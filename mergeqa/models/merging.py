@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from mergeqa.core.cache import build_once, digest, log_event
-from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.models.refs import content_hash, validate_model_dir
 
 
