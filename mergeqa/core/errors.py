@@ -17,6 +17,12 @@ class MergeQAUsageError(Exception):
     """Raised for input the user must fix; the message names the file and the fix."""
 
 
+class MergeConfigWarning(UserWarning):
+    """A merge config mistake mergekit tolerates (`pattern:` for `filter:`, a key it ignores): the
+    plugin issues it at configure time; `-W error::mergeqa.core.errors.MergeConfigWarning` makes
+    it an error."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], *, list_at_most: int = 40) -> str:
     """' Did you mean 'x'? Available: a, b, c' for an unknown name, as lm-eval's registry does
     (the list only when it is short enough to read)."""

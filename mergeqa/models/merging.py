@@ -6,46 +6,20 @@ the options that change the result (seed, mergekit version), so a merge is built
 
 from __future__ import annotations
 
-import string
 import time
 from pathlib import Path
 
 from mergeqa.core.cache import build_once, digest, log_event
-from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.models.refs import content_hash, validate_model_dir
 
 
 def read_merge_config(path: Path, substitutions: dict[str, str] | None = None):
-    """Parse a mergekit YAML into a MergeConfiguration; bad YAML or schema is one usage error."""
-    import yaml
-    from mergekit.config import MergeConfiguration
-    from pydantic import ValidationError
+    """(MergeConfiguration, text) of a mergekit YAML; bad YAML or schema, or a mergekit-multi
+    recipe, is one usage error (merge_config.check_merge_config checks the rest)."""
+    from mergeqa.models.merge_config import parse_merge_config
 
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise MergeQAUsageError(f"--merge-config {path}: cannot read ({exc.strerror}); "
-                                "pass a mergekit YAML file") from None
-    if substitutions:
-        text = string.Template(text).safe_substitute(substitutions)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise MergeQAUsageError(f"--merge-config {path}:{where}: invalid YAML ({problem}); "
-                                "fix the file (see mergekit's examples/)") from None
-    try:
-        return MergeConfiguration.model_validate(raw), text
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise MergeQAUsageError(f"--merge-config {path}: {loc}: {first['msg']} "
-                                f"({exc.error_count()} error(s)); see mergekit's README for the schema") from None
-    except (RuntimeError, ValueError) as exc:  # mergekit's own validators (slices and models together, ...)
-        raise MergeQAUsageError(f"--merge-config {path}: {str(exc).splitlines()[0]}; see mergekit's README "
-                                "for the schema") from None
+    parsed = parse_merge_config(path, substitutions)
+    return parsed.config, parsed.text
 
 
 def input_models(config) -> list[Path]:

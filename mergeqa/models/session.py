@@ -31,6 +31,7 @@ class GateSession:
     parent_paths: list[Path] | None = None
     base_path: Path | None = None
     embedded: bool = False
+    merge_config_warnings: list[str] = field(default_factory=list)  # for the plugin to issue
     _merged: dict[str, ModelRef] = field(default_factory=dict)
     _refs: dict[str, object] = field(default_factory=dict)
 
@@ -43,12 +44,16 @@ class GateSession:
         for c in configs:
             if not c.is_file():
                 raise MergeQAUsageError(f"--merge-config {c}: no such file; pass a mergekit YAML file")
+        from mergeqa.models.merge_config import check_merge_config
+
+        # every config checked before any model is loaded: a bad one stops the run here
+        warnings = [w for c in configs for w in check_merge_config(c)]
         embedded = not models and not configs
         if embedded:
             configs = sorted(DEFAULT_MERGES_DIR.glob("*.yaml"))
         return cls(cache_dir=Path(cache_dir), device=device, dtype=dtype, merge_seed=seed,
                    model_paths=models, merge_configs=configs, parent_paths=parent_paths,
-                   base_path=base_path, embedded=embedded)
+                   base_path=base_path, embedded=embedded, merge_config_warnings=warnings)
 
     # -- names (no building) -------------------------------------------------------------------
     @property
@@ -100,7 +105,8 @@ class GateSession:
         return {"base": str(fam.base), **{k: str(v) for k, v in fam.parents.items()}}
 
     def parents(self) -> list[ModelRef]:
-        """--parents; else the models a --merge-config merges (its base_model excluded); else
+        """--parents; else the models the --merge-configs merge, less their bases (see
+        merge_config.merge_roles: a slerp's base_model is a parent); else
         the embedded family's parents (also when only --model is given: documented default)."""
         if "parents" not in self._refs:
             if self.parent_paths is not None:
@@ -113,7 +119,8 @@ class GateSession:
         return self._refs["parents"]
 
     def base(self) -> ModelRef | None:
-        """--base; else the configs' common base_model; else the family's base, unless the user
+        """--base; else the configs' one base (a task-vector method's base_model, see
+        merge_config.merge_roles; none for slerp); else the family's base, unless the user
         named their own parents (then there is no base to compare with)."""
         if "base" not in self._refs:
             path = self.base_path
@@ -130,17 +137,20 @@ class GateSession:
         return [read_merge_config(c, self._substitutions())[0] for c in self.merge_configs]
 
     def _parents_from_configs(self) -> list[Path]:
+        from mergeqa.models.merge_config import merge_roles
+
         out: list[Path] = []
         for cfg in self._read_configs():
-            base = str(cfg.base_model) if cfg.base_model else None
-            for m in cfg.referenced_models():
-                p = validate_model_dir(str(m), "--merge-config model")
-                if str(m) != base and p not in out:
+            for ref in merge_roles(cfg)[0]:
+                p = validate_model_dir(ref.model.path, "--merge-config model")
+                if p not in out:
                     out.append(p)
         return out
 
     def _config_base(self) -> Path | None:
-        bases = {str(c.base_model) for c in self._read_configs() if c.base_model}
+        from mergeqa.models.merge_config import merge_roles
+
+        bases = {str(b.model.path) for c in self._read_configs() for b in merge_roles(c)[1]}
         return validate_model_dir(sorted(bases)[0], "--merge-config base_model") if len(bases) == 1 else None
 
     # -- models under test ---------------------------------------------------------------------

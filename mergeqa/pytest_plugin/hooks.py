@@ -82,11 +82,13 @@ def pytest_configure(config: pytest.Config) -> None:
             datasets_from_thresholds(thresholds)
         except MergeQAUsageError as exc:
             raise MergeQAUsageError(f"{thresholds.path or 'thresholds'}: [probing] {exc}") from None
-        if opt.merge_config:
-            from mergeqa.models.merging import read_merge_config
+        from mergeqa.core.errors import MergeConfigWarning
 
-            for path in opt.merge_config:  # parse now: a YAML error is a usage error, not a test error
-                read_merge_config(Path(path))
+        for message in gate.merge_config_warnings:  # the configs were checked by GateSession.from_options
+            try:
+                config.issue_config_time_warning(MergeConfigWarning(message), stacklevel=2)
+            except MergeConfigWarning as exc:  # -W error::mergeqa.core.errors.MergeConfigWarning
+                raise MergeQAUsageError(str(exc)) from None
     except MergeQAUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     gate_requested = opt.model or opt.merge_config or opt.gate
