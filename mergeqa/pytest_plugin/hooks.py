@@ -83,6 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
             for path in opt.merge_config:  # parse now: a YAML error is a usage error, not a test error
                 read_merge_config(Path(path))
+        from mergeqa.pytest_plugin.preflight import preflight
+
+        preflight(config, thresholds, gate)  # what else a user can misspell, before any model loads
     except MergeQAUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     gate_requested = opt.model or opt.merge_config or opt.gate
