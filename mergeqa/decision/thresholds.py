@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 DEFAULTS: dict[str, dict] = {
     "sanity": {"max_repetition_rate": 0.5, "max_repeated_span": 16, "repetition_ngram": 3,
                "max_perplexity_ratio": 1.5, "perplexity_task": "family_grammar_ppl", "new_tokens": 24,
+               "parents_fail": "not_applicable",  # a prompt every parent fails too: left out, or "fail"
                "prompts": {  # the embedded family's; a real model's go in [sanity.prompts]
                    "arithmetic": {"prompt": "12 + 7 =", "match": r"\d"},
                    "lists": {"prompt": "reverse [3 1 2] =", "match": r"\d"},
@@ -82,6 +83,7 @@ def defaults_for(embedded: bool) -> dict[str, dict]:
 
 
 CHOICES = {
+    ("sanity", "parents_fail"): ("not_applicable", "fail"),
     ("retention", "mode"): ("significance", "point"),
     ("statistics", "correction"): ("holm", "bh"),
     ("statistics", "inconclusive"): ("fail", "warn"),
