@@ -1,6 +1,7 @@
 """Behavioural sanity of the merged model before any benchmark (mergeqa.inspect.sanity): it generates,
 coherently, follows an instruction through its chat template, does not loop, has finite logits,
 is deterministic under greedy decoding, and its held-out perplexity is not far past the parents'.
+A prompt the merge fails is asked of the parents too; one they all fail is not held against the merge.
 What to measure and which threshold; the measuring is in mergeqa.inspect.sanity and mergeqa.evaluate.engine.
 """
 
@@ -22,16 +23,41 @@ def sanity_run(merged_model, mergeqa_session, thresholds):
                              prompts, thresholds.get("sanity", "new_tokens"))
 
 
+@pytest.fixture(scope="session")
+def parent_answers(mergeqa_session, thresholds):
+    """parent_answers(run, chat) -> {parent: {prompt: Generation}} for the prompts the merge failed;
+    when it failed none, no parent is asked (or loaded). Each parent answers a prompt once a session."""
+    from mergeqa.models.refs import resolve_device
+
+    device, memo = resolve_device(mergeqa_session.device), {}
+
+    def answers(run, chat: bool):
+        wanted = sanity.rejected(run, chat)
+        if not wanted:
+            return {}
+        parents = mergeqa_session.parents()
+        todo = [p for p in wanted if p.name not in memo]
+        if todo:
+            got = sanity.parent_generations(parents, todo, device, mergeqa_session.dtype,
+                                            thresholds.get("sanity", "new_tokens"))
+            memo.update({p.name: {name: runs[p.name] for name, runs in got.items()} for p in todo})
+        return {ref.name: {p.name: memo[p.name][ref.name] for p in wanted} for ref in parents}
+
+    return answers
+
+
 def test_generates(sanity_run, request):
     decide(request, sanity.check_generates(sanity_run))
 
 
-def test_coherent(sanity_run, request):
-    decide(request, sanity.check_coherent(sanity_run))
+def test_coherent(sanity_run, parent_answers, thresholds, request):
+    decide(request, sanity.check_coherent(sanity_run, parent_answers(sanity_run, chat=False),
+                                          thresholds.get("sanity", "parents_fail")))
 
 
-def test_follows_chat_instruction(sanity_run, request):
-    decide(request, sanity.check_chat_instruction(sanity_run))
+def test_follows_chat_instruction(sanity_run, parent_answers, thresholds, request):
+    decide(request, sanity.check_chat_instruction(sanity_run, parent_answers(sanity_run, chat=True),
+                                                  thresholds.get("sanity", "parents_fail")))
 
 
 def test_no_degenerate_repetition(sanity_run, thresholds, request):

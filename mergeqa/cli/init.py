@@ -123,7 +123,8 @@ def render(model: Path, parents: list[Path], base: Path | None, *, suite_name: s
         "",
         "[sanity]",
     ]
-    for key in ("max_repetition_rate", "repetition_ngram", "max_repeated_span", "max_perplexity_ratio", "new_tokens"):
+    for key in ("max_repetition_rate", "repetition_ngram", "max_repeated_span", "max_perplexity_ratio", "new_tokens",
+                "parents_fail"):
         out.append(f"{key} = {_toml(d['sanity'][key])}")
     ppl_note = ("held-out text; its data is on this machine" if perplexity_task else
                 f"empty: the check is skipped; e.g. \"{PERPLEXITY_TASK}\" once its data is on this machine")

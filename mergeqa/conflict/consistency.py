@@ -259,6 +259,13 @@ def owner_verdict(run: ConflictRun, owner: ConflictRun, skill: str, prompts: lis
 
 
 # -- wiring for the checks -----------------------------------------------------------------------
+def pairs_file(thresholds, pairs_option: str | None) -> Path | None:
+    """The pairs file --conflict-pairs or [conflict] pairs names (relative to the thresholds file),
+    or None for the embedded set; a path that is not a file is a usage error naming where it came from."""
+    return thresholds.file("conflict", "pairs", option=pairs_option, option_name="--conflict-pairs",
+                           fix="name a JSONL file of consistency pairs, or leave it out for the embedded set")
+
+
 @dataclass
 class ConflictSetup:
     """Everything the conflict checks share in one run: the pairs, the agreement rule, the
@@ -293,12 +300,8 @@ class ConflictSetup:
 
         get = lambda key: thresholds.get("conflict", key)  # noqa: E731
         base = Path(thresholds.path).parent if thresholds.path else Path(".")
-        where = pairs_option or get("pairs")
-        if where:
-            path = Path(where) if pairs_option else base / where
-            pairs, source = read_pairs(path), str(path)
-        else:
-            pairs, source = read_pairs(default_pairs_path()), "embedded"
+        path = pairs_file(thresholds, pairs_option)
+        pairs, source = read_pairs(path or default_pairs_path()), str(path) if path else "embedded"
         owners = get("owners")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in owners.items()):
             raise MergeQAUsageError(f"{thresholds.path or 'thresholds'}: [conflict] owners maps a skill to the parent "

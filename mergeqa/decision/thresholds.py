@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 DEFAULTS: dict[str, dict] = {
     "sanity": {"max_repetition_rate": 0.5, "max_repeated_span": 16, "repetition_ngram": 3,
                "max_perplexity_ratio": 1.5, "perplexity_task": "family_grammar_ppl", "new_tokens": 24,
+               "parents_fail": "not_applicable",  # a prompt every parent fails too: left out, or "fail"
                "prompts": {  # the embedded family's; a real model's go in [sanity.prompts]
                    "arithmetic": {"prompt": "12 + 7 =", "match": r"\d"},
                    "lists": {"prompt": "reverse [3 1 2] =", "match": r"\d"},
@@ -82,6 +83,7 @@ def defaults_for(embedded: bool) -> dict[str, dict]:
 
 
 CHOICES = {
+    ("sanity", "parents_fail"): ("not_applicable", "fail"),
     ("retention", "mode"): ("significance", "point"),
     ("statistics", "correction"): ("holm", "bh"),
     ("statistics", "inconclusive"): ("fail", "warn"),
@@ -125,6 +127,27 @@ class Thresholds:
         if name not in suites:
             raise MergeQAUsageError(f"{self.path or 'thresholds'}: no suite {name!r} in [suites].{did_you_mean(name, suites)}")
         return suites[name]
+
+    def file(self, section: str, key: str, *, option: str | None = None, option_name: str = "",
+             fix: str = "") -> Path | None:
+        """The file a command-line option names (as given), else `[section] key` (a relative path
+        is relative to this thresholds file), else None. A path that is not a file is a usage
+        error naming the option or the key, the path it tried and `fix`."""
+        if option:
+            path = Path(option).expanduser()
+            origin = f"{option_name} {option}"
+        else:
+            value = self.get(section, key)
+            if not value:
+                return None
+            path = (self.path.parent if self.path else Path(".")) / Path(value).expanduser()
+            origin = f"{self.path or 'thresholds'}: [{section}] {key} = {value!r}"
+            if str(path) != value:
+                origin += f" ({path}: a relative path is read from the thresholds file's directory)"
+        if not path.is_file():
+            what = "a directory, not a file" if path.is_dir() else "no such file"
+            raise MergeQAUsageError(f"{origin}: {what}; {fix or 'name an existing file'}")
+        return path
 
     def check_parents(self, names) -> None:
         """Every [retention.capabilities] owner must be one of the run's parents (by directory

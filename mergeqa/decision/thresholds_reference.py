@@ -34,6 +34,8 @@ HELP = {
     ("sanity", "perplexity_task"): "an lm-eval loglikelihood_rolling task whose data is on this machine; "
                                    "\"\" skips the perplexity check",
     ("sanity", "new_tokens"): "greedy tokens generated per sanity prompt",
+    ("sanity", "parents_fail"): "a prompt the merge fails and every parent fails too: \"not_applicable\" leaves "
+                                "it out (none left: not applicable), \"fail\" fails the merge anyway",
     ("sanity", "prompts"): "name = { prompt, expect = [substrings] or match = regex, chat = true or false }: what a "
                            "coherent greedy continuation contains; chat prompts go through the chat template",
     ("lint", "min_norm_ratio"): "tensor norm / smallest parent norm of the same tensor",

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from mergeqa.core.messages import failure_message
-from mergeqa.core.state import ITEM_VERDICTS, RUN_VERDICTS, thresholds_key
+from mergeqa.core.state import ITEM_VERDICTS, RUN_VERDICTS, thresholds_key  # noqa: F401 (RUN_VERDICTS: kept importable here)
 
 OUTCOMES = ("pass", "fail", "inconclusive", "error", "not_applicable")
 INCONCLUSIVE_POLICIES = ("fail", "warn")

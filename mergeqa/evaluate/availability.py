@@ -9,7 +9,7 @@ Not a guarantee that loading succeeds (a cache can be partial): the engine still
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -23,6 +23,7 @@ class TaskData:
     source: str  # "cais/mmlu (abstract_algebra)", "json: /data/x.jsonl", "custom loader"
     available: bool
     where: str  # the cache or path that holds it, or what is missing
+    output_type: str = ""  # lm-eval's: "loglikelihood_rolling" for a perplexity task ("" if unknown)
 
     def line(self) -> str:
         mark = "available" if self.available else "NOT available offline"
@@ -39,6 +40,10 @@ def hf_dataset_dirs(path: str) -> list[Path]:
 
 def dataset_of(task: str, cfg: dict) -> TaskData:
     """TaskData for one leaf task's (include-resolved) YAML config."""
+    return replace(_dataset_of(task, cfg), output_type=str(cfg.get("output_type") or ""))
+
+
+def _dataset_of(task: str, cfg: dict) -> TaskData:
     if cfg.get("custom_dataset") is not None:
         return TaskData(task, "custom loader", True, "shipped with the task")
     path = str(cfg.get("dataset_path") or "")
@@ -64,12 +69,14 @@ def dataset_of(task: str, cfg: dict) -> TaskData:
                     "connected machine (datasets.load_dataset) and copy the cache over")
 
 
-def task_datasets(names: list[str], task_paths: list[str] | tuple[str, ...] = ()) -> list[TaskData]:
+def task_datasets(names: list[str], task_paths: list[str] | tuple[str, ...] = (), *,
+                  include_defaults: bool = True) -> list[TaskData]:
     """TaskData for every leaf task of `names` (groups and tags expanded); an unknown name is
-    reported as not available, with the closest known names."""
+    reported as not available, with the closest known names. `include_defaults=False` looks in
+    `task_paths` alone (in well under a second; lm-eval's own tasks take ~10 s to index)."""
     from mergeqa.evaluate.engine import task_manager
 
-    tm = task_manager(tuple(str(p) for p in task_paths), include_defaults=True)
+    tm = task_manager(tuple(str(p) for p in task_paths), include_defaults=include_defaults)
     out: list[TaskData] = []
     for name in names:
         out += _leaves(tm, name, seen=set())

@@ -2,7 +2,9 @@
 prompt set ([sanity.prompts] in thresholds.toml), run twice, read by every generation check
 (non-empty, coherent, instruction-following through the chat template, no degenerate repetition,
 finite logits, identical across runs); and held-out perplexity against the parents', through the
-engine. A handful of prompts, seconds per model: not a benchmark (that is mergeqa.evaluate.engine's).
+engine. A prompt the merge fails is run on the parents too: one that every parent fails as well is
+reported as "parents fail too", not blamed on the merge (`[sanity] parents_fail`).
+A handful of prompts, seconds per model: not a benchmark (that is mergeqa.evaluate.engine's).
 """
 
 from __future__ import annotations
@@ -185,6 +187,38 @@ def sanity_run(ref, device: str, dtype: str, prompts: list[SanityPrompt], new_to
     return SanityRun(ref.name, *runs)
 
 
+def rejected(run: SanityRun, chat: bool | None = None) -> list[SanityPrompt]:
+    """The prompts whose continuation the model ran and the prompt's expectation rejects: the ones
+    to ask the parents about (a prompt that could not run at all is the model's own problem)."""
+    return [g.prompt for g in run.ran(chat) if not g.problem and not g.prompt.accepts(g.text)]
+
+
+def parent_generations(parents: list, prompts: list[SanityPrompt], device: str, dtype: str,
+                       new_tokens: int) -> dict[str, dict[str, Generation]]:
+    """{parent name: {prompt name: one greedy Generation}} of `prompts` on each parent ModelRef."""
+    out: dict[str, dict[str, Generation]] = {}
+    for ref in parents:
+        model, tokenizer = ref.model(device, dtype), ref.tokenizer()
+        out[ref.name] = {p.name: greedy(model, tokenizer, p, new_tokens) for p in prompts}
+    return out
+
+
+def parents_fail_too(prompt: SanityPrompt, parents: dict[str, dict[str, Generation]] | None) -> bool:
+    """True when there are parents and every one of them ran `prompt` and failed it too."""
+    gens = [runs.get(prompt.name) for runs in (parents or {}).values()]
+    return bool(gens) and all(g is not None and g.skipped is None and not g.problem
+                              and not prompt.accepts(g.text) for g in gens)
+
+
+def _parents_said(prompt: SanityPrompt, parents: dict[str, dict[str, Generation]] | None) -> str:
+    """"arithmetic -> '19', lists -> '[1 2 3]'": what each parent continued the prompt with."""
+    said = []
+    for name, runs in (parents or {}).items():
+        g = runs.get(prompt.name)
+        said.append(f"{name} -> " + ("?" if g is None else g.skipped or g.problem or repr(g.text)))
+    return ", ".join(said)
+
+
 # -- perplexity --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Perplexity:
@@ -222,23 +256,64 @@ def perplexity(merged, parents: list, settings, task: str, family_tasks: Path | 
 
 
 # -- verdicts: what each check concludes from the measurements -----------------------------------
-def _failing(run: SanityRun, chat: bool | None, name: str, model_fix: str) -> Verdict:
-    """Shared by the coherence and chat checks: every prompt that ran must be accepted."""
+PARENTS_FAIL = ("not_applicable", "fail")  # [sanity] parents_fail
+
+
+def _failing(run: SanityRun, chat: bool | None, name: str, model_fix: str,
+             parents: dict[str, dict[str, Generation]] | None = None,
+             parents_fail: str = "not_applicable") -> Verdict:
+    """Shared by the coherence and chat checks: every prompt that ran must be accepted. `parents`
+    holds the parents' generations of the prompts the merge failed (`rejected`); a prompt every
+    parent fails too is not the merge's doing: with parents_fail = "not_applicable" it is left out
+    (no prompt left: not_applicable), with "fail" it still fails, saying so."""
+    if parents_fail not in PARENTS_FAIL:
+        raise ValueError(f"parents_fail={parents_fail!r}: expected one of {', '.join(PARENTS_FAIL)}")
     gens = run.ran(chat)
     bad = [g for g in gens if g.problem or not g.prompt.accepts(g.text)]
-    r = _result(f"sanity.{name}", run.model, {"obtained": len(bad), "threshold": 0, "n": len(gens),
-                                      **{f"output.{g.prompt.name}": g.text for g in gens}},
-                    [_line(g) for g in bad], expected="every prompt's continuation as [sanity.prompts] expects")
-    if not gens:
+    shared = [g for g in bad if not g.problem and parents_fail_too(g.prompt, parents)]
+    if parents_fail == "not_applicable":
+        gens, bad = [g for g in gens if g not in shared], [g for g in bad if g not in shared]
+    said = {g.prompt.name: _parents_said(g.prompt, parents) for g in bad + shared if parents}
+    r = _result(f"sanity.{name}", run.model,
+                {"obtained": len(bad), "threshold": 0, "n": len(gens), "parents_fail_too": len(shared),
+                 **{f"output.{g.prompt.name}": g.text for g in run.ran(chat)},
+                 **{f"parent_output.{p}.{prompt}": gen.text for p, runs in (parents or {}).items()
+                    for prompt, gen in runs.items() if prompt in said}},
+                [_line(g) + (f"; parents: {said[g.prompt.name]}" if g.prompt.name in said else "")
+                 + ("; every parent fails it too" if g in shared else "") for g in bad],
+                expected="every prompt's continuation as [sanity.prompts] expects")
+    left_out = [g.prompt.name for g in shared] if parents_fail == "not_applicable" else []
+    if left_out:
+        r.figures["left_out"] = ", ".join(left_out)
+    if not gens and shared:
+        g = shared[0]
+        r.reason = (f"parents fail too: every parent also fails {', '.join(repr(n) for n in left_out)} "
+                    f"({g.prompt.text!r}: merge -> {g.text!r}, {said[g.prompt.name]}), so it tests nothing "
+                    "the merge could have lost; no prompt left")
+        r.fix = ("add [sanity.prompts] your parents answer, or set [sanity] parents_fail = \"fail\" to fail "
+                 "on them anyway")
+    elif not gens:
         why = [g.skipped for g in run.first if g.skipped and (chat is None or g.prompt.chat == chat)]
         r.reason = why[0] if why else "no such prompt in [sanity.prompts]"
     elif bad:
         g = bad[0]
-        r.summary = (f"prompt {g.prompt.name!r} ({g.prompt.text!r}) gave {g.text!r}; "
-                     f"{len(bad)} of {len(gens)} prompts fail")
-        r.cause = ("a tokenizer that does not match the weights, or a merge that lost the parents' skills "
-                   "(gibberish, mergekit #169/#671)")
-        r.fix = model_fix
+        r.summary = (f"prompt {g.prompt.name!r} ({g.prompt.text!r}) gave {g.text!r}"
+                     + (f" (parents: {said[g.prompt.name]})" if g.prompt.name in said else "")
+                     + f"; {len(bad)} of {len(gens)} prompts fail"
+                     + (f" ({len(left_out)} more that every parent fails too left out: {', '.join(left_out)})"
+                        if left_out else ""))
+        if all(x in shared for x in bad):
+            r.cause = ("every parent fails these prompts too: they test something the parents never had, "
+                       "not something the merge lost")
+            r.fix = ("replace them in [sanity.prompts] with prompts your parents answer, or set [sanity] "
+                     "parents_fail = \"not_applicable\" to leave such prompts out")
+        else:
+            r.cause = ("a tokenizer that does not match the weights, or a merge that lost the parents' skills "
+                       "(gibberish, mergekit #169/#671)")
+            r.fix = model_fix
+    elif left_out:
+        r.summary = (f"{len(gens)} prompts as expected; left out, every parent fails them too: "
+                     f"{', '.join(left_out)}")
     return r.settle()
 
 
@@ -265,14 +340,18 @@ def check_generates(run: SanityRun) -> Verdict:
     return r.settle()
 
 
-def check_coherent(run: SanityRun) -> Verdict:
+def check_coherent(run: SanityRun, parents: dict[str, dict[str, Generation]] | None = None,
+                   parents_fail: str = "not_applicable") -> Verdict:
+    """Plain prompts; `parents`: the parents' generations of `rejected(run, chat=False)`."""
     return _failing(run, False, "coherent", "look at the lint's tokenizer and norms findings first; else lower "
-                    "the merge weights/density of the parent that lost its skill")
+                    "the merge weights/density of the parent that lost its skill", parents, parents_fail)
 
 
-def check_chat_instruction(run: SanityRun) -> Verdict:
+def check_chat_instruction(run: SanityRun, parents: dict[str, dict[str, Generation]] | None = None,
+                           parents_fail: str = "not_applicable") -> Verdict:
+    """Chat prompts; `parents`: the parents' generations of `rejected(run, chat=True)`."""
     return _failing(run, True, "chat_instruction", "ship the chat template and special tokens of the parent "
-                    "that was instruction-tuned, and give that parent more weight")
+                    "that was instruction-tuned, and give that parent more weight", parents, parents_fail)
 
 
 def check_repetition(run: SanityRun, max_rate: float, max_span: int, n: int = 3) -> Verdict:

@@ -137,6 +137,53 @@ def combine_orders(first, second) -> tuple[str | None, bool, bool]:
 
 
 # -- the run's setup -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JudgeInputs:
+    """What the options and [judge] name, resolved and checked without reading, loading or calling
+    anything: the questions file, and the judge (an endpoint, a local model directory, or the
+    reference judge when both are None). Options win over [judge]."""
+
+    questions: Path
+    source: str  # the questions' path, or "embedded"
+    url: str = ""
+    model: str = ""  # what the endpoint serves
+    judge_path: Path | None = None  # a local judge model directory
+
+    @classmethod
+    def resolve(cls, thresholds, *, questions: str | None = None, judge: str | None = None,
+                judge_url: str | None = None, judge_model: str | None = None) -> JudgeInputs:
+        """A missing questions file, an endpoint without a model name, two judges, or a judge
+        directory that is not a model: a usage error naming the option or [judge] key."""
+        from mergeqa.core.errors import MergeQAUsageError
+
+        from .questions import default_questions_path
+
+        get = lambda key: thresholds.get("judge", key)  # noqa: E731
+        where = thresholds.path or "thresholds"
+        path = thresholds.file("judge", "questions", option=questions, option_name="--questions",
+                               fix="name an MT-Bench question.jsonl (FastChat's format), or leave it out for "
+                                   "the embedded questions")
+        url, model, name = judge_url or get("url"), judge_model or get("model"), judge or get("judge")
+        if judge_model and not url:
+            raise MergeQAUsageError(f"--judge-model {judge_model}: names the model behind an endpoint; pass "
+                                    "--judge-url URL too (or set [judge] url)")
+        if url and judge:
+            raise MergeQAUsageError("--judge and --judge-url both name a judge; pass one of them")
+        if url and not model:
+            origin = f"--judge-url {judge_url}" if judge_url else f"{where}: [judge] url = {url!r}"
+            raise MergeQAUsageError(f"{origin}: name the model the endpoint serves with --judge-model NAME "
+                                    "(or [judge] model = \"NAME\")")
+        judge_path = None
+        if not url and name != "reference":
+            from mergeqa.models.refs import validate_model_dir
+
+            base = Path(thresholds.path).parent if thresholds.path else Path(".")
+            judge_path = validate_model_dir(name if judge else base / name,
+                                            "--judge" if judge else f"{where}: [judge] judge =")
+        return cls(path or default_questions_path(), str(path) if path else "embedded", url, model if url else "",
+                   judge_path)
+
+
 @dataclass
 class JudgeSetup:
     """What the judged checks share in one run: questions, judge, generation settings, limits;
@@ -206,36 +253,28 @@ class JudgeSetup:
                         judge: str | None = None, judge_url: str | None = None,
                         judge_model: str | None = None) -> JudgeSetup:
         """Options win over [judge]; relative paths in the thresholds file are relative to it."""
-        from mergeqa.core.errors import MergeQAUsageError
-
         from .judges import EndpointJudge, LocalJudge, ReferenceJudge
-        from .questions import default_questions_path, read_questions
+        from .questions import read_questions
 
         get = lambda key: thresholds.get("judge", key)  # noqa: E731
-        base = Path(thresholds.path).parent if thresholds.path else Path(".")
-        where = questions or get("questions")
-        path = (Path(where) if questions else base / where) if where else default_questions_path()
-        source = str(path) if where else "embedded"
+        inputs = JudgeInputs.resolve(thresholds, questions=questions, judge=judge, judge_url=judge_url,
+                                     judge_model=judge_model)
         settings = GenerationSettings(max_new_tokens=int(get("new_tokens")), device=device, dtype=dtype)
-        url, name = judge_url or get("url"), judge or get("judge")
-        if url:
-            if judge:
-                raise MergeQAUsageError("--judge and --judge-url both name a judge; pass one of them")
-            the_judge = EndpointJudge(url, judge_model or get("model"), cache_dir, key_env=get("api_key_env"),
+        if inputs.url:
+            the_judge = EndpointJudge(inputs.url, inputs.model, cache_dir, key_env=get("api_key_env"),
                                       timeout=get("timeout"), retries=int(get("retries")),
                                       max_tokens=int(get("judge_new_tokens")))
-        elif name == "reference":
+        elif inputs.judge_path is None:
             the_judge = ReferenceJudge()
         else:
-            from mergeqa.models.refs import ModelRef, validate_model_dir
+            from mergeqa.models.refs import ModelRef
 
-            judge_path = validate_model_dir(name if judge else base / name, "--judge")
-            the_judge = LocalJudge(ModelRef(judge_path.name, judge_path, "judge"),
+            the_judge = LocalJudge(ModelRef(inputs.judge_path.name, inputs.judge_path, "judge"),
                                    GenerationSettings(max_new_tokens=int(get("judge_new_tokens")), device=device,
                                                       dtype=dtype), cache_dir)
-        return cls(read_questions(path), the_judge, settings, Path(cache_dir), source, get("min_win_rate"),
-                   get("score_margin"), get("score_test"), get("max_swap_disagreement"), get("max_parse_errors"),
-                   thresholds.get("statistics", "alpha"))
+        return cls(read_questions(inputs.questions), the_judge, settings, Path(cache_dir), inputs.source,
+                   get("min_win_rate"), get("score_margin"), get("score_test"), get("max_swap_disagreement"),
+                   get("max_parse_errors"), thresholds.get("statistics", "alpha"))
 
     def figures(self) -> dict:
         """What names the judgment in junit: the judge, its prompts, the questions."""

@@ -89,6 +89,9 @@ def pytest_configure(config: pytest.Config) -> None:
                 config.issue_config_time_warning(MergeConfigWarning(message), stacklevel=2)
             except MergeConfigWarning as exc:  # -W error::mergeqa.core.errors.MergeConfigWarning
                 raise MergeQAUsageError(str(exc)) from None
+        from mergeqa.pytest_plugin.preflight import preflight
+
+        preflight(config, thresholds, gate)  # what else a user can misspell, before any model loads
     except MergeQAUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     gate_requested = opt.model or opt.merge_config or opt.gate
