@@ -126,8 +126,15 @@ def _readings(proc, out: Path, step: Path) -> dict:
             "step": step.read_text() if step.is_file() else "", "junit": junit}
 
 
-def _agree(r: dict, deployable: dict[str, bool]) -> None:
+def _row(case: str, r: dict) -> None:
+    """One row of the table `pytest tests/test_run_integrity.py -m slow -s` prints."""
+    first = r["summary"].splitlines()[0] if r["summary"] else "(no summary.md)"
+    print(f"\n| {case} | {r['code']} | {' / '.join(r['lines'])} | {first} |")
+
+
+def _agree(r: dict, deployable: dict[str, bool], case: str = "") -> None:
     """Every reading says the same as the exit code."""
+    _row(case, r)
     everything = all(deployable.values())
     assert (r["code"] == 0) == everything, (r["code"], r["lines"], r["stdout"][-2000:])
     for merge, ok in deployable.items():
@@ -145,27 +152,27 @@ def _agree(r: dict, deployable: dict[str, bool]) -> None:
 @pytest.mark.slow
 def test_a_clean_run_and_a_failing_merge(tmp_path, family, private_cache):
     clean = _run(tmp_path / "clean", private_cache, family)
-    _agree(clean, {"arithmetic": True, "lists": True})
+    _agree(clean, {"arithmetic": True, "lists": True}, "clean run")
     assert "arithmetic: deployable: all 3 checks pass" in clean["lines"]
     failing = _run(tmp_path / "failing", private_cache, family, steer="lists=fail")
-    _agree(failing, {"arithmetic": True, "lists": False})
+    _agree(failing, {"arithmetic": True, "lists": False}, "a failing merge")
     assert "first: custom.steered: fail" in next(ln for ln in failing["lines"] if ln.startswith("lists"))
 
 
 @pytest.mark.slow
 def test_a_check_that_errors_or_never_runs_is_not_a_pass(tmp_path, family, private_cache):
     raised = _run(tmp_path / "raised", private_cache, family, steer="lists=raise")
-    _agree(raised, {"arithmetic": True, "lists": False})
+    _agree(raised, {"arithmetic": True, "lists": False}, "a check that raises")
     assert "1 of 3 tests ended without a verdict (1 failed without a verdict)" in raised["lines"][1]
     stopped = _run(tmp_path / "x", private_cache, family, "-x", steer="arithmetic=raise")
-    _agree(stopped, {"arithmetic": False, "lists": False})  # -x: lists's checks never ran
+    _agree(stopped, {"arithmetic": False, "lists": False}, "-x")  # -x: lists's checks never ran
     assert "did not run" in stopped["lines"][1], stopped["lines"]
 
 
 @pytest.mark.slow
 def test_a_killed_xdist_worker_is_not_a_pass(tmp_path, family, private_cache):
     r = _run(tmp_path, private_cache, family, "-n", "2", steer="lists=crash")
-    _agree(r, {"arithmetic": True, "lists": False})
+    _agree(r, {"arithmetic": True, "lists": False}, "xdist worker killed")
     assert "errored" in r["lines"][1] and "crashed" in r["lines"][1], r["lines"]
 
 
@@ -192,7 +199,7 @@ def test_a_merge_whose_build_fails_gets_its_line(tmp_path, family, private_cache
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "GITHUB_STEP_SUMMARY": str(tmp_path / "step.md")})
     r = _readings(proc, out, tmp_path / "step.md")
-    _agree(r, {"lists": True, "broken": False})
+    _agree(r, {"lists": True, "broken": False}, "a merge whose build fails")
     broken = next(ln for ln in r["lines"] if ln.startswith("broken: "))
     assert "3 of 3 tests ended without a verdict (3 errored)" in broken and "ValueError" in broken, broken
 
@@ -235,7 +242,7 @@ def _cache_is_consistent(cache: Path) -> None:
 @pytest.mark.parametrize("moment", ["collected", "PASSED|FAILED"], ids=["before-any-check", "mid-run"])
 def test_one_sigint_stops_a_running_gate_and_every_report_says_interrupted(tmp_path, private_cache, moment):
     r, sent = _interrupt_gate(tmp_path, private_cache, moment)
-    print(f"SIGINT at {sent:.1f} s ({moment}): exit {r['code']}")
+    _row(f"SIGINT at {sent:.1f} s ({moment})", r)
     assert r["code"] == pytest.ExitCode.INTERRUPTED, r["stdout"][-3000:] + r["stderr"][-2000:]
     merges = ["dare_ties", "linear", "slerp", "task_arithmetic", "ties"]
     assert [ln.split(":")[0] for ln in r["lines"]] == merges, r["lines"]
@@ -254,3 +261,14 @@ def test_not_applicable_checks_are_said_and_a_merge_where_none_applied_is_not_de
     none = merge_status("m", [_v("m", "not_applicable")], {"t.py::test_b[m]": TestOutcome("m", "not_applicable")},
                         "fail")
     assert none.state == "no_checks" and none.line == "m: NOT deployable: no check applied (1 not applicable)"
+
+
+@pytest.mark.slow
+def test_eval_limit_zero_stops_the_run_before_any_verdict(tmp_path, family, private_cache):
+    """It used to end 'deployable: all 43 checks pass' with 1 failure and 4 errors; now the run
+    never starts: one line, exit 4, and nothing that reads as a verdict."""
+    r = _run(tmp_path, private_cache, family, "--eval-limit", "0")
+    _row("--eval-limit 0", r)
+    assert r["code"] == pytest.ExitCode.USAGE_ERROR and r["lines"] == [] and r["summary"] == ""
+    assert [ln for ln in r["stderr"].splitlines() if ln.strip()] == [
+        "ERROR: --eval-limit 0: must be at least 1 (items per task); leave it out to evaluate every item"]
