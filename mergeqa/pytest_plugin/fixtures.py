@@ -88,10 +88,9 @@ def evaluations(pytestconfig, eval_settings, thresholds):
     evaluations(ref, tasks) on those tasks only."""
     from mergeqa.evaluate.executor import evaluate_on, make_executor, prefetch
 
+    from mergeqa.core.progress import say as progress  # lines through the terminal (pytest_plugin.progress)
+
     suite = thresholds.suite(thresholds.get("retention", "suite"))
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    quiet = pytestconfig.get_verbosity() < 0 or reporter is None
-    progress = None if quiet else (lambda msg: reporter.write_line(f"mergeqa: {msg}"))
     memo: dict = {}
     executor = make_executor(pytestconfig.option.executor, device=eval_settings.device,
                              dtype=eval_settings.dtype)
@@ -126,8 +125,10 @@ def retention_verdicts(merged_model, parent_models, base_model, evaluations, eva
     if thresholds.get("statistics", "sequential"):  # batches scored here; full tasks via the executor
         from mergeqa.retention.early_stop import evaluate_early
 
+        from mergeqa.core.progress import say
+
         early = evaluate_early(merged_model, list(parent_models), base_model, suite["tasks"], thresholds,
-                               eval_settings, num_fewshot=suite.get("num_fewshot"), full=evaluations)
+                               eval_settings, num_fewshot=suite.get("num_fewshot"), full=evaluations, progress=say)
         return assess(merged_model.name, early.merged, early.parents, suite["tasks"], thresholds,
                       base=early.base, base_name=base_name, early=early)
     parents = {p.name: evaluations(p) for p in parent_models}

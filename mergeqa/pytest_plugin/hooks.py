@@ -11,6 +11,7 @@ import pytest
 from mergeqa.core.cache import default_cache_dir
 from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.core.state import CHECKS_DIR, session_key, thresholds_key, worker_metadata_key
+from mergeqa.pytest_plugin.progress import install_progress
 
 
 def _share_cores(config: pytest.Config) -> None:
@@ -36,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     _share_cores(config)
     config.pluginmanager.register(VerdictCollector(config), "mergeqa-verdicts")
+    install_progress(config)  # "mergeqa: ..." lines for every step that takes seconds
     if config.option.unsafe_exec:  # read where lm-eval runs the code: mergeqa.humaneval.sandbox.unsafe_exec_allowed
         os.environ["MERGEQA_UNSAFE_EXEC"] = "1"
     if config.pluginmanager.hasplugin("html"):  # pytest-html: each check's figures as its extras
