@@ -408,9 +408,9 @@ def test_a_stalled_judge_endpoint_in_the_gate_is_told_on_the_terminal_and_ends_i
     out = proc.stdout
     url = re.escape(server.url)
     assert re.search(rf"^mergeqa: judge: {url} did not answer within 0\.3 s \(try 1/2, [\d.]+ s\); retrying in "
-                     r"0\.\d s; [\d.]+ s of the judge's 1 s budget spent$", out, re.M), out[-3000:]
+                     r"0\.\d s; [\d.]+ s of the judge's 1 s budget spent$", out, re.MULTILINE), out[-3000:]
     assert re.search(rf"^mergeqa: judge: budget of 1 s spent waiting on {url} \(\d tries without an answer\): "
-                     "the remaining judge requests fail at once$", out, re.M), out[-3000:]
+                     "the remaining judge requests fail at once$", out, re.MULTILINE), out[-3000:]
     assert len(server.requests) <= 4
     props = {p.get("name"): p.get("value") for c in ET.parse(junit).getroot().iter("testcase")
              for p in c.iter("property")}

@@ -150,17 +150,17 @@ def test_mergeqa_gate_on_a_fresh_cache_tells_the_family_build_the_merge_and_the_
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: retention on 10 items
     told = "\n".join(lines)
     assert f"mergeqa: family: not in {tmp_path / 'cache'} yet: building it once" in told
-    stages = re.findall(r"^mergeqa: family: .* \(([123])/3\), ([\d.]+) s$", told, re.M)
+    stages = re.findall(r"^mergeqa: family: .* \(([123])/3\), ([\d.]+) s$", told, re.MULTILINE)
     assert [n for n, _ in stages] == ["1", "2", "3"], told
     assert [float(t) for _, t in stages] == sorted(float(t) for _, t in stages)  # time since the build began
-    assert re.search(r"^mergeqa: family: stage 1/3, step 20/20 loss [\d.]+, [\d.]+ s$", told, re.M), told
-    assert re.search(r"^mergeqa: family: built .*family-\w+ in ([\d.]+) s$", told, re.M), told
+    assert re.search(r"^mergeqa: family: stage 1/3, step 20/20 loss [\d.]+, [\d.]+ s$", told, re.MULTILINE), told
+    assert re.search(r"^mergeqa: family: built .*family-\w+ in ([\d.]+) s$", told, re.MULTILINE), told
     assert "mergeqa: merge ties: building with mergekit (ties, 3 models, cpu)..." in lines
-    assert re.search(r"^mergeqa: merge ties built in [\d.]+ s$", told, re.M), told
+    assert re.search(r"^mergeqa: merge ties built in [\d.]+ s$", told, re.MULTILINE), told
     for model in ("ties", "arithmetic", "lists", "base"):
         assert (f"mergeqa: evaluating {model} on family_arithmetic (10 items), family_lists (10 items), "
                 f"family_grammar (10 items)...") in lines, told
-        assert re.search(rf"^mergeqa: evaluated {model} in [\d.]+ s$", told, re.M), told
+        assert re.search(rf"^mergeqa: evaluated {model} in [\d.]+ s$", told, re.MULTILINE), told
     order = [lines.index(next(line for line in lines if line.startswith(p)))
              for p in ("mergeqa: family: not in", "mergeqa: family: built", "mergeqa: merge ties built",
                        "mergeqa: evaluated ties")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mergeqa.core.progress import say  # lines on the terminal (mergeqa.pytest_plugin.progress)
 from mergeqa.core.state import BUNDLED_TASKS, session_key, thresholds_key
 
 
@@ -88,8 +89,6 @@ def evaluations(pytestconfig, eval_settings, thresholds):
     evaluations(ref, tasks) on those tasks only."""
     from mergeqa.evaluate.executor import evaluate_on, make_executor, prefetch
 
-    from mergeqa.core.progress import say as progress  # lines through the terminal (pytest_plugin.progress)
-
     suite = thresholds.suite(thresholds.get("retention", "suite"))
     memo: dict = {}
     executor = make_executor(pytestconfig.option.executor, device=eval_settings.device,
@@ -100,14 +99,14 @@ def evaluations(pytestconfig, eval_settings, thresholds):
             key = (ref.path, tuple(tasks))
             if key not in memo:
                 memo[key] = evaluate_on(executor, ref, list(tasks), eval_settings,
-                                        num_fewshot=suite.get("num_fewshot"), progress=progress)
+                                        num_fewshot=suite.get("num_fewshot"), progress=say)
             return memo[key]
         if executor.distributed and not memo:  # every merge and model at once, as parallel jobs
             memo.update(prefetch(pytestconfig.stash[session_key], suite["tasks"], eval_settings,
-                                 executor, num_fewshot=suite.get("num_fewshot"), progress=progress))
+                                 executor, num_fewshot=suite.get("num_fewshot"), progress=say))
         if ref.path not in memo:
             memo[ref.path] = evaluate_on(executor, ref, suite["tasks"], eval_settings,
-                                         num_fewshot=suite.get("num_fewshot"), progress=progress)
+                                         num_fewshot=suite.get("num_fewshot"), progress=say)
         return memo[ref.path]
 
     yield run
@@ -124,8 +123,6 @@ def retention_verdicts(merged_model, parent_models, base_model, evaluations, eva
     base_name = base_model.name if base_model is not None else "base"
     if thresholds.get("statistics", "sequential"):  # batches scored here; full tasks via the executor
         from mergeqa.retention.early_stop import evaluate_early
-
-        from mergeqa.core.progress import say
 
         early = evaluate_early(merged_model, list(parent_models), base_model, suite["tasks"], thresholds,
                                eval_settings, num_fewshot=suite.get("num_fewshot"), full=evaluations, progress=say)
