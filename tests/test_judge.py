@@ -10,6 +10,7 @@ model once per cache (seconds), then read them back.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,6 +154,51 @@ def test_a_stall_past_the_timeout_is_judge_unavailable_and_nothing_hangs(tmp_pat
         took = time.perf_counter() - started
     assert took < 2 * 0.5 + 2, took  # two timed-out attempts and one short backoff, not a hang
     assert not list((tmp_path / "judgments").rglob("*.json"))  # nothing cached for a failed request
+
+
+def test_a_stalled_endpoint_spends_its_budget_telling_each_stall_then_fails_fast(tmp_path):
+    """A server that never answers within the timeout (each request sleeps STALL_S > 0.4 s), with
+    3 retries and a budget of 1.5 s for the run: every timed-out try is told as it happens with the
+    time so far; the request ends when the budget is spent (not after 4 tries x 0.4 s plus
+    backoff), and every later request fails at once without reaching the server."""
+    import openai  # noqa: F401 - imported before the clock starts (seconds on a loaded machine)
+
+    from mergeqa.core import progress
+
+    lines: list[str] = []
+    uninstall = progress.install(lines.append)
+    try:
+        with FakeEndpoint(["stall"]) as server:
+            judge = _judge(server.url, tmp_path, timeout=0.4, retries=3, budget_s=1.5)
+            started = time.perf_counter()
+            with pytest.raises(JudgeUnavailable, match=r"^judge unavailable: budget of 1\.5 s spent waiting on "):
+                judge.rate([ITEM])
+            first = time.perf_counter() - started
+            tried = len(server.requests)
+            started = time.perf_counter()
+            for _ in range(3):  # the other judged checks of the run
+                with pytest.raises(JudgeUnavailable, match="budget of 1.5 s spent") as info:
+                    judge.compare([PAIR])
+            after = time.perf_counter() - started
+            assert len(server.requests) == tried
+    finally:
+        uninstall()
+    assert first < 1.5 + 1.0, first  # the budget and slack: no try outlasts what is left of it
+    assert after < 0.1, after
+    assert 2 <= tried <= 3
+    url = re.escape(server.url)
+    timed_out = [line for line in lines if "did not answer within" in line]
+    assert len(timed_out) == tried, lines
+    assert re.fullmatch(rf"judge: {url} did not answer within 0\.4 s \(try 1/4, 0\.\d s\); retrying in 0\.5 s; "
+                        r"0\.\d s of the judge's 1\.5 s budget spent", timed_out[0]), timed_out[0]
+    assert re.fullmatch(rf"judge: budget of 1\.5 s spent waiting on {url} \({tried} tries without an answer\): "
+                        "the remaining judge requests fail at once", lines[-1]), lines
+    assert sum("budget of 1.5 s spent" in line for line in lines) == 1  # told once, not per request
+    from mergeqa.judge.evaluation import unavailable_verdict
+
+    verdict = unavailable_verdict("ab.lists", "ties", info.value)
+    assert verdict.outcome == "error" and verdict.reason.startswith("judge unavailable: budget of 1.5 s spent")
+    assert "budget_s" in verdict.fix
 
 
 def test_a_server_that_is_down_is_judge_unavailable_naming_the_url(tmp_path):
@@ -335,6 +381,42 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
     assert {"mergeqa.judge.score.bleu", "mergeqa.judge.score.chrf", "mergeqa.judge.score.p_noninferiority",
             "mergeqa.conflict.rate.ci_high", "mergeqa.conflict.owner.arithmetic.obtained"} <= set(props)
     assert not [n for n, c in cases.items() if c.find("error") is not None], out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_stalled_judge_endpoint_in_the_gate_is_told_on_the_terminal_and_ends_in_error_verdicts(
+        family, cache_dir, tmp_path):
+    """The judged checks of one merge against an endpoint that never answers in time, with a budget
+    of 1 s: the stall is told on pytest's terminal as it happens, and the three judged verdicts are
+    errors naming the spent budget (the answers of the family's models are cached: seconds)."""
+    import os
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from mergeqa.core.state import CHECKS_DIR
+
+    (tmp_path / "thresholds.toml").write_text("[judge]\ntimeout = 0.3\nretries = 1\nbudget_s = 1.0\n")
+    junit = tmp_path / "junit.xml"
+    with FakeEndpoint(["stall"]) as server:
+        proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_judge.py"), "-k", "ties and not dare",
+                               "--device", "cpu", "--mergeqa-cache", str(cache_dir), "--judge-url", server.url,
+                               "--judge-model", "judge-1", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                               "-o", "junit_family=xunit1"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout
+    url = re.escape(server.url)
+    assert re.search(rf"^mergeqa: judge: {url} did not answer within 0\.3 s \(try 1/2, [\d.]+ s\); retrying in "
+                     r"0\.\d s; [\d.]+ s of the judge's 1 s budget spent$", out, re.MULTILINE), out[-3000:]
+    assert re.search(rf"^mergeqa: judge: budget of 1 s spent waiting on {url} \(\d tries without an answer\): "
+                     "the remaining judge requests fail at once$", out, re.MULTILINE), out[-3000:]
+    assert len(server.requests) <= 4
+    props = {p.get("name"): p.get("value") for c in ET.parse(junit).getroot().iter("testcase")
+             for p in c.iter("property")}
+    for name in ("judge.score", "ab.arithmetic", "ab.lists"):
+        assert props[f"mergeqa.{name}.outcome"] == "error", (name, props)
+    assert "budget of 1 s spent" in out.split("FAILURES", 1)[-1]
 
 
 @pytest.mark.slow

@@ -111,6 +111,11 @@ def run_gate(out: Path, cache: str | None, pytest_args: list[str]) -> int:
     return code
 
 
+def stderr_lines(message: str) -> None:
+    """Where the command's progress lines go (mergeqa.core.progress): stderr, as they happen."""
+    print(f"mergeqa: {message}", file=sys.stderr, flush=True)
+
+
 def run_family(cache: str | None, table: bool) -> int:
     """Build (or find) the family and print where it is; with --table, its recorded table (computed
     and recorded in the family's cache entry first if absent)."""
@@ -118,15 +123,16 @@ def run_family(cache: str | None, table: bool) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from mergeqa.family import build_family
+    from mergeqa.core import progress
+    from mergeqa.models.session import build_family_reporting
     from mergeqa.report.family_table import family_table, recorded_table, render
 
-    log = lambda m: print(f"  {m}", file=sys.stderr)  # noqa: E731
-    fam = build_family(cache, log=log)
+    progress.install(stderr_lines)
+    fam = build_family_reporting(cache)
     print(f"family: {fam.root}")
     for name, path in {"base": fam.base, **fam.parents}.items():
         print(f"  {name}: {path}")
-    recorded = family_table(cache, log=log) if table else recorded_table(fam)
+    recorded = family_table(cache, log=lambda m: progress.say(f"table: {m}")) if table else recorded_table(fam)
     if recorded is not None:
         print("\n" + render(recorded))
     else:

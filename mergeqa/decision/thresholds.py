@@ -46,7 +46,7 @@ DEFAULTS: dict[str, dict] = {
                  "short_words": 8, "embedding_model": "", "new_tokens": 16,
                  "owners": {"arithmetic": "arithmetic", "lists": "lists"}},
     "judge": {"questions": "", "judge": "reference", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY",
-              "timeout": 60.0, "retries": 3, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
+              "timeout": 60.0, "retries": 3, "budget_s": 600.0, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
               "score_margin": 0.5, "score_test": "permutation", "max_swap_disagreement": 0.35,
               "max_parse_errors": 0.1},
     "cost": {"max_size_ratio": 1.05, "max_memory_ratio": 1.25, "min_speed_ratio": 0.5,
@@ -103,6 +103,7 @@ RANGES = {
     ("lint", "max_norm_ratio"): (1.0, math.inf, True, False),
     ("sanity", "max_repetition_rate"): (0.0, 1.0, True, True),
     ("sanity", "max_perplexity_ratio"): (1.0, math.inf, True, False),
+    ("judge", "budget_s"): (0.0, math.inf, False, False),
 }
 # Values whose meaning changed: the old value gets an explanation, not just "expected one of".
 RETIRED = {

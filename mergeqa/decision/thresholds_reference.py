@@ -79,6 +79,7 @@ HELP = {
     ("judge", "api_key_env"): "environment variable holding the endpoint's key",
     ("judge", "timeout"): "seconds per endpoint request",
     ("judge", "retries"): "retries on 429/5xx/timeouts, with backoff (Retry-After honoured)",
+    ("judge", "budget_s"): "seconds the endpoint may lose in a run (unanswered tries, retry waits); then judging fails fast",
     ("judge", "new_tokens"): "greedy tokens per answer of the models under test",
     ("judge", "judge_new_tokens"): "tokens a model judge may write before its verdict tag",
     ("judge", "min_win_rate"): "A/B win rate (ties as half) against each parent",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mergeqa.core.cache import digest, log_event
 from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.core.progress import duration
 from mergeqa.models.refs import ModelRef, resolve_device
 
 RESULTS_VERSION = 2  # bump when the record format changes (2: filters kept apart, weights)
@@ -401,7 +402,7 @@ def _run(ref: ModelRef, todo: dict, settings: EvalSettings, result: EvalResult, 
                 for task, _, _, cached, _, score in plans.values())
     if progress:
         sizes = ", ".join(f"{name} ({len(p[5])} items)" for name, p in plans.items())
-        progress(f"evaluating {ref.name} on {sizes}")
+        progress(f"evaluating {ref.name} on {sizes}...")
     started = time.perf_counter()
     out = lm_eval.simple_evaluate(
         model=lm, tasks=[p[0] for p in plans.values()], log_samples=True,
@@ -410,6 +411,8 @@ def _run(ref: ModelRef, todo: dict, settings: EvalSettings, result: EvalResult, 
         bootstrap_iters=0, verbosity="ERROR", confirm_run_unsafe_code=True,
         task_manager=task_manager(settings.task_paths, include_defaults=False))
     seconds = round(time.perf_counter() - started, 2)
+    if progress:
+        progress(f"evaluated {ref.name} in {duration(seconds)}")
     for name, (task, config_hash, path, cached, wanted, scored) in plans.items():
         new = _to_task_result(name, out, config_hash)
         n_docs = task_size(task, settings)

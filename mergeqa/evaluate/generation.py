@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mergeqa.core import progress
 from mergeqa.core.cache import digest, log_event, write_json
 
 ANSWERS_VERSION = 1  # bump when the entry format or the decoding changes
@@ -122,11 +123,15 @@ def generate(ref, conversations: Sequence[Sequence[str]], settings: GenerationSe
         if found is not None:
             return found
         started = time.perf_counter()
+        n_turns = sum(len(c) for c in conversations)
+        progress.say(f"answering with {ref.name}: {len(conversations)} conversations, {n_turns} turns, "
+                     f"up to {settings.max_new_tokens} new tokens each...")
         model = ref.model(settings.device, settings.dtype)
         turns, new_tokens, truncated, rendering = answer_conversations(model, ref.tokenizer(), conversations, settings)
         answers = Answers(ref.name, model_hash, p_hash, turns, settings.key(),
                           round(time.perf_counter() - started, 3), new_tokens, truncated, rendering)
         _write(path, answers)
+        progress.say(f"answered with {ref.name} in {progress.duration(answers.seconds)}")
     log_event(Path(cache_dir), "answered", model=ref.name, model_hash=model_hash[:16], prompts=p_hash[:12],
               conversations=len(turns), turns=sum(len(t) for t in turns), seconds=answers.seconds)
     return answers

@@ -12,13 +12,15 @@ Statistics come from mergeqa.decision.significance (paired test over questions) 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mergeqa.core import progress
 from mergeqa.decision.verdict import Verdict, interval_outcome
 from mergeqa.evaluate.generation import Answers, GenerationSettings, generate
 
-from .judges import Judge, JudgeUnavailable, PairItem, RateItem
+from .judges import Judge, JudgeUnavailable, PairItem, PromptJudge, RateItem
 from .questions import Question
 
 
@@ -220,7 +222,7 @@ class JudgeSetup:
                 for t in range(len(a)):
                     items.append(RateItem(q.turns[:t + 1], tuple(a[:t + 1]), q.reference_for(t)))
                     where.append((qi, t))
-            judgments = self.judge.rate(items)
+            judgments = self._told(self.judge.rate, items, f"rating {len(items)} answers of {ref.name}")
             turns: list[list[float | None]] = [[None] * len(a) for a in answers]
             for (qi, t), j in zip(where, judgments):
                 turns[qi][t] = j.value
@@ -237,7 +239,8 @@ class JudgeSetup:
             refs = [tuple(q.reference_for(t) for t in range(len(q.turns))) for q in self.questions]
             first = [PairItem(q.turns, tuple(a), tuple(b), r) for q, a, b, r in zip(self.questions, ours, theirs, refs)]
             second = [PairItem(q.turns, tuple(b), tuple(a), r) for q, a, b, r in zip(self.questions, ours, theirs, refs)]
-            judged = self.judge.compare(first + second)
+            judged = self._told(self.judge.compare, first + second,
+                                f"comparing {merged.name} with {parent.name} on {len(first)} questions, both orders")
             outcomes, flips, errors = [], 0, 0
             for j1, j2 in zip(judged[:len(first)], judged[len(first):]):
                 outcome, flipped, parse_error = combine_orders(j1, j2)
@@ -247,6 +250,17 @@ class JudgeSetup:
             unjudged = sum(o is None for o in outcomes) - errors
             self._pairs[key] = Pairwise(merged.name, parent.name, outcomes, flips, errors, unjudged)
         return self._pairs[key]
+
+    def _told(self, call, items: list, what: str) -> list:
+        """`call(items)`, told as progress lines when the judge is a model or an endpoint (seconds
+        to minutes; the reference judge takes milliseconds and is not told)."""
+        if not isinstance(self.judge, PromptJudge):
+            return call(items)
+        started = time.perf_counter()
+        progress.say(f"judge: {what} ({self.judge.identity})...")
+        out = call(items)
+        progress.say(f"judge: {what}: done in {progress.duration(time.perf_counter() - started)}")
+        return out
 
     @classmethod
     def from_thresholds(cls, thresholds, cache_dir: Path, device: str, dtype: str, *, questions: str | None = None,
@@ -263,7 +277,7 @@ class JudgeSetup:
         if inputs.url:
             the_judge = EndpointJudge(inputs.url, inputs.model, cache_dir, key_env=get("api_key_env"),
                                       timeout=get("timeout"), retries=int(get("retries")),
-                                      max_tokens=int(get("judge_new_tokens")))
+                                      max_tokens=int(get("judge_new_tokens")), budget_s=get("budget_s"))
         elif inputs.judge_path is None:
             the_judge = ReferenceJudge()
         else:

@@ -6,8 +6,9 @@
 - `LocalJudge`: a local transformers model (`--judge PATH`), prompted with mergeqa.judge.prompts,
   its replies generated greedily and cached by mergeqa.evaluate.generation;
 - `EndpointJudge`: an OpenAI-compatible endpoint (`--judge-url URL --judge-model NAME`) through the
-  `openai` client: a timeout per request, retries with backoff on 429/5xx (the client's, honouring
-  Retry-After), replies cached per request; an endpoint that cannot answer raises `JudgeUnavailable`.
+  `openai` client: a timeout per request, retries with backoff on timeouts, 429 and 5xx (Retry-After
+  honoured), a time budget for the whole run ([judge] budget_s), replies cached per request; an
+  endpoint that cannot answer raises `JudgeUnavailable`.
 
 A reply without a verdict tag is a `Judgment` with `error="parse"`: counted, never dropped silently.
 """
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergeqa.core import progress
 from mergeqa.core.cache import digest, write_json
 from mergeqa.evaluate.agreement import Agreement, last_list, last_number, normalise
 
@@ -159,10 +162,20 @@ class LocalJudge(PromptJudge):
 
 class EndpointJudge(PromptJudge):
     """An OpenAI-compatible chat-completions endpoint. The key is read from the environment
-    variable `key_env` (a local server usually ignores it: "none" is sent when it is unset)."""
+    variable `key_env` (a local server usually ignores it: "none" is sent when it is unset).
+
+    Each request gets `timeout` seconds and `retries` more tries on a timeout, a connection error,
+    408/409/429 or 5xx, with backoff (Retry-After honoured, as the openai client does). Time lost
+    to the endpoint (tries that got no answer, and the waits before retrying) is counted against
+    `budget_s` for the judge's whole run: once it is spent, every remaining request fails at once
+    with "judge unavailable: budget of N s spent", and no try outlasts what is left of it. Answered
+    requests do not count: a slow endpoint that answers is judged to the end. Every failed try is
+    told as a progress line (mergeqa.core.progress) the moment it fails."""
+
+    INITIAL_BACKOFF_S, MAX_BACKOFF_S, MAX_RETRY_AFTER_S = 0.5, 8.0, 60.0
 
     def __init__(self, url: str, model: str, cache_dir: Path, *, key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, retries: int = 3, max_tokens: int = 96):
+                 timeout: float = 60.0, retries: int = 3, max_tokens: int = 96, budget_s: float = 600.0):
         if not model:
             from mergeqa.core.errors import MergeQAUsageError
 
@@ -170,6 +183,9 @@ class EndpointJudge(PromptJudge):
                                     "(or [judge] model)")
         self.url, self.model, self.cache_dir = url.rstrip("/"), model, Path(cache_dir)
         self.key_env, self.timeout, self.retries, self.max_tokens = key_env, float(timeout), int(retries), max_tokens
+        self.budget_s = float(budget_s)
+        self.lost_s = 0.0  # seconds of the budget spent: tries without an answer, waits before a retry
+        self.failed_tries, self._told_spent = 0, False
         self.identity = f"endpoint:{self.url}:{model}"
         self._client = None
 
@@ -177,8 +193,9 @@ class EndpointJudge(PromptJudge):
         if self._client is None:
             from openai import OpenAI
 
+            # retries are ours (request): each one is told as it happens and charged to the budget
             self._client = OpenAI(base_url=self.url, api_key=os.environ.get(self.key_env) or "none",
-                                  timeout=self.timeout, max_retries=self.retries)
+                                  timeout=self.timeout, max_retries=0)
         return self._client
 
     def _entry(self, messages: list[dict]) -> Path:
@@ -199,32 +216,94 @@ class EndpointJudge(PromptJudge):
             out.append(reply)
         return out
 
+    def _fix(self) -> str:
+        return (f"start the server or correct --judge-url (now {self.url}); raise [judge] timeout / retries / "
+                "budget_s for a slow or busy endpoint; or judge offline with --judge reference")
+
+    def _budget_spent(self) -> JudgeUnavailable:
+        """The error of every request once the budget is spent (told as a line the first time)."""
+        if not self._told_spent:
+            self._told_spent = True
+            progress.say(f"judge: budget of {self.budget_s:g} s spent waiting on {self.url} ({self.failed_tries} tries "
+                         "without an answer): the remaining judge requests fail at once")
+        return JudgeUnavailable(f"judge unavailable: budget of {self.budget_s:g} s spent waiting on {self.url} "
+                                f"({self.failed_tries} tries without an answer). Fix: {self._fix()}")
+
     def request(self, messages: list[dict]) -> str:
         """One chat completion (temperature 0); every way it can fail is a JudgeUnavailable."""
         import openai
 
-        tries = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
-        fix = (f"start the server or correct --judge-url (now {self.url}); raise [judge] timeout / retries for a "
-               "slow or busy endpoint; or judge offline with --judge reference")
+        tries, began = self.retries + 1, time.perf_counter()
+        for attempt in range(1, tries + 1):
+            if self.lost_s >= self.budget_s:
+                raise self._budget_spent()
+            client = self.client()
+            timeout, started = min(self.timeout, self.budget_s - self.lost_s), time.perf_counter()
+            try:
+                response = client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens, timeout=timeout)
+            except (openai.APIConnectionError, openai.APIStatusError) as exc:  # a timeout is a connection error
+                self.lost_s += time.perf_counter() - started
+                self.failed_tries += 1
+                what, retry, wait = self._failure(exc, attempt, timeout)
+                told = f"judge: {self.url} {what} (try {attempt}/{tries}, {progress.duration(time.perf_counter() - began)})"
+                if self.lost_s >= self.budget_s:
+                    progress.say(told)
+                    raise self._budget_spent() from None
+                spent = f"{progress.duration(self.lost_s)} of the judge's {self.budget_s:g} s budget spent"
+                if not retry or attempt == tries:
+                    progress.say(f"{told}; giving up on this request; {spent}")
+                    raise JudgeUnavailable(self._unavailable(exc, attempt)) from None
+                wait = min(wait, self.budget_s - self.lost_s)
+                progress.say(f"{told}; retrying in {progress.duration(wait)}; {spent}")
+                time.sleep(wait)
+                self.lost_s += wait
+                continue
+            choices = getattr(response, "choices", None) or []
+            content = choices[0].message.content if choices and choices[0].message else None
+            return content or ""
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _failure(self, exc: Exception, attempt: int, timeout: float) -> tuple[str, bool, float]:
+        """(what happened, worth a retry, seconds to wait first) for one failed try."""
+        import openai
+
+        backoff = min(self.INITIAL_BACKOFF_S * 2 ** (attempt - 1), self.MAX_BACKOFF_S)
+        if isinstance(exc, openai.APITimeoutError):
+            return f"did not answer within {progress.duration(timeout)}", True, backoff
+        if isinstance(exc, openai.APIConnectionError):
+            return f"is unreachable ({_cause(exc)})", True, backoff
+        headers = exc.response.headers  # an APIStatusError
+        retry_after = _retry_after(headers)
+        hint = headers.get("x-should-retry")
+        retry = hint == "true" or (hint != "false" and (exc.status_code in (408, 409, 429) or exc.status_code >= 500))
+        if retry_after is not None and retry_after > self.MAX_RETRY_AFTER_S:
+            retry = False
+        wait = retry_after if retry_after is not None and retry_after > 0 else backoff
+        return f"answered HTTP {exc.status_code}", retry, wait
+
+    def _unavailable(self, exc: Exception, attempts: int) -> str:
+        import openai
+
+        tries, fix = f"{attempts} attempt{'s' if attempts > 1 else ''}", self._fix()
+        if isinstance(exc, openai.APITimeoutError):
+            return f"judge endpoint {self.url} did not answer within {self.timeout:g} s ({tries}). Fix: {fix}"
+        if isinstance(exc, openai.APIConnectionError):
+            return f"judge endpoint {self.url} is unreachable ({_cause(exc)}; {tries}). Fix: {fix}"
+        if isinstance(exc, openai.RateLimitError):
+            return f"judge endpoint {self.url} still answered 429 (rate limited) after {tries}. Fix: {fix}"
+        return (f"judge endpoint {self.url} answered HTTP {exc.status_code} for model {self.model!r} "
+                f"({str(exc.message)[:160]}; {tries}). Fix: check --judge-model and ${self.key_env}; {fix}")
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds a Retry-After-ms / Retry-After header asks for (numbers only), else None."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         try:
-            response = self.client().chat.completions.create(model=self.model, messages=messages, temperature=0,
-                                                             max_tokens=self.max_tokens)
-        except openai.APITimeoutError:
-            raise JudgeUnavailable(f"judge endpoint {self.url} did not answer within {self.timeout:g} s "
-                                   f"({tries}). Fix: {fix}") from None
-        except openai.APIConnectionError as exc:
-            raise JudgeUnavailable(f"judge endpoint {self.url} is unreachable ({_cause(exc)}; {tries}). "
-                                   f"Fix: {fix}") from None
-        except openai.RateLimitError:
-            raise JudgeUnavailable(f"judge endpoint {self.url} still answered 429 (rate limited) after {tries}. "
-                                   f"Fix: {fix}") from None
-        except openai.APIStatusError as exc:
-            raise JudgeUnavailable(f"judge endpoint {self.url} answered HTTP {exc.status_code} for model "
-                                   f"{self.model!r} ({str(exc.message)[:160]}; {tries}). Fix: check --judge-model and "
-                                   f"${self.key_env}; {fix}") from None
-        choices = getattr(response, "choices", None) or []
-        content = choices[0].message.content if choices and choices[0].message else None
-        return content or ""
+            return float(headers.get(name)) / scale
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def _cause(exc: BaseException) -> str:

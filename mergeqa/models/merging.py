@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mergeqa.core import progress
 from mergeqa.core.cache import build_once, digest, log_event
 from mergeqa.models.refs import content_hash, validate_model_dir
 
@@ -44,17 +45,23 @@ def build_merge(config_path: Path, cache_dir: Path, *, substitutions: dict[str, 
     """The merged model directory for this config, built with mergekit's run_merge if not cached."""
     config, source = read_merge_config(config_path, substitutions)
     target = merge_target(config_path, cache_dir, substitutions=substitutions, seed=seed)
+    name = Path(config_path).stem
     started = time.perf_counter()
 
     def build(tmp: Path) -> None:
         from mergekit.merge import run_merge
         from mergekit.options import MergeOptions
 
+        progress.say(f"merge {name}: building with mergekit ({config.merge_method}, "
+                     f"{len(input_models(config))} models, {'cuda' if cuda else 'cpu'})...")
         options = MergeOptions(cuda=cuda, random_seed=seed, copy_tokenizer=True, lazy_unpickle=False,
                                write_model_card=True, quiet=True)
         options.apply_global_options()
         run_merge(config, str(tmp), options=options, config_source=source)
 
-    return build_once(target, build, on_build=lambda: log_event(
-        cache_dir, "merge_built", config=str(config_path), path=str(target),
-        seconds=round(time.perf_counter() - started, 2)))
+    def built() -> None:
+        seconds = time.perf_counter() - started
+        log_event(cache_dir, "merge_built", config=str(config_path), path=str(target), seconds=round(seconds, 2))
+        progress.say(f"merge {name} built in {progress.duration(seconds)}")
+
+    return build_once(target, build, on_build=built)

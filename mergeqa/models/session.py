@@ -79,24 +79,12 @@ class GateSession:
 
     def family(self):
         if "family" not in self._refs:
-            from mergeqa.family import build_family
-
-            self._refs["family"] = build_family(self.cache_dir)
+            self._refs["family"] = build_family_reporting(self.cache_dir)
         return self._refs["family"]
 
     def built_family(self):
         """The family if the cache already holds it, else None: never builds (for dry runs)."""
-        import torch
-        import transformers
-
-        from mergeqa.core.cache import digest
-        from mergeqa.family.build import Family, _source_digest, load_recipe
-
-        # build_family's key, read without building (kept here: an edit under mergeqa/family/
-        # changes the family's own cache key and costs every cache a rebuild)
-        key = digest(load_recipe(), _source_digest(), torch.__version__.split("+")[0], transformers.__version__)
-        root = self.cache_dir / f"family-{key[:16]}"
-        return Family(root) if (root / "recipe.json").is_file() else None
+        return cached_family(self.cache_dir)
 
     def _substitutions(self) -> dict[str, str]:
         if not self.embedded:
@@ -177,3 +165,40 @@ class GateSession:
         """The models this process has already resolved (built or named); builds nothing."""
         refs = list(self._merged.values()) + list(self._refs.get("parents", []))
         return refs + [r for r in [self._refs.get("base")] if r is not None]
+
+
+def cached_family(cache_dir: Path, recipe_path: Path | None = None):
+    """The family of this recipe if `cache_dir` already holds it, else None: never builds."""
+    import torch
+    import transformers
+
+    from mergeqa.core.cache import digest
+    from mergeqa.family.build import Family, _source_digest, load_recipe
+
+    # build_family's key, read without building (kept here: an edit under mergeqa/family/
+    # changes the family's own cache key and costs every cache a rebuild)
+    key = digest(load_recipe(recipe_path), _source_digest(), torch.__version__.split("+")[0], transformers.__version__)
+    root = Path(cache_dir) / f"family-{key[:16]}"
+    return Family(root) if (root / "recipe.json").is_file() else None
+
+
+def build_family_reporting(cache_dir: Path | None = None, recipe_path: Path | None = None):
+    """build_family, its progress told as it goes (mergeqa.core.progress): a line when the build
+    begins, one per training stage with its count and the time so far, one when it is done.
+    A family the cache holds already is returned without a line."""
+    from mergeqa.core import progress
+    from mergeqa.core.cache import default_cache_dir
+    from mergeqa.family import build_family, load_recipe
+
+    cache_dir = Path(cache_dir or default_cache_dir())
+    if cached_family(cache_dir, recipe_path) is not None:
+        return build_family(cache_dir, recipe_path)
+    parents = list(load_recipe(recipe_path)["parents"])
+    cost = "; about 4 minutes on 2 CPU cores" if recipe_path is None else ""
+    progress.say(f"family: not in {cache_dir} yet: building it once (training the base, then "
+                 f"{' and '.join(parents)}{cost})")
+    stages = progress.Stages("family", 1 + len(parents))
+    family = build_family(cache_dir, recipe_path, log=stages)
+    if stages.stage:  # trained here, not by another process this one waited for
+        stages.done(f"built {family.root}")
+    return family

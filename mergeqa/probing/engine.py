@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from mergeqa.core import progress
 from mergeqa.core.errors import MergeQAUsageError
 
 from .datasets import PHENOMENA, ProbeDataset, builtin_dataset, load_jsonl
@@ -105,6 +106,9 @@ class ProbingEngine:
         todo = self._missing(ref)  # again: another process may have done them while we waited
         if not todo:
             return
+        started = time.perf_counter()
+        progress.say(f"probing {ref.name} on {len(todo)} datasets ({sum(len(d.items) for d in todo)} sentences), "
+                     "layer by layer...")
         with threads_for(ref, self.device):
             features = representations(ref, todo, device=self.device, dtype=self.dtype,
                                        cache_dir=self.cache_dir, batch_size=self.batch_size)
@@ -112,6 +116,7 @@ class ProbingEngine:
                 result = probe(d, features[d.name], self.settings, device=self.device)
                 build_once(self._entry(ref, d), lambda tmp, r=result: r.save(tmp / RESULT_FILE))
                 self._memo[(ref.content_hash, d.name)] = result
+        progress.say(f"probed {ref.name} in {progress.duration(time.perf_counter() - started)}")
 
     def results(self, ref) -> dict[str, ProbeResult]:
         """Every dataset's ProbeResult for `ref`; representations are computed only for the missing."""

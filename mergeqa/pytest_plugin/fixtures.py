@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from mergeqa.core.progress import say  # lines on the terminal (mergeqa.pytest_plugin.progress)
 from mergeqa.core.state import BUNDLED_TASKS, session_key, thresholds_key
 
 
@@ -89,9 +90,6 @@ def evaluations(pytestconfig, eval_settings, thresholds):
     from mergeqa.evaluate.executor import evaluate_on, make_executor, prefetch
 
     suite = thresholds.suite(thresholds.get("retention", "suite"))
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    quiet = pytestconfig.get_verbosity() < 0 or reporter is None
-    progress = None if quiet else (lambda msg: reporter.write_line(f"mergeqa: {msg}"))
     memo: dict = {}
     executor = make_executor(pytestconfig.option.executor, device=eval_settings.device,
                              dtype=eval_settings.dtype)
@@ -101,14 +99,14 @@ def evaluations(pytestconfig, eval_settings, thresholds):
             key = (ref.path, tuple(tasks))
             if key not in memo:
                 memo[key] = evaluate_on(executor, ref, list(tasks), eval_settings,
-                                        num_fewshot=suite.get("num_fewshot"), progress=progress)
+                                        num_fewshot=suite.get("num_fewshot"), progress=say)
             return memo[key]
         if executor.distributed and not memo:  # every merge and model at once, as parallel jobs
             memo.update(prefetch(pytestconfig.stash[session_key], suite["tasks"], eval_settings,
-                                 executor, num_fewshot=suite.get("num_fewshot"), progress=progress))
+                                 executor, num_fewshot=suite.get("num_fewshot"), progress=say))
         if ref.path not in memo:
             memo[ref.path] = evaluate_on(executor, ref, suite["tasks"], eval_settings,
-                                         num_fewshot=suite.get("num_fewshot"), progress=progress)
+                                         num_fewshot=suite.get("num_fewshot"), progress=say)
         return memo[ref.path]
 
     yield run
@@ -127,7 +125,7 @@ def retention_verdicts(merged_model, parent_models, base_model, evaluations, eva
         from mergeqa.retention.early_stop import evaluate_early
 
         early = evaluate_early(merged_model, list(parent_models), base_model, suite["tasks"], thresholds,
-                               eval_settings, num_fewshot=suite.get("num_fewshot"), full=evaluations)
+                               eval_settings, num_fewshot=suite.get("num_fewshot"), full=evaluations, progress=say)
         return assess(merged_model.name, early.merged, early.parents, suite["tasks"], thresholds,
                       base=early.base, base_name=base_name, early=early)
     parents = {p.name: evaluations(p) for p in parent_models}
