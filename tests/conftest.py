@@ -10,6 +10,17 @@ import pytest
 pytest_plugins = ["pytester"]
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """This suite calls mergeqa's library directly, thousands of small steps: the plugin's progress
+    lines (mergeqa.pytest_plugin.progress) are for gate runs and would bury the dots here. The
+    tests of those lines run pytest in a subprocess, where the plugin installs them as usual."""
+    lines = config.pluginmanager.get_plugin("mergeqa-progress")
+    if lines is not None:
+        lines.uninstall()
+        config.pluginmanager.unregister(lines)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The shared mergeqa cache (family, merges, results): $MERGEQA_CACHE_DIR or ~/.cache/mergeqa."""
