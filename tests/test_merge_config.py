@@ -257,7 +257,27 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD))
+#: run as a whole pytest process (exit code, one stderr line, nothing collected, wall time): the cases
+#: that exercise the wiring (-W error, several configs, a multi-document file); every case is also
+#: checked in process below, where mergekit is imported once instead of ~10 s per process
+THROUGH_PYTEST = ("unknown method (mergekit's ties.yml)", "pattern: as an error (-W error)",
+                  "mergekit-multi file (mergekit's mega.yml)", "a good config, then a bad one")
+
+
+@pytest.mark.parametrize("case", [c for c in BAD if "-W error" not in c])
+def test_a_bad_config_is_one_usage_error_naming_file_and_line(models, monkeypatch, case):
+    from mergeqa.core.errors import MergeQAUsageError
+
+    files, _, expected = BAD[case]
+    monkeypatch.chdir(models)
+    configs = [_write(models, name, text).name for name, text in files.items()]
+    with pytest.raises(MergeQAUsageError) as caught:
+        _session(models, *configs)
+    message = str(caught.value)
+    assert "\n" not in message and all(part in message for part in expected), message
+
+
+@pytest.mark.parametrize("case", THROUGH_PYTEST)
 def test_a_bad_config_is_one_line_and_exit_4_before_anything_runs(models, case):
     files, options, expected = BAD[case]
     configs = [_write(models, name, text).name for name, text in files.items()]

@@ -167,6 +167,7 @@ def test_a_check_that_errors_or_never_runs_is_not_a_pass(tmp_path, family, priva
     stopped = _run(tmp_path / "x", private_cache, family, "-x", steer="arithmetic=raise")
     _agree(stopped, {"arithmetic": False, "lists": False}, "-x")  # -x: lists's checks never ran
     assert "did not run" in stopped["lines"][1], stopped["lines"]
+    assert "first: test_steered[arithmetic]: failed: RuntimeError" in stopped["lines"][0], stopped["lines"]
 
 
 @pytest.mark.slow

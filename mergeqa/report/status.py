@@ -121,7 +121,9 @@ def merge_status(merge: str, verdicts: list, tests: dict[str, TestOutcome], poli
         label = f"{first_v.check}[{first_v.data['task']}]" if "task" in first_v.data else first_v.check
         first = f"{label}: {first_v.headline().split(': ', 1)[1]}"
     else:
-        nodeid, t = next(iter(sorted(unfinished.items())))
+        severity = ("failed", "error", "skipped", "not_run")  # what ended worst first, then collection order
+        order = list(tests)
+        nodeid, t = min(unfinished.items(), key=lambda kv: (severity.index(kv[1].outcome), order.index(kv[0])))
         first = f"{nodeid.rsplit('::', 1)[-1]}: {t.outcome.replace('_', ' ')}" + (f": {t.reason}" if t.reason else "")
     return MergeStatus(merge, "not_deployable", f"{merge}: NOT deployable: {'; '.join(head)}; first: {first}",
                        first, counts)
