@@ -94,16 +94,21 @@ def test_a_parent_that_could_not_run_the_prompt_does_not_excuse_the_merge():
     assert check_coherent(run(capital=" a city."), {}).outcome == "fail"
 
 
+SUMS = ((23, 14), (31, 25), (12, 40))  # chat sums: the arithmetic parent's skill, not the base's
+
+
 @pytest.mark.slow
 def test_through_the_gate_a_prompt_no_family_model_answers_is_not_the_merges_fault(tmp_path, family, private_cache):
     """The family's base under test against its parents: no model of the family knows capitals
     (coherent: not applicable, parents fail too); the chat sum 23 + 14 = 37 is the arithmetic
-    parent's skill and the base writes 2314 (chat_instruction: fails, naming the parents' answers)."""
+    parent's skill and the base writes 2314 (chat_instruction: fails, naming the parents' answers);
+    three sums, so that one sum the parent gets wrong on another machine decides nothing."""
     from mergeqa.core.state import CHECKS_DIR
 
     t = tmp_path / "thresholds.toml"
     t.write_text('[sanity.prompts]\ncapital = { prompt = "The capital of France is", expect = ["Paris"] }\n'
-                 'chat_sum = { prompt = "23 + 14 =", chat = true, expect = ["37"] }\n')
+                 + "".join(f'chat_sum_{a}_{b} = {{ prompt = "{a} + {b} =", chat = true, expect = ["{a + b}"] }}\n'
+                           for a, b in SUMS))
     junit = tmp_path / "junit.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_sanity.py"), "--model", str(family.base),
@@ -126,8 +131,12 @@ def test_through_the_gate_a_prompt_no_family_model_answers_is_not_the_merges_fau
     assert all("Paris" not in c[f"mergeqa.sanity.coherent.parent_output.{p}.capital"] for p in family.parents)
     failure = chat.find("failure").text
     h = props("test_follows_chat_instruction[base]")
-    assert h["mergeqa.sanity.chat_instruction.outcome"] == "fail" and h["mergeqa.sanity.chat_instruction.obtained"] == "1"
-    assert "37" in h["mergeqa.sanity.chat_instruction.parent_output.arithmetic.chat_sum"]
-    assert "37" not in h["mergeqa.sanity.chat_instruction.output.chat_sum"]
+    assert h["mergeqa.sanity.chat_instruction.outcome"] == "fail" and int(h["mergeqa.sanity.chat_instruction.obtained"]) >= 1
+    # the arithmetic parent gets ~97 % of sums right, so not every one of three on every machine
+    # (the family trains to other weights elsewhere): the merge is blamed for one it gets right
+    blamed = [f"chat_sum_{a}_{b}" for a, b in SUMS
+              if str(a + b) in h.get(f"mergeqa.sanity.chat_instruction.parent_output.arithmetic.chat_sum_{a}_{b}", "")
+              and str(a + b) not in h[f"mergeqa.sanity.chat_instruction.output.chat_sum_{a}_{b}"]]
+    assert blamed, h
     assert "(parents: arithmetic -> " in failure and "lost the parents' skills" in failure
     print(f"coherent: {coherent.find('skipped').get('message')}\nchat: {failure.splitlines()[0]}")
