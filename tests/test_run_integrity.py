@@ -273,3 +273,50 @@ def test_eval_limit_zero_stops_the_run_before_any_verdict(tmp_path, family, priv
     assert r["code"] == pytest.ExitCode.USAGE_ERROR and r["lines"] == [] and r["summary"] == ""
     assert [ln for ln in r["stderr"].splitlines() if ln.strip()] == [
         "ERROR: --eval-limit 0: must be at least 1 (items per task); leave it out to evaluate every item"]
+
+
+BROKEN_REPORTER = '''
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_keyboard_interrupt(excinfo):
+    raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'int'")  # as pytest's reporter did
+'''
+
+INTERRUPTED_CHECK = '''
+from mergeqa import Verdict, decide
+
+
+def test_first(merged_model, request):
+    decide(request, Verdict.threshold("custom.first", merged_model.name, obtained=1, threshold=1, op=">="))
+
+
+def test_interrupted(merged_model):
+    raise KeyboardInterrupt
+
+
+def test_after(merged_model, request):
+    decide(request, Verdict.threshold("custom.after", merged_model.name, obtained=1, threshold=1, op=">="))
+'''
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_stays_an_interrupt_when_the_reporter_fails_to_show_it(tmp_path, family, private_cache):
+    """Seen in a fresh-clone CI run: a SIGINT right after collection landed in a frame without a
+    line number, pytest's reporter raised formatting it, and the gate exited 1 with no
+    'interrupted' anywhere. A reporter hook that raises the same way stands in for it here."""
+    (tmp_path / "conftest.py").write_text(BROKEN_REPORTER)
+    (tmp_path / "test_steered.py").write_text(INTERRUPTED_CHECK)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_steered.py", "--model", str(family.parents["lists"]),
+                           "--parents", str(family.parents["arithmetic"]), str(family.parents["lists"]),
+                           "--mergeqa-cache", str(private_cache), "-p", "no:cacheprovider", "-o",
+                           "junit_family=xunit1", f"--junitxml={out / 'junit.xml'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    r = _readings(proc, out, tmp_path / "step.md")
+    _row("Ctrl-C whose traceback cannot be shown", r)
+    assert r["code"] == pytest.ExitCode.INTERRUPTED, r["stdout"][-2000:] + r["stderr"][-2000:]
+    assert r["lines"] == ["lists: interrupted: no verdict (1 of 3 tests ran)"], r["lines"]
+    assert r["junit"]["mergeqa.run.verdict"] == "interrupted"
+    assert "mergeqa: interrupted (the traceback could not be shown: TypeError" in r["stderr"]

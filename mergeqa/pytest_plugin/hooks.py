@@ -11,7 +11,7 @@ import pytest
 from mergeqa.core.cache import default_cache_dir
 from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.core.state import CHECKS_DIR, session_key, thresholds_key, worker_metadata_key
-from mergeqa.pytest_plugin.ledger import NOT_APPLICABLE_MARK, RunLedger, finish, merge_param
+from mergeqa.pytest_plugin.ledger import NOT_APPLICABLE_MARK, InterruptGuard, RunLedger, finish, merge_param
 from mergeqa.pytest_plugin.progress import install_progress
 
 
@@ -41,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{NOT_APPLICABLE_MARK}: a parameter skipped because its check does not apply")
     if not hasattr(config, "workerinput"):  # the process that writes the reports keeps the ledger
         config.pluginmanager.register(RunLedger(config), "mergeqa-ledger")
+        config.pluginmanager.register(InterruptGuard(config), "mergeqa-interrupt-guard")
     install_progress(config)  # "mergeqa: ..." lines for every step that takes seconds
     if config.option.unsafe_exec:  # read where lm-eval runs the code: mergeqa.humaneval.sandbox.unsafe_exec_allowed
         os.environ["MERGEQA_UNSAFE_EXEC"] = "1"

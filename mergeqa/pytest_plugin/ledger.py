@@ -115,8 +115,49 @@ class RunLedger:
             return "not_applicable"
         return "skipped"
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self, excinfo) -> None:
         self.record.interrupted = True
+
+
+class InterruptGuard:
+    """Keeps a Ctrl-C an interrupt. pytest's terminal reporter formats the interrupted traceback
+    in its pytest_keyboard_interrupt; when the signal lands in a frame without a line number that
+    formatting raises (TypeError on tb_lineno None), and the run ended with exit code 1 and no
+    "interrupted" anywhere: the Ctrl-C read as swallowed. The error is reported in one line and
+    the run stays interrupted (exit 2)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_keyboard_interrupt(self, excinfo):
+        try:
+            return (yield)
+        except Exception as exc:  # noqa: BLE001 (a reporter's failure to format, not the run's)
+            import sys
+
+            sys.stderr.write(f"mergeqa: interrupted (the traceback could not be shown: {type(exc).__name__}: {exc})\n")
+            self._plain_memo()
+            return None
+
+    def _plain_memo(self) -> None:
+        """The terminal reporter prints its memo of the interrupt at session end and asserts it has
+        one: give it the bare line it would have shown."""
+        from _pytest._code.code import ReprFileLocation
+
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and getattr(reporter, "_keyboardinterrupt_memo", None) is None:
+            crash = ReprFileLocation("", 0, "KeyboardInterrupt")
+
+            class _Plain:
+                reprcrash = crash
+
+                @staticmethod
+                def toterminal(tw) -> None:
+                    crash.toterminal(tw)
+
+            reporter._keyboardinterrupt_memo = _Plain()
 
 
 def is_gate_run(config: pytest.Config, record: RunRecord) -> bool:
@@ -144,6 +185,8 @@ def finish(session: pytest.Session, verdicts: list) -> list:
     merges += sorted({t.merge for t in record.tests.values() if t.merge} - set(merges))
     statuses = config.stash[run_status_key] = merge_statuses(verdicts, record, merges, inconclusive_policy(config))
     state = run_state(statuses, record)
+    if record.interrupted:  # whatever else went wrong on the way out, an interrupt exits 2
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
     if state != "deployable" and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     from _pytest.junitxml import xml_key
