@@ -182,6 +182,51 @@ def test_slerp_endpoints_are_both_parents_even_when_base_model_is_not_listed(mod
     assert sorted(p.name for p in gate.parents()) == ["a", "b"] and gate.base() is None
 
 
+# examples/mega.yml as mergekit-mega wrote it: documents named by `out_path:`, the second merging
+# the first by that path
+MEGA_OUT_PATH = (MEGA.replace("name: gradient-slerp-ties", "out_path: ./models/gradient-slerp-ties")
+                 .replace("name: gradient-slerp", "out_path: ./models/gradient-slerp")
+                 .replace("  - model: gradient-slerp\n", "  - model: ./models/gradient-slerp\n"))
+
+
+@pytest.mark.parametrize("text", [MEGA, MEGA_OUT_PATH], ids=["mergekit-multi names", "mergekit-mega out_path"])
+def test_each_document_of_a_multi_document_config_is_a_merge_with_its_own_parents(models, monkeypatch, text):
+    """mega.yml: the gradient slerp of ./a and ./b (both endpoints, no base), then a ties of that
+    merge and ./c over ./base. Each document is a merge under test; the second's parents are the
+    first merge and ./c, its base ./base; the whole run's parents are all of them."""
+    monkeypatch.chdir(models)
+    _write(models, "mega.yml", text)
+    gate = _session(models, "mega.yml")
+    assert gate.merged_names == ["gradient-slerp", "gradient-slerp-ties"]
+    assert gate.merge_config_warnings == []
+    assert gate.parent_names("gradient-slerp") == ["a", "b"]
+    assert gate.parent_names("gradient-slerp-ties") == ["gradient-slerp", "c"]
+    assert gate.parent_names() == ["a", "b", "gradient-slerp", "c"]
+    assert [p.name for p in gate.parents("gradient-slerp")] == ["a", "b"] and gate.base("gradient-slerp") is None
+    assert gate.base("gradient-slerp-ties").name == "base"
+    assert [p.name for p in gate.parents(build=False)] == ["a", "b", "c"]  # builds nothing
+    assert not (models / "cache").exists()
+
+
+def test_a_multi_document_config_is_built_in_order_by_mergekit(models, monkeypatch):
+    """Building the second document builds the first, and the second merges that directory (as
+    mergekit-multi does with its intermediate directory): the ties merge's model card names it,
+    and it is the same ModelRef as the merge under test."""
+    monkeypatch.chdir(models)
+    _write(models, "mega.yml", MEGA)
+    gate = _session(models, "mega.yml")
+    ties = gate.merged("gradient-slerp-ties")
+    slerp = gate.merged("gradient-slerp")
+    assert (ties.path / "config.json").is_file() and (slerp.path / "config.json").is_file()
+    card = (ties.path / "mergekit_config.yml").read_text()
+    assert str(slerp.path) in card and "gradient-slerp\n" not in card
+    first, c = gate.parents("gradient-slerp-ties")
+    assert first is slerp and c.name == "c"
+    # the same recipe in a new session finds both merges in the cache
+    again = _session(models, "mega.yml")
+    assert again.merged("gradient-slerp-ties").path == ties.path
+
+
 def test_accepted_examples_are_merged_by_mergekit(models, monkeypatch, tmp_path):
     """What the checks accept, mergekit merges (the checks are no stricter than mergekit)."""
     from mergekit.merge import run_merge
@@ -247,10 +292,16 @@ BAD = {
     "pattern: as an error (-W error)": (
         {"gradient-slerp.yml": GRADIENT_SLERP}, ["-W", "error::mergeqa.core.errors.MergeConfigWarning"],
         ["gradient-slerp.yml: line 11:", "`pattern: self_attn` is not read", "write `filter: self_attn`"]),
-    "mergekit-multi file (mergekit's mega.yml)": (
-        {"mega.yml": MEGA}, [],
-        ["mega.yml: 2 YAML documents, a mergekit-multi recipe (gradient-slerp, gradient-slerp-ties)",
-         "one merge per file", "with gradient-slerp replaced by the directory"]),
+    "a mergekit-multi document that is wrong (mega.yml, its second document)": (
+        {"mega.yml": MEGA.replace("merge_method: ties", "merge_method: ranked_ties")}, [],
+        ["mega.yml: line 31:", "unknown merge_method 'ranked_ties'"]),
+    "two documents of one name": (
+        {"twice.yml": MEGA.replace("name: gradient-slerp-ties", "name: gradient-slerp")}, [],
+        ["twice.yml: line 19:", "two documents are called 'gradient-slerp'"]),
+    "documents that merge each other": (
+        {"circle.yml": MEGA.replace("      - model: ./a\n", "      - model: gradient-slerp-ties\n", 1)}, [],
+        ["circle.yml: line 1:", "documents merge each other in a circle (gradient-slerp -> gradient-slerp-ties "
+         "-> gradient-slerp)"]),
     "a good config, then a bad one": (
         {"good.yml": TIES.format(method="ties"), "bad.yml": TIES.format(method="ranked_ties")}, [],
         ["bad.yml: line 14:", "unknown merge_method 'ranked_ties'"]),
@@ -261,7 +312,8 @@ BAD = {
 #: that exercise the wiring (-W error, several configs, a multi-document file); every case is also
 #: checked in process below, where mergekit is imported once instead of ~10 s per process
 THROUGH_PYTEST = ("unknown method (mergekit's ties.yml)", "pattern: as an error (-W error)",
-                  "mergekit-multi file (mergekit's mega.yml)", "a good config, then a bad one")
+                  "a mergekit-multi document that is wrong (mega.yml, its second document)",
+                  "a good config, then a bad one")
 
 
 @pytest.mark.parametrize("case", [c for c in BAD if "-W error" not in c])

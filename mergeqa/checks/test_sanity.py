@@ -35,13 +35,14 @@ def parent_answers(mergeqa_session, thresholds):
         wanted = sanity.rejected(run, chat)
         if not wanted:
             return {}
-        parents = mergeqa_session.parents()
-        todo = [p for p in wanted if p.name not in memo]
-        if todo:
-            got = sanity.parent_generations(parents, todo, device, mergeqa_session.dtype,
-                                            thresholds.get("sanity", "new_tokens"))
-            memo.update({p.name: {name: runs[p.name] for name, runs in got.items()} for p in todo})
-        return {ref.name: {p.name: memo[p.name][ref.name] for p in wanted} for ref in parents}
+        parents = mergeqa_session.parents(run.model)
+        for ref in parents:
+            todo = [p for p in wanted if (ref.path, p.name) not in memo]
+            if todo:
+                got = sanity.parent_generations([ref], todo, device, mergeqa_session.dtype,
+                                                thresholds.get("sanity", "new_tokens"))[ref.name]
+                memo.update({(ref.path, name): gen for name, gen in got.items()})
+        return {ref.name: {p.name: memo[(ref.path, p.name)] for p in wanted} for ref in parents}
 
     return answers
 

@@ -42,22 +42,31 @@ def _models(gate, family) -> list[PlannedModel]:
     out = []
     subs = ({"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
             if gate.embedded and family else {})
-    for i, name in enumerate(gate.merged_names):
-        if i < len(gate.model_paths):
-            out.append(PlannedModel("merged", name, ModelRef(name, gate.model_paths[i], "merged")))
+    targets: dict[tuple, Path] = {}  # (file, document name) -> built directory
+    for name, unit in gate._units().items():
+        if isinstance(unit, Path):
+            out.append(PlannedModel("merged", name, ModelRef(name, unit, "merged")))
             continue
-        config = gate.merge_configs[i - len(gate.model_paths)]
+        config = unit.path
         if gate.embedded and family is None:
             out.append(PlannedModel("merged", name, None, f"from {config.name}: the family is not built yet"))
             continue
-        target = merge_target(config, gate.cache_dir, substitutions=subs, seed=gate.merge_seed)
+        missing = [d for d in unit.depends if (config, d) not in targets]
+        if missing:
+            out.append(PlannedModel("merged", name, None, f"from {config.name}: not built yet (after "
+                                    f"{', '.join(missing)}, which it merges)"))
+            continue
+        built = {d: str(targets[(config, d)]) for d in unit.depends}
+        target = merge_target(config, gate.cache_dir, substitutions=subs, seed=gate.merge_seed,
+                              document=unit.index, built=built)
         if target.is_dir():
+            targets[(config, unit.name)] = target
             out.append(PlannedModel("merged", name, ModelRef(name, target, "merged"), f"(from {config.name})"))
         else:
             out.append(PlannedModel("merged", name, None, f"from {config.name}: not built yet (mergekit builds "
                                     "it at first use; its hash is known then)"))
     if gate.parent_paths is not None or (gate.merge_configs and not gate.embedded):
-        out += [PlannedModel("parent", p.name, p) for p in gate.parents()]
+        out += [PlannedModel("parent", p.name, p) for p in gate.parents(build=False)]
         base = gate.base()
         out += [PlannedModel("base", base.name, base)] if base else []
     elif family is not None:

@@ -82,12 +82,14 @@ class MergeJob:
     substitutions: tuple[tuple[str, str], ...] = ()
     cuda: bool = False
     seed: int = 0
+    document: int = 0  # of a multi-document config
+    built: tuple[tuple[str, str], ...] = ()  # (name, directory) of the documents it merges
 
     def run(self) -> Path:
         from mergeqa.models.merging import build_merge
 
         return build_merge(self.config, self.cache_dir, substitutions=dict(self.substitutions),
-                           cuda=self.cuda, seed=self.seed)
+                           cuda=self.cuda, seed=self.seed, document=self.document, built=dict(self.built))
 
     def model_dir(self) -> None:
         return None
@@ -246,15 +248,27 @@ def _store(ref: ModelRef, task_results: dict, settings) -> None:
 
 
 def build_merges(gate, executor=None) -> list[Path]:
-    """Build every merge config of a GateSession through the executor (in parallel on Ray);
-    `gate.merged(name)` then finds each in the cache."""
+    """Build every merge config (document) of a GateSession through the executor (in parallel on
+    Ray; a document that merges other documents' merges after them); `gate.merged(name)` then
+    finds each in the cache."""
     from mergeqa.models.refs import resolve_device
 
     executor = executor or LocalExecutor()
     subs = tuple(sorted(gate._substitutions().items()))
     cuda = resolve_device(gate.device) == "cuda"
-    return executor.run([MergeJob(Path(c).resolve(), Path(gate.cache_dir), subs, cuda, gate.merge_seed)
-                         for c in gate.merge_configs])
+    built: dict[tuple, str] = {}  # (file, document name) -> directory
+    todo, out = list(gate.merge_docs), []
+    while todo:
+        ready = [d for d in todo if all((d.path, dep) in built for dep in d.depends)]
+        if not ready:  # parse_merge_documents refuses circles: only a hand-built session gets here
+            raise ValueError(f"merge documents that need each other: {', '.join(d.name for d in todo)}")
+        paths = executor.run([MergeJob(Path(d.path).resolve(), Path(gate.cache_dir), subs, cuda, gate.merge_seed,
+                                       d.index, tuple((dep, built[(d.path, dep)]) for dep in d.depends))
+                              for d in ready])
+        built.update({(d.path, d.name): str(p) for d, p in zip(ready, paths)})
+        out += paths
+        todo = [d for d in todo if d not in ready]
+    return out
 
 
 def probe_many(engine, refs: Sequence[ModelRef], executor=None) -> None:

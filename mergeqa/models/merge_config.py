@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import string
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +33,36 @@ CONDITION_KEYS = ("filter", "value")
 
 @dataclass
 class ParsedConfig:
-    """A config file parsed by mergekit's schema, with the YAML nodes for line numbers."""
+    """One YAML document of a config file parsed by mergekit's schema, with its YAML node for line
+    numbers. A file of several documents (mergekit-multi's `name:`, or the older mergekit-mega's
+    `out_path:`) is several merges; `references` maps each model path of this document that names
+    another document of the file (normalised) to that document's name."""
 
     path: Path
-    text: str
+    text: str  # the document's own text
     config: Any  # mergekit.config.MergeConfiguration
     root: Any  # the document's yaml node
+    index: int = 0  # of the document in the file
+    name: str = ""  # the merge's name: its `name:`, its out_path's last part, else the file's stem
+    references: dict[str, str] = field(default_factory=dict)
 
     def where(self, *loc) -> str:
         """'--merge-config FILE: line N' for the deepest YAML node on the path `loc`."""
         return _where(self.path, _line(self.root, loc))
+
+    @property
+    def depends(self) -> list[str]:
+        """The names of the other documents of the file this one merges (built first)."""
+        return sorted(set(self.references.values()))
+
+    def is_reference(self, ref) -> bool:
+        """Whether a mergekit ModelReference of this document is another document's merge."""
+        return model_key(ref.model.path) in self.references
+
+
+def model_key(path: str) -> str:
+    """A model path as documents name each other: normalised (`./models/x` and `models/x` match)."""
+    return os.path.normpath(str(path))
 
 
 def _where(path: Path, line: int | None) -> str:
@@ -73,9 +94,23 @@ def _line(root, loc) -> int | None:
     return met[-1].start_mark.line + 1 if met else None
 
 
-def parse_merge_config(path: Path, substitutions: dict[str, str] | None = None) -> ParsedConfig:
-    """Parse a mergekit YAML with mergekit's MergeConfiguration. An unreadable file, bad YAML, a
-    schema error or a mergekit-multi recipe (several documents) is one usage error."""
+def parse_merge_config(path: Path, substitutions: dict[str, str] | None = None, *, document: int | None = None,
+                       built: dict[str, str] | None = None) -> ParsedConfig:
+    """One document of a mergekit YAML parsed with mergekit's MergeConfiguration: `document` (an
+    index), or the only one. `built` maps the names of other documents of the file to the
+    directories they were built in; the document's references to them are replaced by those."""
+    documents = parse_merge_documents(path, substitutions, built=built)
+    if document is None and len(documents) > 1:
+        raise MergeQAUsageError(f"--merge-config {path}: {len(documents)} YAML documents "
+                                f"({', '.join(d.name for d in documents)}); name one")
+    return documents[document or 0]
+
+
+def parse_merge_documents(path: Path, substitutions: dict[str, str] | None = None, *,
+                          built: dict[str, str] | None = None) -> list[ParsedConfig]:
+    """Every document of a mergekit YAML, parsed with mergekit's MergeConfiguration. An unreadable
+    file, bad YAML, a schema error, or documents that do not name each other consistently (two of
+    one name, a circle, two unnamed) is one usage error."""
     import yaml
     from pydantic import ValidationError
 
@@ -92,53 +127,111 @@ def parse_merge_config(path: Path, substitutions: dict[str, str] | None = None) 
         text = string.Template(text).safe_substitute(substitutions)
     try:
         nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        raws = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise MergeQAUsageError(f"--merge-config {path}:{where}: invalid YAML ({problem}); "
                                 "fix the file (see mergekit's examples/)") from None
-    if len(documents) > 1:
-        raise MergeQAUsageError(_multi_document_message(path, documents))
-    root, raw = (nodes[0], documents[0]) if documents else (None, None)
-    try:
-        config = MergeConfiguration.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise MergeQAUsageError(f"{_where(path, _line(root, first['loc']))}: {loc}: {first['msg']} "
-                                f"({exc.error_count()} error(s)); see mergekit's README for the schema") from None
-    except (RuntimeError, ValueError) as exc:  # mergekit's own validators (slices and models together, ...)
-        raise MergeQAUsageError(f"--merge-config {path}: {str(exc).splitlines()[0]}; see mergekit's README "
-                                "for the schema") from None
-    return ParsedConfig(path, text, config, root)
+    if not raws:
+        raws, nodes = [None], [None]
+    names = _document_names(path, raws, nodes)
+    out = []
+    for index, (raw, root) in enumerate(zip(raws, nodes)):
+        try:
+            config = MergeConfiguration.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise MergeQAUsageError(f"{_where(path, _line(root, first['loc']))}: {loc}: {first['msg']} "
+                                    f"({exc.error_count()} error(s)); see mergekit's README for the schema") from None
+        except (RuntimeError, ValueError) as exc:  # mergekit's own validators (slices and models together, ...)
+            raise MergeQAUsageError(f"{_where(path, _line(root, ()))}: {str(exc).splitlines()[0]}; see "
+                                    "mergekit's README for the schema") from None
+        own = text if len(raws) == 1 else text[root.start_mark.index:root.end_mark.index]
+        out.append(ParsedConfig(path, own, config, root, index, names[index]))
+    _link_documents(path, raws, out)
+    if built:
+        for doc in out:
+            doc.config = _patched(doc.config, {k: built[n] for k, n in doc.references.items() if n in built})
+    return out
 
 
-def _multi_document_message(path: Path, documents: list) -> str:
-    """mergekit-multi's format: documents with a `name`, later ones naming earlier ones as models."""
-    names = [d.get("name") if isinstance(d, dict) else None for d in documents]
-    shown = ", ".join(str(n) if n else "unnamed" for n in names)
-    referenced = [n for i, n in enumerate(names)
-                  if n and any(n in _strings({k: v for k, v in d.items() if k != "name"})
-                               for d in documents[i + 1:] if isinstance(d, dict))]
-    how = (f", with {', '.join(referenced)} replaced by the directory that merge was built in "
-           f"(`mergekit-multi {path.name} -I merges/` builds them all; or gate a built one with --model)"
-           if referenced else "")
-    return (f"--merge-config {path}: {len(documents)} YAML documents, a mergekit-multi recipe ({shown}); "
-            f"mergeqa gates one merge per file: put each document in its own file and pass them to "
-            f"--merge-config{how}")
+def _document_names(path: Path, raws: list, nodes: list) -> list[str]:
+    """Each document's merge name: `name:` (mergekit-multi), else the last part of `out_path:`
+    (mergekit-mega), else the file's stem, for one document at most."""
+    if len(raws) == 1:
+        return [path.stem]
+    names = []
+    for raw, root in zip(raws, nodes):
+        where = _where(path, _line(root, ()))
+        if not isinstance(raw, dict):
+            raise MergeQAUsageError(f"{where}: a YAML document that is not a mapping; each document of a "
+                                    "multi-document config is one mergekit merge config")
+        name = raw.get("name") or (Path(str(raw["out_path"])).name if raw.get("out_path") else None)
+        if name is None and None in names:
+            raise MergeQAUsageError(f"{where}: a second document without `name:`; give each document of a "
+                                    "multi-document config a `name:` (mergekit-multi) so the others can merge it")
+        if name is not None and name in names:
+            raise MergeQAUsageError(f"{where}: two documents are called {name!r}; give each a name of its own")
+        names.append(name)
+    return [n if n is not None else path.stem for n in names]
 
 
-def _strings(value) -> set[str]:
-    """Every string anywhere in a parsed YAML value."""
-    if isinstance(value, str):
-        return {value}
-    if isinstance(value, dict):
-        return set().union(*map(_strings, value.values()), set())
-    if isinstance(value, list):
-        return set().union(*map(_strings, value), set())
-    return set()
+def _link_documents(path: Path, raws: list, docs: list[ParsedConfig]) -> None:
+    """Fill each document's `references`: its models that another document builds, named by that
+    document's `name:` or `out_path:`, as mergekit-multi and mergekit-mega resolve them. A
+    document that merges itself, or a circle of documents, is a usage error."""
+    if len(docs) < 2:
+        return
+    aliases: dict[str, str] = {}
+    for raw, doc in zip(raws, docs):
+        for alias in (raw.get("name"), raw.get("out_path")):
+            if alias:
+                aliases[model_key(alias)] = doc.name
+    for doc in docs:
+        doc.references = {model_key(r.model.path): aliases[model_key(r.model.path)]
+                          for r in doc.config.referenced_models() if model_key(r.model.path) in aliases}
+    by_name = {d.name: d for d in docs}
+
+    def visit(name: str, chain: tuple) -> None:
+        if name in chain:
+            cycle = " -> ".join((*chain[chain.index(name):], name))
+            raise MergeQAUsageError(f"{by_name[name].where()}: documents merge each other in a circle "
+                                    f"({cycle}); a document can merge only documents that do not need it")
+        for dep in by_name[name].depends:
+            visit(dep, (*chain, name))
+
+    for doc in docs:
+        visit(doc.name, ())
+
+
+def _patched(config, paths: dict[str, str]):
+    """`config` with every model whose path is a key of `paths` (model_key) pointing to its value
+    instead (as mergekit-multi's patched_config does with its intermediate directory)."""
+    from mergekit.common import ModelReference
+    from mergekit.config import MergeConfiguration
+
+    def walk(value):
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            if set(value) == {"model", "lora", "override_architecture"}:  # a ModelReference, as a dict
+                key = model_key(value["model"]["path"])
+                return {**value, "model": {**value["model"], "path": paths[key]}} if key in paths else value
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, str):  # a ModelReference as mergekit dumps it: "path[@revision][+lora]"
+            try:
+                ref = ModelReference.model_validate(value)
+            except ValueError:
+                return value
+            key = model_key(ref.model.path)
+            if key in paths:
+                return str(ref.model_copy(update={"model": ref.model.model_copy(update={"path": paths[key]})}))
+        return value
+
+    return MergeConfiguration.model_validate(walk(config.model_dump()))
 
 
 # -- the method, and what it makes of base_model -------------------------------------------------
@@ -240,7 +333,13 @@ def check_merge_config(path: Path, substitutions: dict[str, str] | None = None) 
     """Check a mergekit config without loading a model: schema, method, parameters, model
     directories, layer ranges and the method's input contract. Each mistake is a usage error (one
     line: file, line, fix); returns the warnings (mistakes mergekit tolerates, e.g. `pattern:`)."""
-    parsed = parse_merge_config(path, substitutions)
+    found = []
+    for parsed in parse_merge_documents(path, substitutions):
+        found += _check_document(parsed)
+    return found
+
+
+def _check_document(parsed: ParsedConfig) -> list[str]:
     config = parsed.config
     method = merge_method(config.merge_method, parsed.where("merge_method"))
     found = _check_top_level(parsed) + _check_parameters(parsed, method)
@@ -282,11 +381,11 @@ def _check_required(where: str, method, group: _Group) -> None:
 
 def _check_top_level(parsed: ParsedConfig) -> list[str]:
     """A top-level key MergeConfiguration does not have is dropped by mergekit: a warning (`name`
-    is mergekit-multi's, harmless in a single document)."""
+    is mergekit-multi's and `out_path` mergekit-mega's, naming a document for the others)."""
     import yaml
     from mergekit.config import MergeConfiguration
 
-    known = [*MergeConfiguration.model_fields, "name"]
+    known = [*MergeConfiguration.model_fields, "name", "out_path"]
     if not isinstance(parsed.root, yaml.MappingNode):
         return []
     return [f"{_where(parsed.path, k.start_mark.line + 1)}: top-level key {k.value!r} is not in mergekit's "
@@ -396,6 +495,8 @@ def _model_locations(config):
 def _check_models(parsed: ParsedConfig) -> None:
     """Each model is a local model directory (mergeqa runs offline); a LoRA is a directory."""
     for loc, ref in _model_locations(parsed.config):
+        if parsed.is_reference(ref):  # another document's merge: built before this one
+            continue
         validate_model_dir(ref.model.path, f"{parsed.where(*loc)}: model")
         if ref.lora is not None and not Path(ref.lora.path).is_dir():
             raise MergeQAUsageError(f"{parsed.where(*loc)}: LoRA {ref.lora.path}: no such directory; "
@@ -425,7 +526,7 @@ def _check_layer_ranges(parsed: ParsedConfig) -> None:
                 if not 0 <= start < end:
                     raise MergeQAUsageError(f"{where}: layer_range [{start}, {end}] of {src.model} is empty; "
                                             "mergekit reads [start, end) with 0 <= start < end")
-                n = num_layers(src.model.model.path) if text_module else None
+                n = num_layers(src.model.model.path) if text_module and not parsed.is_reference(src.model) else None
                 if n is not None and end > n:
                     raise MergeQAUsageError(f"{where}: layer_range [{start}, {end}] of {src.model} ends past "
                                             f"its {n} layers (num_hidden_layers in config.json); the end "

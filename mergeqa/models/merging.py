@@ -14,13 +14,25 @@ from mergeqa.core.cache import build_once, digest, log_event
 from mergeqa.models.refs import content_hash, validate_model_dir
 
 
-def read_merge_config(path: Path, substitutions: dict[str, str] | None = None):
-    """(MergeConfiguration, text) of a mergekit YAML; bad YAML or schema, or a mergekit-multi
-    recipe, is one usage error (merge_config.check_merge_config checks the rest)."""
+def read_merge_config(path: Path, substitutions: dict[str, str] | None = None, *, document: int | None = None,
+                      built: dict[str, str] | None = None):
+    """(MergeConfiguration, text) of one document of a mergekit YAML (`document`, an index, or the
+    only one), other documents' merges it uses replaced by `built` ({name: directory}); bad YAML
+    or schema is one usage error (merge_config.check_merge_config checks the rest)."""
+    parsed = _parse(path, substitutions, document, built)
+    return parsed.config, _source(parsed)
+
+
+def _source(parsed) -> str:
+    """The YAML mergekit records in the merge's model card: the document as written, or as
+    mergekit-multi would run it once it names another document's merge (that merge's directory)."""
+    return parsed.config.to_yaml() if parsed.references else parsed.text
+
+
+def _parse(path, substitutions, document, built):
     from mergeqa.models.merge_config import parse_merge_config
 
-    parsed = parse_merge_config(path, substitutions)
-    return parsed.config, parsed.text
+    return parse_merge_config(path, substitutions, document=document, built=built)
 
 
 def input_models(config) -> list[Path]:
@@ -30,24 +42,29 @@ def input_models(config) -> list[Path]:
 
 
 def merge_target(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
-                 seed: int = 0) -> Path:
-    """Where the merge of this config lives in the cache, built or not (nothing is built)."""
+                 seed: int = 0, document: int | None = None, built: dict[str, str] | None = None) -> Path:
+    """Where the merge of this config (document) lives in the cache, built or not (nothing is
+    built). The documents it merges must be built already (`built`)."""
     from importlib.metadata import version
 
-    config, _ = read_merge_config(config_path, substitutions)
-    inputs = {str(p): content_hash(p) for p in input_models(config)}
-    key = digest(config.model_dump(mode="json"), inputs, seed, version("mergekit"))
-    return Path(cache_dir) / "merges" / f"{Path(config_path).stem}-{key[:16]}"
+    parsed = _parse(config_path, substitutions, document, built)
+    inputs = {str(p): content_hash(p) for p in input_models(parsed.config)}
+    key = digest(parsed.config.model_dump(mode="json"), inputs, seed, version("mergekit"))
+    return Path(cache_dir) / "merges" / f"{parsed.name}-{key[:16]}"
 
 
 def build_merge(config_path: Path, cache_dir: Path, *, substitutions: dict[str, str] | None = None,
-                cuda: bool = False, seed: int = 0) -> Path:
-    """The merged model directory for this config, built with mergekit's run_merge if not cached."""
-    config, source = read_merge_config(config_path, substitutions)
-    target = merge_target(config_path, cache_dir, substitutions=substitutions, seed=seed)
-    name = Path(config_path).stem
+                cuda: bool = False, seed: int = 0, document: int | None = None,
+                built: dict[str, str] | None = None) -> Path:
+    """The merged model directory for this config (one document of it, the documents it merges
+    already built: `built`), built with mergekit's run_merge if not cached."""
+    parsed = _parse(config_path, substitutions, document, built)
+    config = parsed.config
+    source = _source(parsed)
+    target = merge_target(config_path, cache_dir, substitutions=substitutions, seed=seed, document=document,
+                          built=built)
+    name = parsed.name
     started = time.perf_counter()
-
     def build(tmp: Path) -> None:
         from mergekit.merge import run_merge
         from mergekit.options import MergeOptions

@@ -30,23 +30,24 @@ def merged_model(request, mergeqa_session):
 
 
 @pytest.fixture(scope="session")
-def parent_models(mergeqa_session):
-    """The parents (list of ModelRef) the merge is compared with::
+def parent_models(mergeqa_session, merged_model):
+    """The parents (list of ModelRef) this merge is compared with (each merge its own: those its
+    merge config merges; a test using it runs once per merge, like merged_model)::
 
         def test_vocab(merged_model, parent_models):
             assert all(p.config["vocab_size"] == merged_model.config["vocab_size"] for p in parent_models)
     """
-    return mergeqa_session.parents()
+    return mergeqa_session.parents(merged_model.name)
 
 
 @pytest.fixture(scope="session")
-def base_model(mergeqa_session):
-    """The base model (ModelRef) or None when there is none to compare with::
+def base_model(mergeqa_session, merged_model):
+    """This merge's base model (ModelRef), or None when there is none to compare with::
 
         def test_base(base_model):
             if base_model is None: pytest.skip("no --base given")
     """
-    return mergeqa_session.base()
+    return mergeqa_session.base(merged_model.name)
 
 
 @pytest.fixture(scope="session")

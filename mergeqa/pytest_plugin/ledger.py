@@ -169,8 +169,8 @@ def is_gate_run(config: pytest.Config, record: RunRecord) -> bool:
 
 def finish(session: pytest.Session, verdicts: list) -> list:
     """At the end of a gate run, on the controller: each merge's status (kept in the stash for the
-    reports), junit run properties `mergeqa.run.verdict` and `mergeqa.run.merge.<name>.verdict`, and
-    an exit code that agrees with them (a merge not shown deployable never exits 0)."""
+    reports), junit run properties `mergeqa.run.verdict`, `mergeqa.run.merge.<name>.verdict` and
+    `.parents`, and an exit code that agrees with them (a merge not shown deployable never exits 0)."""
     from mergeqa.core.state import run_status_key
     from mergeqa.decision.verdict import inconclusive_policy
     from mergeqa.report.status import merge_statuses, run_state
@@ -196,4 +196,6 @@ def finish(session: pytest.Session, verdicts: list) -> list:
         xml.add_global_property("mergeqa.run.verdict", state)
         for s in statuses:
             xml.add_global_property(f"mergeqa.run.merge.{s.merge}.verdict", s.state)
+            if gate is not None and s.merge in gate.merged_names:  # what it was compared with
+                xml.add_global_property(f"mergeqa.run.merge.{s.merge}.parents", ", ".join(gate.parent_names(s.merge)))
     return statuses
