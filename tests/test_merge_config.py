@@ -416,3 +416,24 @@ def test_the_embedded_merges_pass_the_checks_with_the_family(family):
     both = ["arithmetic", "lists"]
     assert roles == {"dare_ties": (both, ["base"]), "linear": (both, []), "slerp": (both, []),
                      "task_arithmetic": (both, ["base"]), "ties": (both, ["base"])}
+
+
+def test_a_gate_run_compares_each_document_with_its_own_parents(models, tmp_path):
+    """Through pytest: mega.yml's two merges each get the config check against their own parents
+    (the second against the first merge and ./c), and junit says what each was compared with."""
+    import xml.etree.ElementTree as ET
+
+    _write(models, "mega.yml", MEGA)
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--merge-config", "mega.yml",
+                           "--mergeqa-cache", str(tmp_path / "cache"), "-k", "test_config_matches_parents",
+                           f"--junitxml={junit}", "--report-dir", str(tmp_path / "report"), "-q"],
+                          cwd=models, text=True, capture_output=True, timeout=600, check=False)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tree = ET.parse(junit)
+    props = {p.get("name"): p.get("value") for p in tree.iter("property")}
+    assert props["mergeqa.run.merge.gradient-slerp.parents"] == "a, b"
+    assert props["mergeqa.run.merge.gradient-slerp-ties.parents"] == "gradient-slerp, c"
+    ran = {c.get("name"): [x.tag for x in c] for c in tree.iter("testcase")}
+    assert set(ran) == {"test_config_matches_parents[gradient-slerp]", "test_config_matches_parents[gradient-slerp-ties]"}
+    assert all("error" not in tags and "failure" not in tags for tags in ran.values()), ran
