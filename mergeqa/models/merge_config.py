@@ -147,7 +147,8 @@ def parse_merge_documents(path: Path, substitutions: dict[str, str] | None = Non
             raise MergeQAUsageError(f"{_where(path, _line(root, first['loc']))}: {loc}: {first['msg']} "
                                     f"({exc.error_count()} error(s)); see mergekit's README for the schema") from None
         except (RuntimeError, ValueError) as exc:  # mergekit's own validators (slices and models together, ...)
-            raise MergeQAUsageError(f"{_where(path, _line(root, ()))}: {str(exc).splitlines()[0]}; see "
+            line = _line(root, ()) if len(raws) > 1 else None  # which document
+            raise MergeQAUsageError(f"{_where(path, line)}: {str(exc).splitlines()[0]}; see "
                                     "mergekit's README for the schema") from None
         own = text if len(raws) == 1 else text[root.start_mark.index:root.end_mark.index]
         out.append(ParsedConfig(path, own, config, root, index, names[index]))
