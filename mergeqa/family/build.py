@@ -1,7 +1,9 @@
 """Builds the tiny family from its recipe and caches it by content.
 
 Layout of a built family: <cache>/family-<hash>/{base,arithmetic,lists}/ (model directories a
-user could pass to `--model`), tasks/ (lm-eval YAML + JSONL) and recipe.json.
+user could pass to `--model`), tasks/ (lm-eval YAML + JSONL), recipe.json and build.json. The
+gate does not train: it uses the weights that ship as package data (mergeqa.models.shipped_family);
+this is what made them, and what `mergeqa family --rebuild [--ship]` runs again.
 """
 
 from __future__ import annotations
@@ -117,6 +119,21 @@ def train_parent(base, tokenizer, spec: dict, train_items, grammar: list[str], s
     return parent
 
 
+def write_family_tasks(out: Path, recipe: dict, grammar: list[str] | None = None) -> None:
+    """The recipe's held-out evaluation sets as lm-eval task YAML + JSONL in `out` (tasks.py): the
+    same files for the same recipe, in about a second, no model trained (a shipped family's tasks
+    are written by this). `grammar`: the recipe's grammar corpus, if the caller has it already."""
+    from .grammar import corpus
+    from .skills import skill_items
+    from .tasks import grammar_sets, write_tasks
+
+    seed, n_eval = recipe["seed"], recipe["eval_items"]
+    if grammar is None:
+        grammar = corpus(seed, recipe["grammar_sentences"])
+    held = {spec["skill"]: skill_items(spec["skill"], seed, n_eval)[1] for spec in recipe["parents"].values()}
+    write_tasks(out, skills=held, grammar=grammar_sets(seed + 7, n_eval, set(grammar)), seed=seed)
+
+
 def _build(out: Path, recipe: dict, log) -> None:
     import os
     import platform
@@ -127,7 +144,6 @@ def _build(out: Path, recipe: dict, log) -> None:
 
     from .grammar import corpus
     from .skills import TASK_NOTATION, base_lines, skill_items
-    from .tasks import grammar_sets, write_tasks
     from .tokenizer import train_tokenizer
     from .train import new_model, train
 
@@ -158,8 +174,7 @@ def _build(out: Path, recipe: dict, log) -> None:
         log(f"fine-tuning {name}: the notation of {skill} ({' '.join(TASK_NOTATION[skill])})")
         save(train_parent(base, tokenizer, spec, skills[skill][0], grammar, seed, log=log), name)
     torch.manual_seed(seed)
-    write_tasks(out / "tasks", skills={s: held for s, (_, held) in skills.items()},
-                grammar=grammar_sets(seed + 7, n_eval, set(grammar)), seed=seed)
+    write_family_tasks(out / "tasks", recipe, grammar)
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     (out / "build.json").write_text(json.dumps({
         "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
