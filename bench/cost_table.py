@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     from mergeqa.core.cache import default_cache_dir
     from mergeqa.decision.thresholds import DEFAULTS
-    from mergeqa.family import build_family
+    from mergeqa.models.shipped_family import shipped_family
     from mergeqa.inspect import sanity
     from mergeqa.inspect.cost import measure_costs, size_verdicts, speed_verdicts
     from mergeqa.models.merging import build_merge
@@ -42,7 +42,7 @@ def main() -> None:
     from mergeqa.report.html import cost_table
 
     cache = default_cache_dir()
-    family = build_family(cache)
+    family = shipped_family(cache)
     subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
     parents = [ModelRef(n, p, "parent") for n, p in family.parents.items()]
     configs = sorted(DEFAULT_MERGES_DIR.glob("*.yaml"))

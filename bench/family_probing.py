@@ -20,7 +20,7 @@ subject, the lists parent sentences with an attractor ("the dog near the cats ru
 could learn something linguistic that the other does not (complementary gains are what would put
 task_arithmetic above both parents).
 
-Costs about 2 minutes per variant on 2 CPU cores, after the family is built.
+Costs about 2 minutes per variant on 2 CPU cores (the family is the shipped one).
 """
 
 from __future__ import annotations
@@ -192,10 +192,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mergeqa.conflict.consistency import default_pairs_path
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.family.build import build_family
+    from mergeqa.models.shipped_family import shipped_family
     from mergeqa.probing.datasets import PHENOMENA, builtin_dataset
 
-    family = build_family(default_cache_dir())
+    family = shipped_family(default_cache_dir())
     spec = next(iter(family.recipe["parents"].values()))
     variants = [parse_variant(v) for v in args.variant or []]
     variants = variants or [(spec["lr"], spec["replay"], spec["steps"], False), (3e-4, 0.1, 400, False),

@@ -74,9 +74,9 @@ def main() -> None:
                         help="only compare the two caches a previous run left in DIR")
     args = parser.parse_args()
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.family import build_family
+    from mergeqa.models.shipped_family import shipped_family
 
-    family = build_family(default_cache_dir())
+    family = shipped_family(default_cache_dir())
     work = Path(args.compare or tempfile.mkdtemp(prefix="mergeqa-gate-on-ray-"))
     runs = {e: work / e for e in ("local", "ray")}
     for executor in () if args.compare else ("local", "ray"):

@@ -4,7 +4,7 @@
 
 The first run evaluates base-free parents and merges (parents are shared across merges); the
 second must evaluate nothing: prints parent/merge evaluations per run and the wall-time ratio.
-Uses a fresh results cache next to the family (the family itself is reused, not rebuilt).
+Uses a fresh results cache next to the family (the shipped family, linked in, not rebuilt).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="cache holding the family (default: mergeqa's)")
     args = parser.parse_args()
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.family import build_family
+    from mergeqa.models.shipped_family import shipped_family
 
-    family = build_family(args.cache or default_cache_dir())
+    family = shipped_family(args.cache or default_cache_dir())
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
         os.symlink(family.root, cache / family.root.name)

@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mergeqa-known-bad-") as tmp:
         if not args.no_table:
             print(gate_table(cache, Path(tmp)), end="\n\n")
-        from mergeqa.family import build_family
+        from mergeqa.models.shipped_family import shipped_family
         from mergeqa.models.badmerges import family_merge
 
-        family, merge = build_family(cache), family_merge(cache)
+        family, merge = shipped_family(cache), family_merge(cache)
         t = time_lint(merge, list(family.parents.values()), repeats=5, base=family.base)
         size = sum(f.stat().st_size for f in merge.glob("*.safetensors"))
         print(f"lint, tiny family (ties vs its 3 sources: base and 2 parents, {size / 1e6:.1f} MB each, torch threads "

@@ -37,10 +37,10 @@ def main(argv=None) -> None:
     from transformers import AutoTokenizer
 
     from mergeqa.core.cache import default_cache_dir
-    from mergeqa.family import build_family
+    from mergeqa.models.shipped_family import shipped_family
 
     started = time.perf_counter()
-    family = build_family(default_cache_dir())
+    family = shipped_family(default_cache_dir())
     out = Path(args.out)
     tok_files = [f for f in (family.base / n for n in TOKENIZER_FILES) if f.is_file()]
     vocab = len(AutoTokenizer.from_pretrained(str(family.base)))

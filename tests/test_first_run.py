@@ -227,18 +227,18 @@ def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, caps
     assert main(["plan", "--cache", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "mergeqa plan: the embedded default" in out
-    assert "family: not built" in out and "ties" in out and "not built yet" in out
+    assert "family: shipped, not in this cache yet" in out and "ties" in out and "not built yet" in out
     from mergeqa.family import load_recipe
     from mergeqa.stats.power import minimum_detectable_effect
 
     n = load_recipe()["eval_items"]
-    assert (f"family_arithmetic: n={n} items (the family recipe's eval_items; written when the family is built); "
+    assert (f"family_arithmetic: n={n} items (the family recipe's eval_items; written with the family's cache entry); "
             f"smallest drop detectable: {100 * minimum_detectable_effect(n, 0.2):.1f} points") in out
     assert not list(cache.glob("family-*")) and not events(cache)
 
 
 @pytest.mark.slow
-def test_a_dry_run_finds_the_family_where_build_family_put_it(family, cache_dir):
+def test_a_dry_run_finds_the_shipped_family_once_its_cache_entry_is_written(family, cache_dir):
     from mergeqa.models.session import GateSession
 
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[], cache_dir=cache_dir,

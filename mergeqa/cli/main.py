@@ -1,10 +1,12 @@
 """`mergeqa` command line: the main job on the embedded default, and the family table.
 
-    mergeqa gate [--out DIR] [PYTEST ARGS...]   build the family, merge it, run the gate, write
+    mergeqa gate [--out DIR] [PYTEST ARGS...]   merge the shipped family, run the gate, write
                                                DIR/junit.xml, DIR/comparison.md, DIR/summary.md,
                                                DIR/report.html
-    mergeqa family [--table]                   build (or find) the tiny family; print its table
-                                               (base, parents, every default merge)
+    mergeqa family [--table]                   the tiny family (it ships with mergeqa): where it
+                                               is; its table (base, parents, every default merge)
+    mergeqa family --rebuild [--ship]          train it from the recipe; compare its table with
+                                               the shipped one's (--ship: write it as package data)
     mergeqa init --model M --parents A B ...   write a commented thresholds.toml for your merge
     mergeqa plan [--model M --parents A B ...] what a run would evaluate, its power and its cost
 
@@ -23,10 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     gate = sub.add_parser("gate", help="run the gate (default: on the embedded tiny family)")
     gate.add_argument("--out", default="mergeqa-report", help="report directory (default: mergeqa-report)")
-    family = sub.add_parser("family", help="build the tiny family and print where it is")
+    family = sub.add_parser("family", help="the tiny family that ships with mergeqa: where it is, its table",
+                            description="The tiny family (a base and the parents arithmetic and lists) ships "
+                                        "with mergeqa as package data, so no run trains it. --rebuild trains "
+                                        "it from its recipe (mergeqa/data/family/family.toml) and compares; "
+                                        "--rebuild --ship re-ships it after the recipe or mergeqa/family/ "
+                                        "changed.")
     family.add_argument("--table", action="store_true",
                         help="also its table: base, parents and every default merge x task and probing "
                              "(computed once, recorded in the family's cache entry)")
+    family.add_argument("--rebuild", action="store_true",
+                        help="train the family from its recipe into the cache (about 4 minutes on 2 CPU cores, "
+                             "once per recipe) and print its table beside the shipped family's")
+    family.add_argument("--ship", action="store_true",
+                        help="with --rebuild: write the trained family into the package data "
+                             "(mergeqa/data/family/weights/ and its manifest) instead of comparing; in a "
+                             "source checkout, after the recipe or mergeqa/family/ changed")
     init = sub.add_parser("init", help="write a commented thresholds.toml for your merge")
     init.add_argument("--model", required=True, metavar="PATH", help="the merged checkpoint directory")
     init.add_argument("--parents", required=True, nargs="+", metavar="PATH", help="the parents' directories")
@@ -63,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command in ("init", "plan"):
         return run_usage_checked(args)
-    return run_family(args.cache, args.table)
+    if args.ship and not args.rebuild:
+        parser.error("--ship writes a family trained from the recipe: pass --rebuild --ship")
+    return run_family(args.cache, args.table, rebuild=args.rebuild, ship=args.ship)
 
 
 def run_usage_checked(args) -> int:
@@ -116,30 +132,65 @@ def stderr_lines(message: str) -> None:
     print(f"mergeqa: {message}", file=sys.stderr, flush=True)
 
 
-def run_family(cache: str | None, table: bool) -> int:
-    """Build (or find) the family and print where it is; with --table, its recorded table (computed
-    and recorded in the family's cache entry first if absent)."""
+def run_family(cache: str | None, table: bool, *, rebuild: bool = False, ship: bool = False) -> int:
+    """The shipped family: where it is; with --table, its recorded table (computed and recorded in
+    the family's cache entry first if absent). --rebuild: the family trained from the recipe, and
+    the two tables side by side; --rebuild --ship: the trained family written into the package
+    data. Misuse (a shipped file missing or changed) is one line on stderr and exit code 4."""
     import os
+
+    from mergeqa.core import progress
+    from mergeqa.core.errors import MergeQAUsageError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    progress.install(stderr_lines)
+    try:
+        return _rebuild_family(cache, ship) if rebuild else _show_family(cache, table)
+    except MergeQAUsageError as exc:
+        print(f"mergeqa family: {exc}", file=sys.stderr)
+        return 4
+
+
+def _show_family(cache: str | None, table: bool) -> int:
     from mergeqa.core import progress
-    from mergeqa.models.session import build_family_reporting
+    from mergeqa.models.shipped_family import WEIGHTS_DIR, shipped_family
     from mergeqa.report.family_table import family_table, recorded_table, render
 
-    progress.install(stderr_lines)
-    fam = build_family_reporting(cache)
-    print(f"family: {fam.root}")
+    fam = shipped_family(cache)
+    print(f"family: {fam.root} (shipped with mergeqa: {WEIGHTS_DIR})")
     for name, path in {"base": fam.base, **fam.parents}.items():
         print(f"  {name}: {path}")
     recorded = family_table(cache, log=lambda m: progress.say(f"table: {m}")) if table else recorded_table(fam)
     if recorded is not None:
         print("\n" + render(recorded))
     else:
-        build = fam.build_info
-        if build:
-            print(f"built in {build['wall_s']} s wall, {build['cpu_s']} s CPU; no table recorded yet "
-                  "(mergeqa family --table computes it)")
+        print("no table recorded yet (mergeqa family --table computes it)")
+    return 0
+
+
+def _rebuild_family(cache: str | None, ship: bool) -> int:
+    from mergeqa.core import progress
+    from mergeqa.models.session import build_family_reporting
+    from mergeqa.models.shipped_family import MANIFEST, WEIGHTS_DIR, read_manifest, shipped_family
+    from mergeqa.models.shipped_family import ship as ship_family
+    from mergeqa.report.family_table import family_table, render_comparison
+
+    trained = build_family_reporting(cache)
+    print(f"family trained from the recipe: {trained.root}")
+    if ship:
+        before = read_manifest()["files"] if (WEIGHTS_DIR / MANIFEST).is_file() else {}
+        manifest = ship_family(trained)
+        size = sum(f["size"] for f in manifest["files"].values())
+        changed = sorted(k for k, f in manifest["files"].items() if before.get(k) != f)
+        print(f"shipped into {WEIGHTS_DIR}: {len(manifest['files'])} files, {size / 1e6:.1f} MB, recipe digest "
+              f"{manifest['recipe_digest'][:16]}; "
+              + (f"changed: {', '.join(changed)}" if changed else "every file as shipped before"))
+        return 0
+    tables = {}
+    for name, family in (("shipped", shipped_family(cache)), ("rebuilt", trained)):
+        tables[name] = family_table(cache, family=family, log=lambda m, n=name: progress.say(f"table ({n}): {m}"))
+    print("\n" + render_comparison(tables["shipped"], tables["rebuilt"]))
     return 0
 
 

@@ -2,7 +2,7 @@
 smallest drop each comparison can detect at its sample size, and the work left (forward tokens).
 
     mergeqa plan --model ./merged --parents ./math ./code [--thresholds t.toml] [--eval-limit N]
-    mergeqa plan                       # the embedded default (reads the family only if built)
+    mergeqa plan                       # the embedded default (reads the family's cache entry if written)
 
 Nothing is trained, merged, loaded for inference or evaluated: models are hashed, task YAML and
 (locally available) datasets are read, prompts and items are tokenized. Not a benchmark.
@@ -49,7 +49,8 @@ def _models(gate, family) -> list[PlannedModel]:
             continue
         config = unit.path
         if gate.embedded and family is None:
-            out.append(PlannedModel("merged", name, None, f"from {config.name}: the family is not built yet"))
+            out.append(PlannedModel("merged", name, None, f"from {config.name}: not built yet (nor the family's "
+                                    "cache entry, which the run writes first)"))
             continue
         missing = [d for d in unit.depends if (config, d) not in targets]
         if missing:
@@ -73,8 +74,8 @@ def _models(gate, family) -> list[PlannedModel]:
         out += [PlannedModel("parent", n, ModelRef(n, p, "parent")) for n, p in family.parents.items()]
         out.append(PlannedModel("base", "base", ModelRef("base", family.base, "base")))
     else:
-        out.append(PlannedModel("parent", "(family)", None, "the embedded family's parents and base: not built "
-                                "yet (`mergeqa family` builds them, about 3 min on 2 cores)"))
+        out.append(PlannedModel("parent", "(family)", None, "the embedded family's parents and base: shipped with "
+                                "mergeqa, not in this cache yet (`mergeqa family` writes its entry, seconds)"))
     return out
 
 
@@ -144,7 +145,9 @@ def plan(args) -> str:
         f"{len(gate.merged_names)} merged model(s) against their parents"
     lines = [f"mergeqa plan: {what}", f"thresholds: {path or 'built-in defaults'}; cache: {gate.cache_dir}"]
     if wants_family:
-        lines.append(f"family: {'built, ' + str(family.root) if family else 'not built (the run builds it first)'}")
+        where = (f"in the cache, {family.root}" if family else
+                 "shipped, not in this cache yet (the run writes its entry first: links and tasks, seconds)")
+        lines.append(f"family: {where}")
     sections = planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
     return "\n".join(lines + planner.model_lines() + sections + planner.work_lines())
 
@@ -204,8 +207,8 @@ class Planner:
                 from mergeqa.family import load_recipe
 
                 n = load_recipe()["eval_items"]
-                lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written when the family "
-                             f"is built); smallest drop detectable: {_mde(n, alpha, power)}")
+                lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written with the family's "
+                             f"cache entry); smallest drop detectable: {_mde(n, alpha, power)}")
                 continue
             n, what, work = self._task(task, ("merged", "parent", "base"), self.suite.get("num_fewshot"))
             power_note = f"; smallest drop detectable: {_mde(n, alpha, power)}" if n else ""
@@ -244,7 +247,7 @@ class Planner:
         if not ppl_task:
             ppl = "none (no [sanity] perplexity_task)"
         elif ppl_task.startswith("family") and not self.family_built:
-            ppl = f"{ppl_task} (a family task: its items exist once the family is built)"
+            ppl = f"{ppl_task} (a family task: its items exist once the family's cache entry is written)"
         else:
             _, what, work = self._task(ppl_task, ("merged", "parent"))
             ppl = f"{ppl_task}, {what}{work}"

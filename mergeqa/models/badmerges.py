@@ -187,12 +187,12 @@ def derive_known_bad(merge_dir: str | Path, out_dir: str | Path,
 
 def family_merge(cache_dir: str | Path, merge: str = "ties") -> Path:
     """The embedded family's `merge` (mergeqa/data/family/merges/<merge>.yaml), built or from the cache;
-    the family is built first if the cache lacks it (~4 min)."""
-    from mergeqa.family import build_family
+    the family is the shipped one (mergeqa.models.shipped_family)."""
     from mergeqa.models.merging import build_merge
     from mergeqa.models.session import DEFAULT_MERGES_DIR
+    from mergeqa.models.shipped_family import shipped_family
 
-    family = build_family(Path(cache_dir))
+    family = shipped_family(Path(cache_dir))
     subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
     return build_merge(DEFAULT_MERGES_DIR / f"{merge}.yaml", Path(cache_dir), substitutions=subs)
 
@@ -213,10 +213,10 @@ def gate_argv(models: list[Path], cache_dir: str | Path, junitxml: Path, *extra:
     sanity checks only), as a user would type it; junit properties in xunit1."""
     import sys
 
-    from mergeqa.family import build_family
     from mergeqa.models.session import FIXTURES_DIR
+    from mergeqa.models.shipped_family import shipped_family
 
-    family = build_family(Path(cache_dir))
+    family = shipped_family(Path(cache_dir))
     checks = CHECKS_DIR
     return [sys.executable, "-m", "pytest", str(checks / "test_lint.py"), str(checks / "test_sanity.py"),
             "--model", *map(str, models), "--parents", *map(str, family.parents.values()),

@@ -1,8 +1,10 @@
 """Per-run state of the gate: which models are under test, where the references are, and where
 everything is cached. Built from the command line once per process and kept in `config.stash`.
 
-Merges and the embedded family are built lazily, on first use, so `pytest --collect-only` and
-`pytest --help` never train or merge anything; test ids are known up front from names alone.
+Merges are built and the embedded family is looked up lazily, on first use, so `pytest
+--collect-only` and `pytest --help` never merge or verify anything; test ids are known up front
+from names alone. The family is the one that ships with mergeqa (mergeqa.models.shipped_family):
+no run trains it.
 """
 
 from __future__ import annotations
@@ -124,13 +126,24 @@ class GateSession:
         return list(load_recipe()["parents"])
 
     def family(self):
+        """The shipped family (verified against its manifest; its cache entry written on first use)."""
         if "family" not in self._refs:
-            self._refs["family"] = build_family_reporting(self.cache_dir)
+            from mergeqa.models.shipped_family import shipped_family
+
+            self._refs["family"] = shipped_family(self.cache_dir)
         return self._refs["family"]
 
+    def use_family(self, family) -> None:
+        """The embedded default on `family` instead of the shipped one (`mergeqa family --rebuild`
+        tables a family trained from the recipe this way)."""
+        self._refs["family"] = family
+
     def built_family(self):
-        """The family if the cache already holds it, else None: never builds (for dry runs)."""
-        return cached_family(self.cache_dir)
+        """The shipped family if the cache already holds its entry, else None: writes nothing (for
+        dry runs)."""
+        from mergeqa.models.shipped_family import cached_shipped_family
+
+        return cached_shipped_family(self.cache_dir)
 
     def _substitutions(self) -> dict[str, str]:
         if not self.embedded:
@@ -250,7 +263,7 @@ def _key(path) -> str:
 
 
 def cached_family(cache_dir: Path, recipe_path: Path | None = None):
-    """The family of this recipe if `cache_dir` already holds it, else None: never builds."""
+    """The family trained from this recipe if `cache_dir` already holds it, else None: never builds."""
     import torch
     import transformers
 
@@ -265,9 +278,10 @@ def cached_family(cache_dir: Path, recipe_path: Path | None = None):
 
 
 def build_family_reporting(cache_dir: Path | None = None, recipe_path: Path | None = None):
-    """build_family, its progress told as it goes (mergeqa.core.progress): a line when the build
-    begins, one per training stage with its count and the time so far, one when it is done.
-    A family the cache holds already is returned without a line."""
+    """build_family (training from the recipe: `mergeqa family --rebuild`, never a run), its
+    progress told as it goes (mergeqa.core.progress): a line when the build begins, one per
+    training stage with its count and the time so far, one when it is done. A family the cache
+    holds already is returned without a line."""
     from mergeqa.core import progress
     from mergeqa.core.cache import default_cache_dir
     from mergeqa.family import build_family, load_recipe
@@ -277,7 +291,7 @@ def build_family_reporting(cache_dir: Path | None = None, recipe_path: Path | No
         return build_family(cache_dir, recipe_path)
     parents = list(load_recipe(recipe_path)["parents"])
     cost = "; about 4 minutes on 2 CPU cores" if recipe_path is None else ""
-    progress.say(f"family: not in {cache_dir} yet: building it once (training the base, then "
+    progress.say(f"family: not in {cache_dir} yet: training it from the recipe (the base, then "
                  f"{' and '.join(parents)}{cost})")
     stages = progress.Stages("family", 1 + len(parents))
     family = build_family(cache_dir, recipe_path, log=stages)

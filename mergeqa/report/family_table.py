@@ -35,9 +35,10 @@ def recorded_table(family) -> dict | None:
     return table if isinstance(table, dict) and table.get("version") == TABLE_VERSION else None
 
 
-def family_table(cache_dir: Path | str | None = None, *, log=None) -> dict:
-    """The family's table, computed (family built, merges built, every model evaluated and probed)
-    and recorded in its cache entry if absent. Costs a few minutes of CPU the first time."""
+def family_table(cache_dir: Path | str | None = None, *, family=None, log=None) -> dict:
+    """The table of `family` (default: the shipped one), computed (merges built, every model
+    evaluated and probed) and recorded in its cache entry if absent. Costs a few minutes of CPU the
+    first time."""
     from filelock import FileLock
 
     from mergeqa.core.cache import default_cache_dir
@@ -46,6 +47,8 @@ def family_table(cache_dir: Path | str | None = None, *, log=None) -> dict:
     cache_dir = Path(cache_dir or default_cache_dir())
     gate = GateSession.from_options(models=[], parents=None, base=None, merge_configs=[],
                                     cache_dir=cache_dir, device="cpu", dtype="float32", seed=0)
+    if family is not None:
+        gate.use_family(family)
     family = gate.family()
     with FileLock(str(family.root) + ".table.lock"):
         table = recorded_table(family)
@@ -157,4 +160,37 @@ def render(table: dict) -> str:
         lines.append(f"family built in {build.get('wall_s')} s wall, {build.get('cpu_s')} s CPU "
                      f"({build.get('torch_threads')} torch threads, {build.get('cpus')} CPUs, "
                      f"{build.get('platform')})")
+    return "\n".join(lines)
+
+
+def render_comparison(shipped: dict, rebuilt: dict) -> str:
+    """Two tables of the family side by side, as markdown: each cell "shipped / rebuilt", then the
+    largest difference and each table's merges between their parents (`mergeqa family --rebuild`)."""
+    tasks = shipped["tasks"]
+    scores = {name: {r["model"]: r for r in table["rows"]} for name, table in (("shipped", shipped), ("rebuilt", rebuilt))}
+    lines = [f"shipped ({shipped['family']}) / rebuilt from the recipe ({rebuilt['family']})", "",
+             "| model | role | " + " | ".join(tasks) + " |", "|---|---|" + "---:|" * len(tasks)]
+    gaps = []
+    for model, row in scores["shipped"].items():
+        other = scores["rebuilt"].get(model)
+        cells = []
+        for t in tasks:
+            a = row["scores"][t]
+            b = other["scores"][t] if other else None
+            cells.append(f"{a:.3f} / {b:.3f}" if b is not None else f"{a:.3f} / -")
+            if b is not None:
+                gaps.append((abs(b - a), model, t, b - a))
+        lines.append(f"| {model} | {row['role']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if gaps and max(gaps)[0] > 0:
+        _, model, task, delta = max(gaps)
+        lines.append(f"largest difference: {100 * delta:+.1f} points ({model}, {task}); "
+                     f"{sum(g[0] > 0 for g in gaps)} of {len(gaps)} figures differ")
+    else:
+        lines.append(f"every figure the same ({len(gaps)} figures)")
+    for name, table in (("shipped", shipped), ("rebuilt", rebuilt)):
+        rel = relations(table)
+        between = [m for m, r in rel.items() if all(r[t] for t in SKILL_TASKS)]
+        lines.append(f"{name}: between the parents on both skill tasks: {', '.join(between) or 'none'} "
+                     f"({len(between)} of {len(rel)} merges)")
     return "\n".join(lines)
