@@ -3,8 +3,8 @@
 Its metadata leaves the torch build to the user (README "Install": torch first, CPU or the CUDA
 build they want): no CUDA-specific torch version, no nvidia-* wheels, no direct URL. It registers
 the pytest plugin and the `mergeqa` command, and it carries every module and the package data
-(the family recipe and merges, task YAML, probing and judge sets, the built-in checks), which an
-install from it then finds.
+(the family's weights and manifest, its recipe and merges, task YAML, probing and judge sets, the
+built-in checks), which an install from it then finds, and uses without writing into itself.
 
 Cost: one offline wheel build (no build isolation, no index; a copy of the tree, so nothing is
 written here) and a --no-deps install into a temporary directory: about 10 s.
@@ -76,14 +76,21 @@ def test_every_module_data_file_and_check_is_in_the_wheel(wheel):
         inside = set(z.namelist())
     tree = {p.relative_to(REPO).as_posix() for p in (REPO / "mergeqa").rglob("*")
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    weights = {f"mergeqa/data/family/weights/{m}/{f}" for m in ("base", "arithmetic", "lists")
+               for f in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja")}
     assert {"mergeqa/data/family/family.toml", "mergeqa/data/family/merges/ties.yaml",
-            "mergeqa/data/judge/question.jsonl", "mergeqa/checks/test_retention.py"} <= tree
+            "mergeqa/data/family/weights/manifest.json", "mergeqa/data/judge/question.jsonl",
+            "mergeqa/checks/test_retention.py", *weights} <= tree
     assert sorted(tree - inside) == []
+    with zipfile.ZipFile(wheel) as z:  # the weights as shipped, not an LFS pointer or a stale copy
+        for name in weights:
+            assert z.read(name) == (REPO / name).read_bytes(), name
 
 
 def test_an_install_from_the_wheel_finds_its_data_and_checks(wheel, tmp_path):
     """Installed (--no-deps, into a directory of its own, imported from a directory that is not
-    the clone), mergeqa reads its bundled recipe, merges, tasks and checks from the install."""
+    the clone), mergeqa reads its bundled recipe, merges, tasks and checks from the install, and
+    its family's weights, verified against the manifest, with nothing written into the install."""
     target = tmp_path / "site"
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
                            "--disable-pip-version-check", "--target", str(target), str(wheel)],
@@ -94,9 +101,16 @@ def test_an_install_from_the_wheel_finds_its_data_and_checks(wheel, tmp_path):
              "assert sorted(load_recipe()['parents']) == ['arithmetic', 'lists'], default_recipe_path(); "
              "assert len(list(DEFAULT_MERGES_DIR.glob('*.yaml'))) == 5; "
              "assert (s.BUNDLED_TASKS / 'humaneval' / 'mergeqa_humaneval.yaml').is_file(); "
-             "assert (s.CHECKS_DIR / 'test_retention.py').is_file()")
+             "assert (s.CHECKS_DIR / 'test_retention.py').is_file(); "
+             "from mergeqa.models.shipped_family import WEIGHTS_DIR, shipped_family; "
+             "f = shipped_family(sys.argv[1]); "
+             "assert f.base.resolve() == WEIGHTS_DIR / 'base' and WEIGHTS_DIR.is_relative_to(s.PACKAGE_DIR); "
+             "assert (f.tasks_dir / 'family_lists.yaml').is_file()")
+    probe = "import sys; " + probe
+    before = sorted(p for p in target.rglob("*") if "__pycache__" not in p.parts)
     env = {**os.environ, "PYTHONPATH": str(target)}
-    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env,
-                         timeout=120)
+    run = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "cache")], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert Path(run.stdout.strip()).is_relative_to(target)
+    assert sorted(p for p in target.rglob("*") if "__pycache__" not in p.parts) == before

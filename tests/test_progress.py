@@ -1,10 +1,10 @@
 """Progress lines (mergeqa.core.progress, mergeqa.pytest_plugin.progress): what they say, and that
 they reach the person watching: through pytest's terminal (not into a test's captured output),
-on stderr from an xdist worker, silenced by -q, and from `mergeqa gate` while a family builds.
+on stderr from an xdist worker, silenced by -q, from `mergeqa gate`, and while a family trains.
 
-Cost: the pytester runs take a few seconds each (the xdist one about ten); the gate run trains a
-reduced family (a 1-layer model, 20 + 10 + 10 steps, no cache shared) and merges and evaluates
-one merge on 10 items: about 45 s on a loaded 2-core machine.
+Cost: the pytester runs take a few seconds each (the xdist one about ten); the gate run merges the
+shipped family and evaluates one merge on 10 items (no cache shared), and the training lines come
+from a reduced family (a 1-layer model, 20 + 10 + 10 steps): about 45 s on a loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -132,29 +132,19 @@ def test_an_xdist_worker_writes_its_lines_to_stderr_naming_itself(pytester):
     assert all(re.fullmatch(r"\[gw[01]\] mergeqa: step under test \([12]/2\), [12]\.0 s", line) for line in told)
 
 
-def test_mergeqa_gate_on_a_fresh_cache_tells_the_family_build_the_merge_and_the_evaluations(tmp_path):
-    """`mergeqa gate` with an empty cache: the family build is told stage by stage with counts and
-    times, then the merge and each evaluation, on stdout as they happen. (The reduced recipe
-    stands in for the default one, whose build takes 4 minutes: the code path is the same.)"""
-    recipe = tmp_path / "small.toml"
-    recipe.write_text(SMALL_RECIPE)
-    script = ("import sys; from pathlib import Path; import mergeqa.family.build as b; "
-              "b.default_recipe_path = lambda: Path(sys.argv[1]); from mergeqa.cli.main import main; "
-              "sys.exit(main(sys.argv[2:]))")
+def test_mergeqa_gate_on_a_fresh_cache_trains_nothing_and_tells_the_merge_and_the_evaluations(tmp_path):
+    """`mergeqa gate` with an empty cache: the family ships with mergeqa, so nothing is trained and
+    no family line is told; the merge and each evaluation are, on stdout, as they happen."""
+    script = "import sys; from mergeqa.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(recipe), "gate", "--out", str(tmp_path / "out"),
+        [sys.executable, "-c", script, "gate", "--out", str(tmp_path / "out"),
          "--cache", str(tmp_path / "cache"), "-p", "no:cacheprovider", "--eval-limit", "10",
          "-k", "ties and not dare and (test_loads or test_retention)"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("mergeqa: ")]
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: retention on 10 items
     told = "\n".join(lines)
-    assert f"mergeqa: family: not in {tmp_path / 'cache'} yet: building it once" in told
-    stages = re.findall(r"^mergeqa: family: .* \(([123])/3\), ([\d.]+) s$", told, re.MULTILINE)
-    assert [n for n, _ in stages] == ["1", "2", "3"], told
-    assert [float(t) for _, t in stages] == sorted(float(t) for _, t in stages)  # time since the build began
-    assert re.search(r"^mergeqa: family: stage 1/3, step 20/20 loss [\d.]+, [\d.]+ s$", told, re.MULTILINE), told
-    assert re.search(r"^mergeqa: family: built .*family-\w+ in ([\d.]+) s$", told, re.MULTILINE), told
+    assert not [line for line in lines if line.startswith("mergeqa: family")], told
     assert "mergeqa: merge ties: building with mergekit (ties, 3 models, cpu)..." in lines
     assert re.search(r"^mergeqa: merge ties built in [\d.]+ s$", told, re.MULTILINE), told
     for model in ("ties", "arithmetic", "lists", "base"):
@@ -162,6 +152,31 @@ def test_mergeqa_gate_on_a_fresh_cache_tells_the_family_build_the_merge_and_the_
                 f"family_grammar (10 items)...") in lines, told
         assert re.search(rf"^mergeqa: evaluated {model} in [\d.]+ s$", told, re.MULTILINE), told
     order = [lines.index(next(line for line in lines if line.startswith(p)))
-             for p in ("mergeqa: family: not in", "mergeqa: family: built", "mergeqa: merge ties built",
-                       "mergeqa: evaluated ties")]
+             for p in ("mergeqa: merge ties built", "mergeqa: evaluated ties")]
     assert order == sorted(order)
+
+
+def test_training_the_family_from_a_recipe_is_told_stage_by_stage(tmp_path):
+    """`mergeqa family --rebuild` trains the recipe (build_family_reporting): a line when training
+    begins, one per stage with its count and the time since it began, steps within a stage, one when
+    it is done; a family the cache holds is returned without a line. (The reduced recipe stands in
+    for the default one, whose build takes 4 minutes: the code path is the same.)"""
+    from mergeqa.models.session import build_family_reporting
+
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(SMALL_RECIPE)
+    told: list[str] = []
+    undo = progress.install(told.append)
+    try:
+        family = build_family_reporting(tmp_path / "cache", recipe)
+        assert build_family_reporting(tmp_path / "cache", recipe) == family
+    finally:
+        undo()
+    text = "\n".join(told)
+    assert told[0] == (f"family: not in {tmp_path / 'cache'} yet: training it from the recipe (the base, then "
+                       "arithmetic and lists)")
+    stages = re.findall(r"^family: .* \(([123])/3\), ([\d.]+) s$", text, re.MULTILINE)
+    assert [n for n, _ in stages] == ["1", "2", "3"], text
+    assert [float(t) for _, t in stages] == sorted(float(t) for _, t in stages)  # time since the build began
+    assert re.search(r"^family: stage 1/3, step 20/20 loss [\d.]+, [\d.]+ s$", text, re.MULTILINE), text
+    assert re.fullmatch(rf"family: built {re.escape(str(family.root))} in [\d.]+ s", told[-1]), text
