@@ -327,6 +327,27 @@ def test_the_shipped_family_is_used_in_place_and_nothing_is_written_into_the_pac
     assert shipped.cached_shipped_family(tmp_path / "other", weights_dir=weights) is None
 
 
+
+def test_a_broken_shipped_family_stops_the_gate_and_mergeqa_family_with_one_line(tmp_path, monkeypatch, pytester,
+                                                                                  capsys):
+    """Before any test runs: `mergeqa family` exits 4 and `pytest --gate` is a usage error, each
+    with the one line that names the file and the fix."""
+    from mergeqa.cli.main import main
+    from mergeqa.models import shipped_family as shipped
+
+    broken = tmp_path / "weights"
+    shutil.copytree(shipped.WEIGHTS_DIR, broken)
+    (broken / "base" / "config.json").unlink()
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", broken)
+    line = f"{broken / 'base' / 'config.json'}: missing from the shipped family (listed in its manifest.json); {shipped.FIX}"
+    assert main(["family", "--cache", str(tmp_path / "cache")]) == 4
+    assert capsys.readouterr().err == f"mergeqa family: {line}\n"
+    result = pytester.runpytest_inprocess("--gate", "--collect-only", "-p", "no:cacheprovider",
+                                          "--mergeqa-cache", str(tmp_path / "cache"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"ERROR: {line}" in result.stderr.lines
+    assert not (tmp_path / "cache").exists()
+
 # -- the trainer, on a reduced recipe --------------------------------------------------------------
 # The default recipe's shape (the same skills and parents), a 2-layer model and a few hundred steps:
 # its family is too weak for the gate, and builds in about 20 s on 2 cores.

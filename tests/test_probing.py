@@ -438,6 +438,33 @@ def test_the_family_table_claims_above_both_only_from_its_recorded_test(tmp_path
     assert recorded_table(family)["probing_above"].keys() == {"ties", "linear"}
 
 
+
+def test_a_rebuilt_family_table_is_shown_beside_the_shipped_one():
+    """`mergeqa family --rebuild`: each cell "shipped / rebuilt", the largest difference, and each
+    table's merges between their parents."""
+    from mergeqa.probing.divergence import above_parents
+    from mergeqa.report.family_table import render_comparison
+
+    parent = (np.random.default_rng(0).random(1050) < 0.9).astype(float)
+    other = _flip(parent, 4, 4, seed=1)
+
+    def table(name: str, linear: float) -> dict:
+        rows = [{"model": m, "role": r, "items": {"family_arithmetic": 400},
+                 "scores": {"family_arithmetic": s, "family_lists": s, "probing": 0.99}}
+                for m, r, s in (("a", "parent", 0.9), ("b", "parent", 0.2), ("ties", "merge", 0.5),
+                                ("linear", "merge", linear))]
+        above = {m: above_parents(m, parent, {"a": parent, "b": other}).to_dict() for m in ("ties", "linear")}
+        return {"family": name, "tasks": ["family_arithmetic", "family_lists", "probing"], "rows": rows,
+                "probing_above": above}
+
+    text = render_comparison(table("family-shipped-x", 0.95), table("family-abc", 0.5))
+    assert text.splitlines()[0] == "shipped (family-shipped-x) / rebuilt from the recipe (family-abc)"
+    assert "| linear | merge | 0.950 / 0.500 | 0.950 / 0.500 | 0.990 / 0.990 |" in text
+    assert "largest difference: -45.0 points (linear, family_arithmetic); 2 of 12 figures differ" in text
+    assert "shipped: between the parents on both skill tasks: ties (1 of 2 merges)" in text
+    assert "rebuilt: between the parents on both skill tasks: ties, linear (2 of 2 merges)" in text
+    assert "every figure the same (12 figures)" in render_comparison(table("s", 0.5), table("r", 0.5))
+
 # -- the check on the embedded family -------------------------------------------------------------
 
 @pytest.mark.slow

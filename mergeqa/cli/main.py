@@ -154,11 +154,11 @@ def run_family(cache: str | None, table: bool, *, rebuild: bool = False, ship: b
 
 def _show_family(cache: str | None, table: bool) -> int:
     from mergeqa.core import progress
-    from mergeqa.models.shipped_family import WEIGHTS_DIR, shipped_family
+    from mergeqa.models import shipped_family
     from mergeqa.report.family_table import family_table, recorded_table, render
 
-    fam = shipped_family(cache)
-    print(f"family: {fam.root} (shipped with mergeqa: {WEIGHTS_DIR})")
+    fam = shipped_family.shipped_family(cache)
+    print(f"family: {fam.root} (shipped with mergeqa: {shipped_family.WEIGHTS_DIR})")
     for name, path in {"base": fam.base, **fam.parents}.items():
         print(f"  {name}: {path}")
     recorded = family_table(cache, log=lambda m: progress.say(f"table: {m}")) if table else recorded_table(fam)
@@ -172,23 +172,23 @@ def _show_family(cache: str | None, table: bool) -> int:
 def _rebuild_family(cache: str | None, ship: bool) -> int:
     from mergeqa.core import progress
     from mergeqa.models.session import build_family_reporting
-    from mergeqa.models.shipped_family import MANIFEST, WEIGHTS_DIR, read_manifest, shipped_family
-    from mergeqa.models.shipped_family import ship as ship_family
+    from mergeqa.models import shipped_family
     from mergeqa.report.family_table import family_table, render_comparison
 
     trained = build_family_reporting(cache)
     print(f"family trained from the recipe: {trained.root}")
     if ship:
-        before = read_manifest()["files"] if (WEIGHTS_DIR / MANIFEST).is_file() else {}
-        manifest = ship_family(trained)
+        weights = shipped_family.WEIGHTS_DIR
+        before = shipped_family.read_manifest()["files"] if (weights / shipped_family.MANIFEST).is_file() else {}
+        manifest = shipped_family.ship(trained)
         size = sum(f["size"] for f in manifest["files"].values())
         changed = sorted(k for k, f in manifest["files"].items() if before.get(k) != f)
-        print(f"shipped into {WEIGHTS_DIR}: {len(manifest['files'])} files, {size / 1e6:.1f} MB, recipe digest "
+        print(f"shipped into {weights}: {len(manifest['files'])} files, {size / 1e6:.1f} MB, recipe digest "
               f"{manifest['recipe_digest'][:16]}; "
               + (f"changed: {', '.join(changed)}" if changed else "every file as shipped before"))
         return 0
     tables = {}
-    for name, family in (("shipped", shipped_family(cache)), ("rebuilt", trained)):
+    for name, family in (("shipped", shipped_family.shipped_family(cache)), ("rebuilt", trained)):
         tables[name] = family_table(cache, family=family, log=lambda m, n=name: progress.say(f"table ({n}): {m}"))
     print("\n" + render_comparison(tables["shipped"], tables["rebuilt"]))
     return 0

@@ -1,10 +1,10 @@
 """Per-run state of the gate: which models are under test, where the references are, and where
 everything is cached. Built from the command line once per process and kept in `config.stash`.
 
-Merges are built and the embedded family is looked up lazily, on first use, so `pytest
---collect-only` and `pytest --help` never merge or verify anything; test ids are known up front
-from names alone. The family is the one that ships with mergeqa (mergeqa.models.shipped_family):
-no run trains it.
+Merges are built and the embedded family's cache entry is written lazily, on first use, so
+`pytest --collect-only` and `pytest --help` never merge anything; test ids are known up front from
+names alone. The family is the one that ships with mergeqa (mergeqa.models.shipped_family): no run
+trains it, and a gate run checks its files against their manifest at configure time.
 """
 
 from __future__ import annotations

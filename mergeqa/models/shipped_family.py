@@ -46,8 +46,9 @@ def recipe_digest(recipe_path: Path | None = None) -> str:
     return digest(load_recipe(recipe_path), _source_digest())
 
 
-def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict:
-    path = Path(weights_dir) / MANIFEST
+def read_manifest(weights_dir: Path | None = None) -> dict:
+    """The manifest of the shipped family (`weights_dir`: the package's, unless given)."""
+    path = Path(weights_dir or WEIGHTS_DIR) / MANIFEST
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
@@ -59,15 +60,16 @@ def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict:
     return manifest
 
 
-def stale_reason(weights_dir: Path = WEIGHTS_DIR, recipe_path: Path | None = None) -> str | None:
+def stale_reason(weights_dir: Path | None = None, recipe_path: Path | None = None) -> str | None:
     """None when the shipped weights were trained from this recipe and this mergeqa/family code;
     else why not, and the command that re-ships them."""
     from mergeqa.family import default_recipe_path
 
+    manifest = Path(weights_dir or WEIGHTS_DIR) / MANIFEST
     shipped, current = read_manifest(weights_dir)["recipe_digest"], recipe_digest(recipe_path)
     if shipped == current:
         return None
-    return (f"the shipped family (recipe digest {shipped[:16]}, {Path(weights_dir) / MANIFEST}) was not trained "
+    return (f"the shipped family (recipe digest {shipped[:16]}, {manifest}) was not trained "
             f"from the current recipe and code (digest {current[:16]}: {recipe_path or default_recipe_path()} "
             f"or mergeqa/family/*.py changed since). Re-ship it: `{RESHIP}` (trains it, about 4 minutes on "
             "2 CPU cores, and writes the weights and manifest), then commit mergeqa/data/family/weights/")
@@ -81,11 +83,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify(weights_dir: Path = WEIGHTS_DIR) -> dict:
+def verify(weights_dir: Path | None = None) -> dict:
     """The manifest, once every file it lists is there with its size and sha256. A file is hashed
     once per process (again only if its size or mtime changes); a missing or changed file is one
     usage error naming it and the fix."""
-    weights_dir = Path(weights_dir)
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
     manifest = read_manifest(weights_dir)
     for rel, expected in sorted(manifest["files"].items()):
         path = weights_dir / rel
@@ -115,23 +117,25 @@ def _entry(cache_dir: Path, manifest: dict, weights_dir: Path) -> Path:
     return Path(cache_dir) / f"family-shipped-{key[:16]}"
 
 
-def shipped_family(cache_dir: Path | str | None = None, weights_dir: Path = WEIGHTS_DIR):
+def shipped_family(cache_dir: Path | str | None = None, weights_dir: Path | None = None):
     """The shipped family, verified; its cache entry is written first if absent (about a second:
     the links and the tasks)."""
     from mergeqa.family import Family
 
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
     manifest = verify(weights_dir)
     cache_dir = Path(cache_dir or default_cache_dir())
     target = _entry(cache_dir, manifest, weights_dir)
-    build_once(target, lambda tmp: _write_entry(tmp, manifest, Path(weights_dir)),
+    build_once(target, lambda tmp: _write_entry(tmp, manifest, weights_dir),
                on_build=lambda: log_event(cache_dir, "family_shipped_entry", path=str(target)))
     return Family(target)
 
 
-def cached_shipped_family(cache_dir: Path | str | None = None, weights_dir: Path = WEIGHTS_DIR):
+def cached_shipped_family(cache_dir: Path | str | None = None, weights_dir: Path | None = None):
     """The shipped family if the cache holds its entry already, else None: writes nothing (dry runs)."""
     from mergeqa.family import Family
 
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
     target = _entry(Path(cache_dir or default_cache_dir()), read_manifest(weights_dir), weights_dir)
     return Family(target) if (target / "recipe.json").is_file() else None
 
@@ -147,7 +151,7 @@ def _write_entry(out: Path, manifest: dict, weights_dir: Path) -> None:
     (out / "build.json").write_text(json.dumps(build, indent=2))
 
 
-def ship(family, weights_dir: Path = WEIGHTS_DIR) -> dict:
+def ship(family, weights_dir: Path | None = None) -> dict:
     """Write `family` (trained from the current recipe by mergeqa.family.build_family) into
     `weights_dir` as package data: its model directories and a manifest. The new directory
     replaces the old one with a rename, so a failed ship leaves the old weights. Returns the manifest."""
@@ -159,7 +163,7 @@ def ship(family, weights_dir: Path = WEIGHTS_DIR) -> dict:
     if family.recipe != load_recipe():
         raise MergeQAUsageError(f"{family.root}: not trained from the current recipe; ship a family that "
                                 f"`mergeqa family --rebuild` built")
-    weights_dir = Path(weights_dir)
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
     weights_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{weights_dir.name}.", dir=weights_dir.parent))
     try:

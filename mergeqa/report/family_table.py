@@ -182,8 +182,9 @@ def render_comparison(shipped: dict, rebuilt: dict) -> str:
                 gaps.append((abs(b - a), model, t, b - a))
         lines.append(f"| {model} | {row['role']} | " + " | ".join(cells) + " |")
     lines.append("")
-    if gaps and max(gaps)[0] > 0:
-        _, model, task, delta = max(gaps)
+    largest = max(gaps, key=lambda gap: gap[0], default=(0, "", "", 0))  # the first of equal gaps
+    if largest[0] > 0:
+        _, model, task, delta = largest
         lines.append(f"largest difference: {100 * delta:+.1f} points ({model}, {task}); "
                      f"{sum(g[0] > 0 for g in gaps)} of {len(gaps)} figures differ")
     else:
