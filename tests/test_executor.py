@@ -136,9 +136,9 @@ def test_ray_executor_gives_the_local_executors_results_and_runs_each_job_once(
     results, merged = {}, {}
     for name, executor in (("local", LocalExecutor()), ("ray", ray_cluster)):
         cache = caches[name]
-        [merged[name]] = executor.run([MergeJob(DEFAULT_MERGES_DIR / "linear.yaml", cache, subs)])
+        [merged[name]] = executor.run([MergeJob(DEFAULT_MERGES_DIR / "linear_lopsided.yaml", cache, subs)])
         refs = [ModelRef("arithmetic", family.parents["arithmetic"], "parent"),
-                ModelRef("linear", merged[name], "merged")]
+                ModelRef("linear_lopsided", merged[name], "merged")]
         settings = EvalSettings(cache_dir=cache, device="cpu", task_paths=(str(family.tasks_dir),), limit=12)
         results[name] = evaluate_many(refs, tasks, settings, executor=executor)
         again = evaluate_many(refs, tasks, settings, executor=executor)  # all from the cache now

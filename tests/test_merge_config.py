@@ -414,7 +414,7 @@ def test_the_embedded_merges_pass_the_checks_with_the_family(family):
         parents, bases = merge_roles(parse_merge_config(path, subs).config)
         roles[path.stem] = (sorted(Path(str(p)).name for p in parents), [Path(str(b)).name for b in bases])
     both = ["arithmetic", "lists"]
-    assert roles == {"dare_ties": (both, ["base"]), "linear": (both, []), "slerp": (both, []),
+    assert roles == {"dare_ties": (both, ["base"]), "linear_lopsided": (both, []), "slerp_lopsided": (both, []),
                      "task_arithmetic": (both, ["base"]), "ties": (both, ["base"])}
 
 

@@ -104,7 +104,7 @@ def test_xdist_builds_each_merge_once(tmp_path, private_cache):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "15 passed" in proc.stdout
     built = [e["config"] for e in _events(private_cache) if e["event"] == "merge_built"]
-    assert sorted(Path(c).stem for c in built) == ["dare_ties", "linear", "slerp", "task_arithmetic", "ties"]
+    assert sorted(Path(c).stem for c in built) == ["dare_ties", "linear_lopsided", "slerp_lopsided", "task_arithmetic", "ties"]
 
 
 @pytest.mark.parametrize("toml, expected", [

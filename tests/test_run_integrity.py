@@ -245,7 +245,7 @@ def test_one_sigint_stops_a_running_gate_and_every_report_says_interrupted(tmp_p
     r, sent = _interrupt_gate(tmp_path, private_cache, moment)
     _row(f"SIGINT at {sent:.1f} s ({moment})", r)
     assert r["code"] == pytest.ExitCode.INTERRUPTED, r["stdout"][-3000:] + r["stderr"][-2000:]
-    merges = ["dare_ties", "linear", "slerp", "task_arithmetic", "ties"]
+    merges = ["dare_ties", "linear_lopsided", "slerp_lopsided", "task_arithmetic", "ties"]
     assert [ln.split(":")[0] for ln in r["lines"]] == merges, r["lines"]
     assert all(": interrupted: no verdict" in ln for ln in r["lines"]), r["lines"]
     assert not any("deployable" in ln for ln in r["lines"])
