@@ -342,6 +342,8 @@ def test_a_broken_shipped_family_stops_the_gate_and_mergeqa_family_with_one_line
     line = f"{broken / 'base' / 'config.json'}: missing from the shipped family (listed in its manifest.json); {shipped.FIX}"
     assert main(["family", "--cache", str(tmp_path / "cache")]) == 4
     assert capsys.readouterr().err == f"mergeqa family: {line}\n"
+    from mergeqa.core import progress
+    assert progress._sinks == []  # called in-process, main leaves no sink printing into later tests
     result = pytester.runpytest_inprocess("--gate", "--collect-only", "-p", "no:cacheprovider",
                                           "--mergeqa-cache", str(tmp_path / "cache"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR

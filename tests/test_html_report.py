@@ -171,10 +171,10 @@ def test_written_at_session_end_with_the_step_summary_and_without_pytest_html(py
     text = summary.read_text()
     assert ":x: **ties**: not deployable; first: `retention[ties]`" in text
     # columns: the embedded default's five merges (the session's), then the verdicts' own order
-    assert "| item | dare_ties | linear | slerp | task_arithmetic | ties |" in text
-    assert "| Model size acceptable | not run | pass | not run | not run | not run |" in text
-    assert "- **slerp**: no verdicts recorded" in text
-    assert "| Sanity | not run | pass | not run | not run | not run |" in text  # from its figures
+    assert "| item | dare_ties | linear_lopsided | slerp_lopsided | task_arithmetic | ties | linear |" in text
+    assert "| Model size acceptable | not run | not run | not run | not run | not run | pass |" in text
+    assert "- **slerp_lopsided**: no verdicts recorded" in text
+    assert "| Sanity | not run | not run | not run | not run | not run | pass |" in text  # from its figures
 
 
 def test_pytest_html_extras_carry_the_figures(pytester):

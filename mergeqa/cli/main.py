@@ -144,12 +144,14 @@ def run_family(cache: str | None, table: bool, *, rebuild: bool = False, ship: b
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    progress.install(stderr_lines)
+    uninstall = progress.install(stderr_lines)
     try:
         return _rebuild_family(cache, ship) if rebuild else _show_family(cache, table)
     except MergeQAUsageError as exc:
         print(f"mergeqa family: {exc}", file=sys.stderr)
         return 4
+    finally:  # main() is also called in-process (tests, a user's script): leave no sink behind
+        uninstall()
 
 
 def _show_family(cache: str | None, table: bool) -> int:

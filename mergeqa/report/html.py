@@ -154,6 +154,7 @@ class ReportInput:
         record = config.stash.get(run_record_key, None)
         run = run_state(list(statuses.values()), record) if statuses else ""
         merges += [m for m in statuses if m not in merges]
+        merges += [m for m in dict.fromkeys(v.subject for v in verdicts) if m not in merges]  # as the terminal
         return cls(verdicts, merges, parents, base, meta, configs, inconclusive_policy(config), seeds,
                    statuses=statuses, run=run)
 
