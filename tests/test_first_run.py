@@ -81,7 +81,7 @@ def events(cache: Path) -> list[dict]:
 
 
 def test_run_without_thresholds_file_gates_what_fits_any_model(tiny_merge, user_dir):
-    proc = run_gate(user_dir, tiny_merge)
+    proc = run_gate(user_dir, tiny_merge, "--report-dir", "report")
     assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: random weights are not coherent
     cases = junit_cases(user_dir / "junit.xml")
     ran = {name for name, c in cases.items() if c["outcome"] in ("passed", "failure")}
@@ -100,6 +100,18 @@ def test_run_without_thresholds_file_gates_what_fits_any_model(tiny_merge, user_
     line = next(ln for ln in proc.stdout.splitlines() if NO_SUITE in ln)
     assert proc.stdout.count(NO_SUITE) == 1
     assert "code, leaderboard_v1, leaderboard_v2" in line and "mergeqa init" in line
+    # Judge, A/B and conflict would run on the family's questions and pairs: not run, each saying
+    # how to enable it, and the report's checklist shows them as "not run", never "pass".
+    for test, enable in (("test_judged_score[merged]", "--questions"), ("test_ab_win_rate[merged]", "--questions"),
+                         ("test_conflict_rate[merged]", "--conflict-pairs"),
+                         ("test_conflict_vs_parents[merged]", "--conflict-pairs"),
+                         ("test_agrees_with_skill_owner[merged]", "--conflict-pairs")):
+        assert cases[test]["outcome"] == "skipped", (test, cases[test])
+        assert "not the embedded family" in cases[test]["message"] and enable in cases[test]["message"]
+    html = (user_dir / "report" / "report.html").read_text()
+    for item in ("Judged conversation score &gt;= avg(parents)", "A/B win rate &gt;= 45 %"):
+        row = html[html.index(item):].split("</tr>", 1)[0]
+        assert "not run" in row and ">pass<" not in row, row
     # Nothing of the family: not built, not evaluated on.
     log = events(user_dir / "cache")
     assert log and not [e for e in log if e["event"] == "family_built"], log
@@ -190,6 +202,14 @@ def test_init_then_the_run_with_its_file_then_the_plan(tiny_merge, user_dir, use
     assert "no chat prompt" in text
     assert "#   capital_mc: json: " in text and ": available (local files)" in text
     assert f"--tasks-path={user_tasks}" in text  # the command to run it with
+    # judge and conflict sections written commented: uncommented, they are what a user enables
+    enable = [ln[2:] for ln in text.splitlines() if ln.startswith("# [judge]") or ln.startswith("# [conflict]")
+              or ln.startswith(("# questions =", "# judge =", "# pairs =", "# owners ="))]
+    assert len(enable) == 6, enable
+    import tomllib
+
+    enabled = tomllib.loads("\n".join(enable).replace("SKILL", "arithmetic"))
+    assert enabled["judge"]["questions"] == "question.jsonl" and enabled["conflict"]["owners"] == {"arithmetic": "math"}
     assert main(argv) == 4
     assert "already exists; pass --force" in capsys.readouterr().err
     assert (user_dir / "thresholds.toml").read_text() == text
@@ -200,6 +220,8 @@ def test_init_then_the_run_with_its_file_then_the_plan(tiny_merge, user_dir, use
     cases = junit_cases(user_dir / "junit.xml")
     assert {"test_retention[merged-capital_mc]", "test_no_regression[merged-capital_mc]"} <= set(cases), sorted(cases)
     assert NO_SUITE not in proc.stdout and "comparison" in proc.stdout
+    assert cases["test_judged_score[merged]"]["outcome"] == "skipped"  # its section is still commented
+    assert "--questions" in cases["test_judged_score[merged]"]["message"]
     log = events(user_dir / "cache")
     evaluated = {(e["model"], e["task"]) for e in log if e["event"] == "evaluated"}
     assert evaluated == {("merged", "capital_mc"), ("math", "capital_mc"), ("code", "capital_mc")}

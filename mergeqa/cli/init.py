@@ -150,6 +150,14 @@ def render(model: Path, parents: list[Path], base: Path | None, *, suite_name: s
     out += ["", "[statistics]"] + [f"{k} = {_toml(v)}" for k, v in d["statistics"].items()]
     out += ["", "[probing]  # the built-in English phenomena (mergeqa/data/probing/)"]
     out += [f"{k} = {_toml(v)}" for k, v in d["probing"].items()]
+    out += ["", "# Judged (MT-Bench style) and conflict checks need data about your models; without it they",
+            "# are reported \"not run\" (the embedded questions and pairs test the tiny family only).",
+            "# [judge]",
+            "# questions = \"question.jsonl\"  # FastChat's MT-Bench question.jsonl (--questions)",
+            "# judge = \"reference\"  # or a local judge model directory; or url + model for an endpoint",
+            "# [conflict]",
+            "# pairs = \"pairs.jsonl\"  # consistency pairs, JSONL: a, b, consistent, skill (--conflict-pairs)",
+            f"# owners = {{ SKILL = {_toml(parents[0].name)} }}  # the parent whose answers a skill's pairs follow"]
     out += ["", f"[suites.{suite_name}]"] + [f"{k} = {_toml(v)}" for k, v in suite.items()]
     out += ["# Datasets of this suite on this machine now (checked by `mergeqa init`; nothing downloaded):"]
     out += [f"#   {line}" for line in _availability_lines(by_task)]

@@ -266,6 +266,17 @@ def pairs_file(thresholds, pairs_option: str | None) -> Path | None:
                            fix="name a JSONL file of consistency pairs, or leave it out for the embedded set")
 
 
+def not_measured(thresholds, *, embedded: bool, pairs_option: str | None) -> str:
+    """Why the conflict checks would measure nothing about this run's models ("" when they measure):
+    a model that is not the embedded family, without pairs of the user's, would be tested on the
+    family's own skills. The checks are then not_applicable and say how to enable them."""
+    if embedded or pairs_option or thresholds.get("conflict", "pairs"):
+        return ""
+    return ("conflict not run: no consistency pairs for a model that is not the embedded family (the embedded "
+            "pairs test the family's skills only); pass --conflict-pairs pairs.jsonl or set [conflict] pairs "
+            "in thresholds.toml (docs/checks.md: the JSONL format)")
+
+
 @dataclass
 class ConflictSetup:
     """Everything the conflict checks share in one run: the pairs, the agreement rule, the

@@ -186,6 +186,17 @@ class JudgeInputs:
                    judge_path)
 
 
+def not_measured(thresholds, *, embedded: bool, questions: str | None) -> str:
+    """Why the judged checks would measure nothing about this run's models ("" when they measure):
+    a model that is not the embedded family, without questions of the user's, would be judged on
+    the family's own questions. The checks are then not_applicable and say how to enable them."""
+    if embedded or questions or thresholds.get("judge", "questions"):
+        return ""
+    return ("judge not run: no questions for a model that is not the embedded family (the embedded questions "
+            "test the family only); pass --questions question.jsonl (FastChat's MT-Bench format) or set "
+            "[judge] questions in thresholds.toml")
+
+
 @dataclass
 class JudgeSetup:
     """What the judged checks share in one run: questions, judge, generation settings, limits;

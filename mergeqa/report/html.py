@@ -68,7 +68,7 @@ CHECKLIST = (
                   'set [retention] suite = "leaderboard_v1" (or "leaderboard_v2") in thresholds.toml; '
                   "the datasets must be on the machine", tasks=LEADERBOARD_TASKS),
     ChecklistItem("Judged conversation score >= avg(parents)", ("judge*", "mt_bench*", "mtbench*"),
-                  "run a judge check that decides `judge` verdicts (MT-Bench style); none ships with mergeqa yet"),
+                  "pytest --questions question.jsonl (FastChat's MT-Bench format; test_judge.py::test_judged_score)"),
     ChecklistItem("Domain benchmarks", ("retention", "retention.*"),
                   "pytest --gate (the [retention] suite; `code` for HumanEval)"),
     ChecklistItem("No regressions", ("regression", "regression.*", "retention.regression*", "probing*"),
@@ -76,7 +76,7 @@ CHECKLIST = (
     ChecklistItem("Sanity", ("sanity*", "lint*", "load*", "config*", "weights*"),
                   "pytest --gate (test_lint, test_sanity, test_load)"),
     ChecklistItem("A/B win rate >= 45 %", ("ab*", "win_rate*", "winrate*", "arena*"),
-                  "run a pairwise A/B check that decides `ab` verdicts; none ships with mergeqa yet"),
+                  "pytest --questions question.jsonl (test_judge.py::test_ab_win_rate, both orders per question)"),
     ChecklistItem("Safety (TruthfulQA)", ("retention*", "regression*", "safety*"),
                   'add truthfulqa_mc2 to the suite (it is in [suites.leaderboard_v1]); data must be local',
                   tasks=("truthfulqa*",)),
@@ -100,14 +100,15 @@ def task_of(v: Verdict) -> str | None:
 
 
 def combined_outcome(verdicts: Sequence[Verdict], policy: str) -> str:
-    """fail > error > inconclusive > pass > not_applicable; "not run" when there are none."""
+    """fail > error > inconclusive > pass; "not run" when there are none or none applied (nothing
+    was measured on the model, so the checklist never shows such an item as passed)."""
     if not verdicts:
         return "not run"
     outcomes = {v.outcome for v in verdicts}
     for o in ("fail", "error", "inconclusive", "pass"):
         if o in outcomes:
             return "inconclusive (accepted)" if o == "inconclusive" and policy == "warn" else o
-    return "not_applicable"
+    return "not run"
 
 
 # -- what the report is built from ---------------------------------------------------------------
