@@ -285,7 +285,7 @@ def test_reference_judge_grades_against_the_reference():
     judge = ReferenceJudge()
     got = judge.rate([RateItem(("q",), ("37",), "37"), RateItem(("q",), ("the answer is 37",), "37"),
                       RateItem(("q",), ("36",), "37"), RateItem(("q",), ("cat",), "37"), RateItem(("q",), ("37",))])
-    assert [j.value for j in got] == [10.0, 10.0, 3.0, 1.0, None] and got[-1].error == "no_reference"
+    assert [j.value for j in got] == [10.0, 10.0, 3.0, 1.0, None] and got[-1].error == "ungradable"
     pairs = judge.compare([PAIR, PairItem(("q",), ("36",), ("37",), ("37",)), PairItem(("q",), ("1",), ("2",), ("3",))])
     assert [j.value for j in pairs] == ["A", "B", "C"]
 
@@ -318,7 +318,7 @@ def test_win_rate_verdicts_pass_fail_and_inconclusive_with_wilson():
     assert [ab_verdict(setup, x).outcome for x in (strong, weak, close)] == ["pass", "fail", "inconclusive"]
     v = ab_verdict(setup, strong)
     assert v.check == "ab.p" and v.obtained == 0.875 and v.figures["ci_low"] < 0.875 < v.figures["ci_high"]
-    assert v.data["win_rate"] == 0.875 and v.figures["judge"] == "reference:v1"
+    assert v.data["win_rate"] == 0.875 and v.figures["judge"] == "reference:v2"
 
 
 def test_swap_disagreement_and_parse_errors_past_their_ceilings_are_errors():
@@ -375,7 +375,7 @@ def test_the_gate_decides_judged_and_conflict_checks_with_figures_in_junit(famil
     for name in ("judge.score", "ab.arithmetic", "ab.lists", "conflict.rate", "conflict.paired.arithmetic",
                  "conflict.owner.lists"):
         assert props[f"mergeqa.{name}.outcome"] in ("pass", "fail", "inconclusive"), (name, out[-3000:])
-    assert props["mergeqa.judge.score.judge"] == "reference:v1" and props["mergeqa.ab.lists.n"] == "40"
+    assert props["mergeqa.judge.score.judge"] == "reference:v2" and props["mergeqa.ab.lists.n"] == "40"
     assert props["mergeqa.ab.arithmetic.swap_disagreement"] == "0.0"  # the reference judge is symmetric
     assert 0 <= float(props["mergeqa.ab.lists.ci_low"]) <= float(props["mergeqa.ab.lists.obtained"]) <= 1
     assert {"mergeqa.judge.score.bleu", "mergeqa.judge.score.chrf", "mergeqa.judge.score.p_noninferiority",
@@ -450,3 +450,69 @@ def test_judge_and_judge_url_together_is_a_usage_error(tmp_path):
                                    judge_url="http://127.0.0.1:1/v1")
     with pytest.raises(MergeQAUsageError, match="--judge nowhere: no such directory"):
         JudgeSetup.from_thresholds(load_thresholds(None), tmp_path, "cpu", "float32", judge="nowhere")
+
+
+# -- what the reference judge can grade, and what it must not guess at --------------------------------
+@pytest.mark.parametrize("reference, form", [
+    ("12000", "number"), ("$12,000", "number"), ("-3.5", "number"), ("40%", "number"), ("[0 2 4 8 9]", "list"),
+    ("B", "choice"), ("(c)", "choice"),
+    ("You are in second place.", None), ("Uncertain.", None), ("Area is 3", None), ("", None), (None, None),
+])
+def test_the_reference_judge_grades_only_short_exact_references(reference, form):
+    from mergeqa.judge.judges import reference_form
+
+    assert reference_form(reference) == form
+
+
+@pytest.mark.parametrize("answer, reference, score", [
+    ("The total cost is $12,000.", "12000", 10.0),  # was 3: "12" and "000" read as two numbers
+    ("$12,000", "12000", 10.0), ("about 12,500 dollars", "$12,000", 3.0), ("no idea", "12000", 1.0),
+    ("The answer is (B).", "B", 10.0), ("I would pick option C", "B", 3.0),
+    ("You have overtaken the second person, so you are now second.", "You are in second place.", None),
+])
+def test_the_reference_judge_reads_values_as_people_write_them(answer, reference, score):
+    assert ReferenceJudge().score(answer, reference) == score
+
+
+MT_BENCH_LIKE = [  # FastChat's question.jsonl shape; 81 and 82 have no reference, 101's is a sentence
+    {"question_id": 81, "category": "writing", "turns": ["Write a travel blog post about Hawaii.", "Rewrite it."]},
+    {"question_id": 82, "category": "roleplay", "turns": ["Draft an email.", "Shorten it."]},
+    {"question_id": 101, "category": "reasoning", "turns": ["You overtake the second person: your position?",
+                                                            "And if it were the last person?"],
+     "reference": ["You are in second place.", "Uncertain."]},
+    *({"question_id": 110 + i, "category": "math", "turns": [f"{i} + 30 =", f"{i} + 40 ="],
+       "reference": [str(i + 30), f"{i + 40:,}"]} for i in range(5)),
+]
+
+
+def _judged_on(questions, answers_by_model, **kw):
+    """JudgeSetup on real-format questions with the reference judge and given answers (no model)."""
+    from types import SimpleNamespace
+
+    from mergeqa.judge.questions import Question
+
+    qs = [Question(q["question_id"], q["category"], tuple(q["turns"]), tuple(q["reference"]) if "reference" in q
+                   else None) for q in questions]
+    setup = JudgeSetup(qs, ReferenceJudge(), None, Path("."), **kw)
+    refs = {}
+    for name, answers in answers_by_model.items():
+        refs[name] = SimpleNamespace(name=name, path=Path(name))
+        setup._answers[Path(name)] = SimpleNamespace(turns=answers)
+    return setup, refs
+
+
+def test_ungradable_turns_are_counted_and_too_many_make_an_error_never_a_silent_drop():
+    right = [["a poem", "again"], ["mail", "short"], ["second", "unsure"],
+             *([f"{i + 30}", f"{i + 40}"] for i in range(5))]
+    setup, refs = _judged_on(MT_BENCH_LIKE, {"m": right, "p": right, "q": right})
+    scores = {n: setup.scores(r) for n, r in refs.items()}
+    assert scores["m"].unjudged == 6 and scores["m"].judged == 10  # 3 questions x 2 turns cannot be graded
+    v = score_verdict(setup, scores["m"], {"p": scores["p"], "q": scores["q"]})
+    assert v.outcome == "error" and "could not grade 6 of 16 turns" in v.reason and "--judge" in v.fix
+    ab = ab_verdict(setup, setup.pairwise(refs["m"], refs["p"]))
+    assert ab.outcome == "error" and "could not grade 3 of 8 questions" in ab.reason
+    # accepted knowingly: the verdict says on how many questions it stands
+    setup.max_ungradable = 0.5
+    v = score_verdict(setup, scores["m"], {"p": scores["p"], "q": scores["q"]})
+    assert v.outcome != "error" and "on 5 of 8 questions (6 ungradable turns)" in v.summary
+    assert v.figures["ungradable"] == 6

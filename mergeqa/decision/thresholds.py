@@ -48,7 +48,7 @@ DEFAULTS: dict[str, dict] = {
     "judge": {"questions": "", "judge": "reference", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY",
               "timeout": 60.0, "retries": 3, "budget_s": 600.0, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
               "score_margin": 0.5, "score_test": "permutation", "max_swap_disagreement": 0.35,
-              "max_parse_errors": 0.1},
+              "max_parse_errors": 0.1, "max_ungradable": 0.1},
     "cost": {"max_size_ratio": 1.05, "max_memory_ratio": 1.25, "min_speed_ratio": 0.5,
              "max_latency_ratio": 2.0, "new_tokens": 16, "repeats": 3},
     # Built-in suites; a thresholds file adds suites or replaces one of the same name.
@@ -104,6 +104,7 @@ RANGES = {
     ("sanity", "max_repetition_rate"): (0.0, 1.0, True, True),
     ("sanity", "max_perplexity_ratio"): (1.0, math.inf, True, False),
     ("judge", "budget_s"): (0.0, math.inf, False, False),
+    ("judge", "max_ungradable"): (0.0, 1.0, True, True),
 }
 # Values whose meaning changed: the old value gets an explanation, not just "expected one of".
 RETIRED = {

@@ -87,6 +87,8 @@ HELP = {
     ("judge", "score_test"): "paired test over questions: \"permutation\" (sign-flip) or \"ttest\"",
     ("judge", "max_swap_disagreement"): "error when the judge flips on more pairs than this when answers swap",
     ("judge", "max_parse_errors"): "error when more judge replies than this have no verdict tag",
+    ("judge", "max_ungradable"): ("error when the judge cannot grade more turns than this (the reference judge "
+                                  "grades only short number / list / choice references)"),
     ("cost", "max_size_ratio"): "size on disk / expected size (largest parent, rescaled to the merge's layers)",
     ("cost", "max_memory_ratio"): "peak memory while generating / the largest parent's (same rescaling)",
     ("cost", "min_speed_ratio"): "prefill and decode tokens/s x depth ratio / the slowest parent's",

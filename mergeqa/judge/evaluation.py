@@ -33,7 +33,7 @@ class ModelScores:
     model: str
     turns: list[list[float | None]]
     parse_errors: int
-    unjudged: int  # turns the judge could not grade (the reference judge without a reference)
+    unjudged: int  # turns the judge could not grade (the reference judge: no short exact reference)
     bleu: float | None
     chrf: float | None
     answers: list[list[str]] = field(default_factory=list)
@@ -213,6 +213,7 @@ class JudgeSetup:
     max_swap_disagreement: float = 0.35
     max_parse_errors: float = 0.1
     alpha: float = 0.05
+    max_ungradable: float = 0.1
 
     def __post_init__(self):
         self._answers: dict[Path, Answers] = {}
@@ -239,7 +240,7 @@ class JudgeSetup:
                 turns[qi][t] = j.value
             bleu, chrf = reference_metrics(self.questions, answers)
             self._scores[ref.path] = ModelScores(ref.name, turns, sum(j.error == "parse" for j in judgments),
-                                                 sum(j.error == "no_reference" for j in judgments), bleu, chrf,
+                                                 sum(j.error == "ungradable" for j in judgments), bleu, chrf,
                                                  answers)
         return self._scores[ref.path]
 
@@ -299,7 +300,7 @@ class JudgeSetup:
                                                       dtype=dtype), cache_dir)
         return cls(read_questions(inputs.questions), the_judge, settings, Path(cache_dir), inputs.source,
                    get("min_win_rate"), get("score_margin"), get("score_test"), get("max_swap_disagreement"),
-                   get("max_parse_errors"), thresholds.get("statistics", "alpha"))
+                   get("max_parse_errors"), thresholds.get("statistics", "alpha"), get("max_ungradable"))
 
     def figures(self) -> dict:
         """What names the judgment in junit: the judge, its prompts, the questions."""
@@ -314,6 +315,20 @@ def unavailable_verdict(check: str, subject: str, exc: JudgeUnavailable) -> Verd
     return Verdict(check, subject, "error", reason=reason, fix=fix)
 
 
+def ungradable_verdict(check: str, setup: JudgeSetup, subject: str, ungradable: int, total: int, what: str,
+                       figures: dict, data: dict) -> Verdict | None:
+    """An error verdict when the judge could not grade more than [judge] max_ungradable of the
+    `total` turns or questions (never a silent drop); None when few enough were ungradable."""
+    if not total or ungradable / total <= setup.max_ungradable:
+        return None
+    return Verdict(check, subject, "error", figures, data=data,
+                   reason=(f"the judge ({setup.judge.identity}) could not grade {ungradable} of {total} {what} "
+                           f"({ungradable / total:.0%} > max_ungradable {setup.max_ungradable:g}): the reference judge "
+                           "grades only references that are a short number, list or choice"),
+                   fix=("name an LLM judge for open questions (--judge PATH, a local chat model, or --judge-url URL "
+                        "--judge-model NAME), or raise [judge] max_ungradable knowingly"))
+
+
 def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, ModelScores],
                   references: dict[str, ModelScores] | None = None) -> Verdict:
     """judge.score: per question, the merge's score minus the parents' mean score, tested with the
@@ -325,7 +340,7 @@ def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, Mod
 
     models = {merged.model: merged, **parents}
     data = {"scores": {n: s.summary() for n, s in {**(references or {}), **models}.items()}}
-    base = {**setup.figures(), "parse_errors": merged.parse_errors,
+    base = {**setup.figures(), "parse_errors": merged.parse_errors, "ungradable": merged.unjudged,
             **{f"{k}": v for k, v in merged.summary().items() if k in ("turn1", "turn2", "bleu", "chrf")}}
     worst = max(models.values(), key=lambda s: s.parse_error_rate())
     if worst.parse_error_rate() > setup.max_parse_errors:
@@ -334,6 +349,10 @@ def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, Mod
                                f"{worst.parse_errors + worst.judged} replies for {worst.model} "
                                f"({worst.parse_error_rate():.0%} > max_parse_errors {setup.max_parse_errors:g})"),
                        fix="use a stronger judge model, or raise [judge] judge_new_tokens so the reply reaches its tag")
+    too_many = ungradable_verdict("judge.score", setup, merged.model, merged.unjudged,
+                                  sum(len(ts) for ts in merged.turns), "turns", base, data)
+    if too_many is not None:
+        return too_many
     rows = [(m, [p.per_question[i] for p in parents.values()]) for i, m in enumerate(merged.per_question)]
     rows = [(m, ps) for m, ps in rows if m is not None and all(p is not None for p in ps)]
     if len(rows) < 2 or not parents:
@@ -348,7 +367,8 @@ def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, Mod
                 {"obtained": round(obtained, 4), "reference": round(reference, 4), "threshold": round(reference, 4),
                  **{k: c.figures()[k] for k in ("effect", "ci_low", "ci_high", "p_regression", "p_noninferiority",
                                                  "n", "method", "margin")}, **base},
-                summary=f"judged two-turn score against the parents' mean on {c.n} questions",
+                summary=(f"judged two-turn score against the parents' mean on {c.n} of {len(merged.turns)} questions"
+                         + (f" ({merged.unjudged} ungradable turns)" if merged.unjudged else "")),
                 expected=f">= the parents' mean {reference:.3g} (non-inferiority margin {setup.score_margin:g})",
                 delta=round(obtained - reference, 4), details=[c.describe("parents' mean")], data=data)
     if c.verdict == "fail":
@@ -377,7 +397,7 @@ def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
     check = f"ab.{ab.parent}"
     fig = {**setup.figures(), "wins": ab.count("win"), "ties": ab.count("tie"), "losses": ab.count("loss"),
            "n": ab.judged, "swap_disagreement": round(ab.swap_disagreement, 4), "flips": ab.flips,
-           "parse_errors": ab.parse_errors}
+           "parse_errors": ab.parse_errors, "ungradable": ab.unjudged}
     data = {"parent": ab.parent, "win_rate": None if ab.win_rate is None else round(ab.win_rate, 4),
             "swap_disagreement": round(ab.swap_disagreement, 4), "parse_errors": ab.parse_errors}
     if ab.parse_error_rate() > setup.max_parse_errors:
@@ -386,6 +406,9 @@ def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
                                f"{ab.parse_errors + ab.judged} pairs ({ab.parse_error_rate():.0%} > max_parse_errors "
                                f"{setup.max_parse_errors:g})"),
                        fix="use a stronger judge model, or raise [judge] judge_new_tokens so the reply reaches its tag")
+    too_many = ungradable_verdict(check, setup, ab.merged, ab.unjudged, len(ab.outcomes), "questions", fig, data)
+    if too_many is not None:
+        return too_many
     if ab.judged == 0:
         return Verdict(check, ab.merged, "error", fig, data=data,
                        reason=f"no question could be judged against {ab.parent} ({ab.unjudged} without a reference)",

@@ -1,8 +1,8 @@
 """The judges, behind one interface: `rate(items)` (1-10 per answer) and `compare(items)`
 ("A", "B" or "C" per pair of conversations), each returning a `Judgment` per item.
 
-- `ReferenceJudge` (the default, offline, deterministic): checks each answer against the
-  question's reference, as MT-Bench's reference-guided grading does for math, reasoning, coding;
+- `ReferenceJudge` (the default, offline, deterministic): checks each answer's final value against
+  a reference that is a short exact answer (number, list, choice); any other turn is ungradable;
 - `LocalJudge`: a local transformers model (`--judge PATH`), prompted with mergeqa.judge.prompts,
   its replies generated greedily and cached by mergeqa.evaluate.generation;
 - `EndpointJudge`: an OpenAI-compatible endpoint (`--judge-url URL --judge-model NAME`) through the
@@ -16,14 +16,16 @@ A reply without a verdict tag is a `Judgment` with `error="parse"`: counted, nev
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergeqa.core import progress
 from mergeqa.core.cache import digest, write_json
-from mergeqa.evaluate.agreement import Agreement, last_list, last_number, normalise
+from mergeqa.evaluate.agreement import last_list
 
 from .prompts import PROMPTS_HASH, pair_messages, parse_pair, parse_rating, single_messages
 
@@ -57,7 +59,7 @@ class PairItem:
 @dataclass(frozen=True)
 class Judgment:
     """`value`: a rating (float) or "A"/"B"/"C"; None with `error` "parse" (no verdict tag in the
-    reply) or "no_reference" (the reference judge has nothing to check against)."""
+    reply) or "ungradable" (the reference judge cannot check this turn by value)."""
 
     value: float | str | None
     reply: str = ""
@@ -77,49 +79,94 @@ class Judge:
         raise NotImplementedError
 
 
-class ReferenceJudge(Judge):
-    """10 when the answer agrees with the reference (the same number, the same list, the same short
-    text, or the reference contained in a long answer), 3 when it has the reference's form but
-    not its value (another number, another list), else 1. Pairwise: the higher mean over the turns
-    with a reference wins; equal is a tie. Symmetric by construction: a swap never flips it."""
+# A reference the reference judge can check by value: the whole reference is one number (a sign,
+# a currency sign, thousands separators, a percent sign allowed), one bracketed list, or one choice.
+_NUM = r"[-+]?\$?\s*(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?\s*%?"
+NUMBER_ONLY = re.compile(_NUM)
+NUMBER_IN_TEXT = re.compile(r"(?<![\w.])[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+LIST_ONLY = re.compile(r"\[[^\[\]]*\]")
+CHOICE_ONLY = re.compile(r"\(?([A-Ja-j])\)?\.?")
+CHOICE_IN_TEXT = re.compile(r"(?:\b(?:answer|option|choice)\b\W{0,3}(?:is\W{0,3})?\(?([A-J])\b\)?)|\(([A-J])\)")
 
-    identity = "reference:v1"
+
+def reference_form(reference: str | None) -> str | None:
+    """"number", "list" or "choice" when `reference` is a short exact answer the reference judge can
+    check by value; None for anything else (a sentence, an explanation, code), which only an LLM
+    judge can grade: the reference judge counts such a turn as ungradable."""
+    r = (reference or "").strip()
+    for form, pattern in (("list", LIST_ONLY), ("number", NUMBER_ONLY), ("choice", CHOICE_ONLY)):
+        if r and pattern.fullmatch(r):
+            return form
+    return None
+
+
+def number_value(text: str) -> float | None:
+    """The last number in `text`, read as people write it: "$12,000" is 12000, "-3.5" is -3.5."""
+    found = NUMBER_IN_TEXT.findall(text)
+    return float(re.sub(r"[\s$,+]", "", found[-1])) if found else None
+
+
+def choice_value(text: str) -> str | None:
+    """The choice an answer names: the whole answer is a letter ("B", "(b)", "B."), else the last
+    "answer is B" / "option (C)" / "(D)" in it; None when it names none."""
+    whole = CHOICE_ONLY.fullmatch(text.strip())
+    if whole:
+        return whole.group(1).upper()
+    found = CHOICE_IN_TEXT.findall(text)
+    return next((a or b for a, b in reversed(found) if a or b), None)
+
+
+class ReferenceJudge(Judge):
+    """Reference-guided grading by value, for references that are a short exact answer (a number,
+    a bracketed list or a choice letter; `reference_form`): 10 when the answer's final value equals
+    the reference's ("$12,000" equals "12000"), 3 when the answer gives a value of that form but
+    another one, else 1. A turn whose reference is anything else (or absent) is ungradable:
+    counted, never guessed at; name an LLM judge for such questions (MT-Bench's writing, roleplay,
+    humanities). Pairwise: the higher mean over the gradable turns wins; equal is a tie. Symmetric
+    by construction: a swap never flips it."""
+
+    identity = "reference:v2"
     prompts_hash = "none"
 
-    def __init__(self):
-        self.rule = Agreement(short_words=8, embedder=None)
-
-    def score(self, answer: str, reference: str) -> float:
-        match = self.rule.short_match(answer, reference)
-        if match is None:  # a long answer: does it contain the reference?
-            return CORRECT if normalise(reference) in normalise(answer) else WRONG
-        if match.agree:
-            return CORRECT
-        same_form = ((last_list(reference) is not None and last_list(answer) is not None)
-                     or (last_number(reference) is not None and last_number(answer) is not None))
-        return SAME_FORM if same_form else WRONG
+    def score(self, answer: str, reference: str) -> float | None:
+        form = reference_form(reference)
+        if form == "number":
+            got = number_value(answer)
+            if got is None:
+                return WRONG
+            return CORRECT if math.isclose(got, number_value(reference), rel_tol=1e-9, abs_tol=1e-9) else SAME_FORM
+        if form == "list":
+            got = last_list(answer)
+            return WRONG if got is None else CORRECT if got == last_list(reference) else SAME_FORM
+        if form == "choice":
+            got = choice_value(answer)
+            return WRONG if got is None else CORRECT if got == choice_value(reference) else SAME_FORM
+        return None
 
     def rate(self, items: list[RateItem]) -> list[Judgment]:
         out = []
         for it in items:
-            if not it.reference:
-                out.append(Judgment(None, error="no_reference"))
+            s = self.score(it.answers[-1], it.reference) if it.reference else None
+            if s is None:
+                out.append(Judgment(None, UNGRADABLE_WHY, error="ungradable"))
             else:
-                s = self.score(it.answers[-1], it.reference)
                 out.append(Judgment(s, f"{it.answers[-1]!r} against reference {it.reference!r}: {s:g}"))
         return out
 
     def compare(self, items: list[PairItem]) -> list[Judgment]:
         out = []
         for it in items:
-            turns = [i for i, r in enumerate(it.references) if r]
+            turns = [i for i, r in enumerate(it.references) if r and reference_form(r)]
             if not turns:
-                out.append(Judgment(None, error="no_reference"))
+                out.append(Judgment(None, UNGRADABLE_WHY, error="ungradable"))
                 continue
             a = sum(self.score(it.answers_a[i], it.references[i]) for i in turns) / len(turns)
             b = sum(self.score(it.answers_b[i], it.references[i]) for i in turns) / len(turns)
             out.append(Judgment("A" if a > b else "B" if b > a else "C", f"A {a:g}, B {b:g}"))
         return out
+
+
+UNGRADABLE_WHY = "no reference that is a short number, list or choice: only an LLM judge can grade it"
 
 
 class PromptJudge(Judge):
