@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,8 @@ from mergeqa.operators.findings import KNOWN, reproduction
 from mergeqa.operators.inputs import BlockInputs, MergeInputs, RealisticInputs, realistic_inputs, realistic_size
 from mergeqa.operators.mergekit_adapter import mergekit_operator
 from mergeqa.operators.runner import as_operator, check_merge_operator, run_property
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -399,3 +403,24 @@ def test_layers_import_without_a_circle() -> None:
              "print(sorted(m for m in sys.modules if m.startswith('mergeqa.operators.')))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "catalogue" not in loaded and "runner" not in loaded and "description" in loaded
+
+
+def test_the_docs_example_works_as_written_in_a_fresh_directory() -> None:
+    """docs/operators.md's block, alone in a fresh directory (no conftest): it passes under the
+    default profile, a planted bug is found, `--hypothesis-profile=mergeqa-thorough` loads without
+    any register_profiles() call, and a misspelt profile is one line. The thorough runs in full:
+    bench/operator_readme.py (about 100 s and 60 s on one core)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("operator_readme", REPO / "bench" / "operator_readme.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    source = bench.docs_example()
+    rc, out, _ = bench.run_example(source, None)
+    assert rc == 0 and "1 passed" in out, out[-2000:]
+    rc, out, _ = bench.run_example(source.replace(bench.CORRECT, bench.PLANTED), "mergeqa-default")
+    assert rc == 1 and re.search(r"violates \d+ of \d+ property checks", out) and "weight_normalised" in out, out[-2000:]
+    rc, out, _ = bench.run_example(source, "mergeqa-thorough", "--collect-only")  # unregistered: INTERNALERROR, 3
+    assert rc == 0 and "1 test collected" in out, out[-2000:]
+    rc, out, _ = bench.run_example(source, "mergeqa-thoro", "--collect-only")
+    assert rc == 4 and "Traceback" not in out and "Did you mean 'mergeqa-thorough'?" in out, out[-2000:]

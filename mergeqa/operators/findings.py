@@ -10,9 +10,12 @@ Not for: searching (``runner``), which finds these and more.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
+from mergeqa.operators.description import OperatorRaised, PropertyViolation
 from mergeqa.operators.inputs import MergeInputs, RealisticInputs, Regime, _literal
 
 
@@ -24,8 +27,10 @@ class KnownViolation:
     names the cause shared by findings copied across methods; ``upstream`` says why it is worth
     reporting to mergekit ("" when it is not: documented behaviour, or inputs no merge meets).
     ``stream_dependent`` says why the finding shows on some random draws only (``reseeded``
-    examples: other data of the same recipe); "" means it is robust, and only robust findings
-    are strict xfails.
+    examples: other data of the same recipe); "" means it is robust. Every finding's recorded
+    example is replayed as a strict xfail (the recorded draw fails every time); the search of a
+    stream-dependent finding's cell is a non-strict one. ``raises`` names the exception when the
+    finding is that the operator raises; otherwise a raise is not the finding (``only_its_own``).
     """
 
     method: str
@@ -37,6 +42,7 @@ class KnownViolation:
     upstream: str = ""
     variant: str = ""  # tells apart two distinct violations of one (method, property, regime)
     stream_dependent: str = ""
+    raises: str = ""  # the exception the operator raises when raising *is* the finding (e.g. "RuntimeError")
 
     @property
     def id(self) -> str:
@@ -165,14 +171,14 @@ KNOWN: tuple[KnownViolation, ...] = (
         "multislerp", "zero_task_vectors", "realistic",
         dict(inputs=RealisticInputs(shape=(256,), models=3, params={"weight": [0.0, 0.0, 1.0]}).build().at_base()),
         "3+ models that leave a tensor untouched (frozen layers) raise 'weighted sum of the input tensors "
-        "is zero' instead of returning the base", root="multislerp zero sum",
+        "is zero' instead of returning the base", root="multislerp zero sum", raises="ValueError",
         upstream="frozen layers abort a 3-model multislerp merge",
     ),
     KnownViolation(
         "multislerp", "dtype_preserved", "realistic",
         _realistic(shape=(256,), models=3, kind="untouched", params={"weight": [0.0, 0.0, 1.0]}),
         "same root as multislerp/zero_task_vectors[realistic]: untouched tensors raise ValueError",
-        root="multislerp zero sum",
+        root="multislerp zero sum", raises="ValueError",
     ),
     *(KnownViolation(
         "nearswap", prop, "realistic",
@@ -227,7 +233,7 @@ KNOWN: tuple[KnownViolation, ...] = (
         dict(inputs=MergeInputs.of(models=[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], base=[1.0, 1.0],
                                    dtype="float32", params={"weight": [0.0, 0.0, 1.0]})),
         "3+ models that leave a tensor untouched (e.g. frozen layers) raise 'weighted sum of the input "
-        "tensors is zero'", root="multislerp zero sum", variant="three-models",
+        "tensors is zero'", root="multislerp zero sum", raises="ValueError", variant="three-models",
         upstream="frozen layers abort a 3-model multislerp merge",
     ),
     KnownViolation(
@@ -248,7 +254,7 @@ KNOWN: tuple[KnownViolation, ...] = (
         dict(inputs=MergeInputs.of(models=[[0.0625, 0.0625], [0.0625, 0.0625], [0.0625, 0.0625]],
                                    base=[0.0625, 0.0625], dtype="float32", params={"weight": [0.0, 0.0, 1.0]})),
         "same root as zero_task_vectors[three-models]: zero task vectors raise ValueError",
-        root="multislerp zero sum",
+        root="multislerp zero sum", raises="ValueError",
     ),
     KnownViolation(
         "multislerp", "scale_equivariant", "degenerate",
@@ -384,9 +390,43 @@ KNOWN: tuple[KnownViolation, ...] = (
         dict(inputs=MergeInputs.of(models=[[0.0]], base=[0.0], dtype="float32",
                                    params={"density": [0.5], "weight": [0.0]})),
         "a row of one entry makes rank normalisation 0/0: bernoulli(NaN) raises RuntimeError",
-        root="della one-entry rows",
+        root="della one-entry rows", raises="RuntimeError",
     ) for method in ("della", "della_linear")),
 )
+
+
+class UnrelatedFailure(Exception):
+    """A replayed finding failed, but not with its own violation: the operator raised something
+    the finding is not about. Not a PropertyViolation, so ``xfail(raises=PropertyViolation)`` does
+    not take it for the finding (an operator that raises on every call keeps no xfail green)."""
+
+
+def _raised(error: BaseException) -> OperatorRaised | None:
+    """The OperatorRaised in `error`'s chain of causes (the runner re-raises with figures)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OperatorRaised):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+@contextlib.contextmanager
+def only_its_own(known: KnownViolation | None) -> Iterator[None]:
+    """Let through only ``known``'s own violation: an operator that raised counts as the finding
+    only when the finding is that it raises (``known.raises`` names the exception); any other
+    raise becomes ``UnrelatedFailure``. With no finding, nothing is changed."""
+    try:
+        yield
+    except PropertyViolation as error:
+        raised = _raised(error)
+        if known is None or raised is None:
+            raise
+        cause = type(raised.__cause__).__name__ if raised.__cause__ is not None else "an exception"
+        if known.raises and cause == known.raises:
+            raise
+        raise UnrelatedFailure(f"{known.id}: the operator raised {cause} ({raised.detail}); the finding is "
+                               f"{known.reason!r}, not a raise: fix the operator or the entry") from error
 
 
 def reseeded(known: KnownViolation, seed: int) -> dict[str, Any]:

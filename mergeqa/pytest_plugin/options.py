@@ -7,7 +7,27 @@ import pytest
 from mergeqa.core.cache import default_cache_dir
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+class HypothesisProfiles:
+    """`pytest --hypothesis-profile=mergeqa-thorough` works with no conftest: the operator kit's
+    profiles are registered before hypothesis's own pytest plugin loads the named one."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        profile = config.getoption("hypothesis_profile", None)
+        if isinstance(profile, str) and profile.startswith("mergeqa-"):
+            from mergeqa.core.errors import MergeQAUsageError
+            from mergeqa.operators import PROFILES, register_profiles
+
+            register_profiles(load=None)  # hypothesis loads it next
+            if profile not in PROFILES:  # one line, not hypothesis's INTERNALERROR traceback
+                try:
+                    register_profiles(load=profile)
+                except MergeQAUsageError as exc:
+                    raise pytest.UsageError(f"--hypothesis-profile={profile}: {exc}") from None
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.register(HypothesisProfiles(), "mergeqa-hypothesis-profiles")
     group = parser.getgroup("mergeqa", "mergeqa: quality gate for merged checkpoints")
     group.addoption("--model", nargs="+", action="extend", metavar="PATH", default=[],
                     help="merged checkpoint directories under test (default: the embedded family's merges)")
