@@ -7,6 +7,7 @@ temporary directory (seconds); the last runs the probing check on the embedded f
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -36,12 +37,17 @@ from mergeqa.probing.probes import ProbeResult, ProbeSettings, control_labels, p
 
 @pytest.mark.parametrize("name", list(PHENOMENA))
 def test_builtin_sets_are_well_formed_and_balanced(name):
-    d = builtin_dataset(name)
-    assert len(d.items) == BUILTIN_ITEMS and d.labels == PHENOMENA[name].labels
+    d, phen = builtin_dataset(name), PHENOMENA[name]
+    assert len(d.items) == phen.n_items and d.labels == phen.labels
+    assert phen.n_items == BUILTIN_ITEMS or phen.category == "skill"
     assert len({(it.text, it.span) for it in d.items}) == len(d.items), "duplicate items"
     for it in d.items:
         target = it.text[it.span[0]:it.span[1]]
-        assert target == it.type and " " not in target and target in it.text.split()
+        assert " " not in target and target in it.text.split()
+        if phen.category == "skill":  # the last token; the type: an operand (the test below)
+            assert it.span[1] == len(it.text)
+        else:
+            assert target == it.type
     counts = Counter(it.label for it in d.items)
     assert len(set(counts.values())) == 1, counts  # exactly balanced overall
     for split in SPLITS:  # and within one item per label in every split
@@ -53,7 +59,24 @@ def test_bundled_files_are_what_the_generator_makes():
     for name in PHENOMENA:
         assert builtin_dataset(name).items == generate(name).items, \
             f"{name}: regenerate with `python -m mergeqa.probing.datasets`"
-    assert sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.jsonl")) < 300_000
+    assert sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.jsonl")) < 450_000
+
+
+def test_skill_labels_are_the_answers_in_the_family_task_format():
+    """sum_first and list_reverse: the label is the answer's first digit / element, which the
+    probed token ('=' or the answer's '[') does not show; the control type is the operand an
+    unskilled reading answers from."""
+    from mergeqa.family.skills import arithmetic_item, list_item
+
+    for it in builtin_dataset("sum_first").items:
+        a, b = (int(x) for x in it.text[:-2].split(" + "))
+        assert it.text == arithmetic_item(a, b, random.Random(0)).prompt
+        assert it.label == str(a + b)[0] and a + b >= 10 and it.type == str(a) and it.text.endswith("=")
+    for it in builtin_dataset("list_reverse").items:
+        xs = tuple(int(x) for x in it.text.split("[")[1].split("]")[0].split())
+        item = list_item("reverse", xs, random.Random(0))
+        assert it.text == item.prompt + " [" and item.answer.startswith(f" [{it.label}")
+        assert it.type == str(xs[0]) and len(set(xs)) == len(xs)
 
 
 def test_agreement_label_is_not_the_target_words_number():
@@ -319,6 +342,16 @@ def test_thresholds_defaults_match_the_repository_file():
     repo = load_thresholds(Path(__file__).resolve().parent.parent / "thresholds.toml")
     assert repo.values["probing"] == DEFAULTS["probing"]
     assert DEFAULTS["probing"]["phenomena"] == list(PHENOMENA)
+
+
+def test_only_the_embedded_default_probes_the_family_skills():
+    """Other models (and `mergeqa init`'s template) get the grammar phenomena, not prompts in the
+    family's task format."""
+    from mergeqa.decision.thresholds import FAMILY_SKILL_PHENOMENA, GENERIC_DEFAULTS
+    from mergeqa.probing.datasets import GRAMMAR_PHENOMENA
+
+    assert set(FAMILY_SKILL_PHENOMENA) == {n for n, p in PHENOMENA.items() if p.category == "skill"}
+    assert GENERIC_DEFAULTS["probing"]["phenomena"] == list(GRAMMAR_PHENOMENA)
 
 
 def test_plot_file_is_written(tmp_path):
