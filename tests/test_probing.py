@@ -416,6 +416,31 @@ def test_above_both_parents_needs_a_paired_test_against_each_parent():
     assert all(adjusted[t.merge] >= t.p for t in tests)
 
 
+def test_a_merge_that_copies_each_parent_on_its_own_phenomenon_is_not_above_both():
+    """The pooling artifact: parent a holds phenomenon x and not y, b holds y and not x; a merge
+    equal to a on x and to b on y is above each parent on the pool of both, and above neither on
+    any phenomenon. The claim is made per phenomenon, so it is not made."""
+    from mergeqa.probing.divergence import above_line, above_parents, above_parents_per_phenomenon, shown_above
+
+    rng = np.random.default_rng(0)
+    strong = {p: (rng.random(300) < 0.99).astype(float) for p in "xy"}
+    weak = {p: (rng.random(300) < 0.5).astype(float) for p in "xy"}
+    items = {"x": {"a": strong["x"], "b": weak["x"], "merge": strong["x"]},
+             "y": {"a": weak["y"], "b": strong["y"], "merge": strong["y"]}}
+    pooled = {m: np.concatenate([items["x"][m], items["y"][m]]) for m in ("a", "b", "merge")}
+    naive = above_parents("merge", pooled["merge"], {"a": pooled["a"], "b": pooled["b"]})
+    assert naive.p < 0.001  # what a pooled test would claim
+    tests = above_parents_per_phenomenon(["merge"], ["a", "b"], items)
+    assert [(t.merge, t.phenomenon) for t in tests] == [("merge", "x"), ("merge", "y")]
+    assert shown_above(tests)["merge"] > 0.5
+    assert above_line(tests, 0.05, "holm").startswith("none (")
+    # a merge right where either parent is right, on one phenomenon, is shown and named with it
+    a, b = ((rng.random(300) < 0.7).astype(float) for _ in "ab")
+    items["x"] = {"a": a, "b": b, "merge": np.maximum(a, b)}
+    line = above_line(above_parents_per_phenomenon(["merge"], ["a", "b"], items), 0.05, "holm")
+    assert line.startswith("merge on x (")
+
+
 def test_divergence_summary_names_only_merges_shown_above_both_parents():
     from mergeqa.decision.verdict import Verdict
     from mergeqa.report.markdown import divergence_summary
@@ -435,8 +460,8 @@ def test_divergence_summary_names_only_merges_shown_above_both_parents():
                 "accuracy": {m: float(np.mean(x)) for m, x in items.items()}}))
     text = divergence_summary(verdicts)
     last = text.splitlines()[-1]
-    assert "probing above both parents: ties (" in last and "linear" not in last.split("(")[0]
-    assert "over 300 pooled test items" in last
+    assert "probing above both parents: ties on p" in last and "linear" not in last.split("(")[0]
+    assert "on each phenomenon's 150 test items, holm across 4 tests (2 merges x 2 phenomena)" in last
     # the same point estimates with no per-item scores make no claim
     for v in verdicts:
         v.data.pop("items", None)
@@ -455,20 +480,22 @@ def test_the_family_table_claims_above_both_only_from_its_recorded_test(tmp_path
             for m, r, s in (("a", "parent", 0.9), ("b", "parent", 0.2), ("ties", "merge", 0.5),
                             ("linear", "merge", 0.95))]
     table = {"version": TABLE_VERSION, "tasks": ["family_arithmetic", "family_lists", "probing"], "rows": rows,
-             "probing_above": {"ties": above_parents("ties", _flip(parent, 50, 0, seed=2), {"a": parent, "b": other}).to_dict(),
-                               "linear": above_parents("linear", _flip(parent, 3, 0, seed=3), {"a": parent, "b": other}).to_dict()}}
+             "probing_above": [above_parents("ties", _flip(parent, 50, 0, seed=2), {"a": parent, "b": other},
+                                             phenomenon="agreement").to_dict(),
+                               above_parents("linear", _flip(parent, 3, 0, seed=3), {"a": parent, "b": other},
+                                             phenomenon="agreement").to_dict()]}
     rel = relations(table)
     assert rel["ties"] == {"family_arithmetic": True, "family_lists": True, "probing": True}
     assert rel["linear"] == {"family_arithmetic": False, "family_lists": False, "probing": False}
     text = render(table)
     assert "between the parents on both skill tasks: ties (1 of 2 merges)" in text
-    assert "above both parents on probing: ties (" in text
+    assert "above both parents on probing: ties on agreement (" in text
     # a table recorded by an older version (no test) is recomputed, not read
     family = type("F", (), {"root": tmp_path})()
     (tmp_path / TABLE_FILE).write_text(json.dumps({**table, "version": TABLE_VERSION - 1}))
     assert recorded_table(family) is None
     (tmp_path / TABLE_FILE).write_text(json.dumps(table))
-    assert recorded_table(family)["probing_above"].keys() == {"ties", "linear"}
+    assert {t["merge"] for t in recorded_table(family)["probing_above"]} == {"ties", "linear"}
 
 
 
@@ -486,7 +513,7 @@ def test_a_rebuilt_family_table_is_shown_beside_the_shipped_one():
                  "scores": {"family_arithmetic": s, "family_lists": s, "probing": 0.99}}
                 for m, r, s in (("a", "parent", 0.9), ("b", "parent", 0.2), ("ties", "merge", 0.5),
                                 ("linear", "merge", linear))]
-        above = {m: above_parents(m, parent, {"a": parent, "b": other}).to_dict() for m in ("ties", "linear")}
+        above = [above_parents(m, parent, {"a": parent, "b": other}).to_dict() for m in ("ties", "linear")]
         return {"family": name, "tasks": ["family_arithmetic", "family_lists", "probing"], "rows": rows,
                 "probing_above": above}
 
