@@ -1,4 +1,5 @@
-"""Probing datasets: the built-in phenomena generated from the family grammar, and user JSONL sets.
+"""Probing datasets: the built-in phenomena generated from the family grammar (and, for the
+embedded default, from the family's two task formats), and user JSONL sets.
 
 A dataset is a list of items (text, target span, label) plus how to pool: over the span, or over
 the whole sentence. It is not a model input pipeline (see `representations`) nor a probe.
