@@ -193,14 +193,16 @@ def main(argv=None) -> int:
     from mergeqa.conflict.consistency import default_pairs_path
     from mergeqa.core.cache import default_cache_dir
     from mergeqa.models.shipped_family import shipped_family
-    from mergeqa.probing.datasets import PHENOMENA, builtin_dataset
+    from mergeqa.probing.datasets import GRAMMAR_PHENOMENA, builtin_dataset
 
     family = shipped_family(default_cache_dir())
     spec = next(iter(family.recipe["parents"].values()))
     variants = [parse_variant(v) for v in args.variant or []]
     variants = variants or [(spec["lr"], spec["replay"], spec["steps"], False), (3e-4, 0.1, 400, False),
                             (1e-3, 0.0, 400, False), (3e-4, 0.3, 400, True)]
-    datasets = [builtin_dataset(n) for n in PHENOMENA] + contextual_sets()
+    # the grammar's phenomena only: pooling the skill ones (each parent weak on the other's skill)
+    # would put a merge that keeps both skills "above both" on the pool (see AboveParents)
+    datasets = [builtin_dataset(n) for n in GRAMMAR_PHENOMENA] + contextual_sets()
     rows = [json.loads(line) for line in default_pairs_path().read_text().splitlines()]
     prompts = {skill: sorted({p for r in rows if r["skill"] == skill for p in (r["a"], r["b"])})
                for skill in ("arithmetic", "lists")}

@@ -1,5 +1,8 @@
 """The probing table on the embedded default: phenomenon x model -> best layer, accuracy, selectivity.
 
+Accuracy and selectivity (task probe minus control probe) come with their range over the probe
+seeds; then, per phenomenon, the model pairs whose accuracies differ by more than that spread.
+
     .venv/bin/python bench/probe_table.py                      # cold: fresh probe cache, timed
     .venv/bin/python bench/probe_table.py --backends           # + torch vs scikit-learn timing
     .venv/bin/python bench/probe_table.py --behaviour b.json   # + divergence report (merge -> score)
@@ -85,6 +88,8 @@ def main(argv=None) -> int:
 
     print()
     print(table(engine, refs, results))
+    print()
+    print(differing_pairs(engine, refs, results))
     print(f"\nwall time, cold (forward passes + {len(refs) * len(engine.datasets)} probe sets of "
           f"{engine.settings.seeds} seeds x task/control x every layer): {cold:.1f} s "
           f"(forward passes {spent['forward']:.1f} s, probes {spent['probes']:.1f} s); "
@@ -116,17 +121,47 @@ def main(argv=None) -> int:
 
 
 def table(engine, refs, results) -> str:
-    """Markdown: one row per (phenomenon, model)."""
-    lines = ["| phenomenon | model | role | best layer | accuracy (best) | ± sd | macro-F1 | control | "
-             "selectivity | accuracy (last) | selectivity (last) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: one row per (phenomenon, model), accuracy and selectivity with their range over
+    the probe seeds."""
+    lines = ["| phenomenon | model | role | best layer | accuracy (best) | seed range | macro-F1 | control | "
+             "selectivity | seed range | accuracy (last) | selectivity (last) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in engine.datasets:
         for ref, role in refs:
             r = results[ref.name][name]
             b, last = r.summary(r.best_layer), r.summary(r.last_layer)
+            acc, sel = seed_figures(r)
             lines.append(f"| {name} | {ref.name} | {role} | {r.best_layer} | {b['accuracy']:.3f} | "
-                         f"{b['accuracy_sd']:.3f} | {b['macro_f1']:.3f} | {b['control']:.3f} | "
-                         f"{b['selectivity']:+.3f} | {last['accuracy']:.3f} | {last['selectivity']:+.3f} |")
+                         f"{acc.min():.3f}..{acc.max():.3f} | {b['macro_f1']:.3f} | {b['control']:.3f} | "
+                         f"{b['selectivity']:+.3f} | {sel.min():+.3f}..{sel.max():+.3f} | "
+                         f"{last['accuracy']:.3f} | {last['selectivity']:+.3f} |")
+    return "\n".join(lines)
+
+
+def seed_figures(r):
+    """Test accuracy and selectivity (task minus control) at the best layer, one per probe seed."""
+    layer = r.best_layer
+    acc = r.accuracy()[layer]
+    return acc, acc - r.accuracy(control=True)[layer]
+
+
+def differing_pairs(engine, refs, results) -> str:
+    """Per phenomenon, the model pairs whose best-layer accuracies differ by more than the probes'
+    seed spread: the two ranges over the seeds do not overlap. The seed spread is the probe fit's
+    noise only, not the test items' (a pair one test item apart can pass it), so the pairs apart
+    by more than 0.05 are counted too."""
+    from itertools import combinations
+
+    lines = []
+    for name in engine.datasets:
+        acc = {ref.name: seed_figures(results[ref.name][name])[0] for ref, _ in refs}
+        pairs = [(a, b) for a, b in combinations(acc, 2)
+                 if acc[a].min() > acc[b].max() or acc[b].min() > acc[a].max()]
+        spread = max(float(x.max() - x.min()) for x in acc.values())
+        wide = sum(abs(acc[a].mean() - acc[b].mean()) > 0.05 for a, b in pairs)
+        shown = ", ".join(f"{a}/{b}" for a, b in pairs) if pairs else "none"
+        lines.append(f"{name}: {len(pairs)} of {len(acc) * (len(acc) - 1) // 2} pairs differ beyond the "
+                     f"seed spread (largest seed range {spread:.3f}), {wide} of them by more than 0.05: {shown}")
     return "\n".join(lines)
 
 

@@ -39,8 +39,9 @@ DEFAULTS: dict[str, dict] = {
                    "inconclusive": "fail", "decision": "non_inferiority",
                    "sequential": False},  # true: stop scoring a comparison once decided (early_stop)
     "probing": {"tolerance": 0.03, "seeds": 3, "l2": 0.01, "divergence_tau": 0.0,
+                # the grammar's phenomena, then the family's skills (read from context: headroom)
                 "phenomena": ["subject_number", "verb_tense", "person", "agreement", "syntactic_role",
-                              "relative_depth", "part_of_speech"],
+                              "relative_depth", "part_of_speech", "sum_first", "list_reverse"],
                 "datasets": []},
     "conflict": {"pairs": "", "max_conflict_rate": 0.05, "min_owner_agreement": 0.9, "similarity": 0.8,
                  "short_words": 8, "embedding_model": "", "new_tokens": 16,
@@ -55,6 +56,9 @@ DEFAULTS: dict[str, dict] = {
     "suites": {"family": {"tasks": ["family_arithmetic", "family_lists", "family_grammar"]},
                "code": {"tasks": ["mergeqa_humaneval"]}},
 }
+#: Probing phenomena of the family's skills (category "skill" in mergeqa.probing.datasets): prompts
+#: in the family's task format, for the embedded default only.
+FAMILY_SKILL_PHENOMENA = ("sum_first", "list_reverse")
 # For any other model (--model / --merge-config) without a thresholds file: the model-agnostic
 # checks, with the merge guide's sanity prompts; no suite, so retention and regression report one
 # line (mergeqa.pytest_plugin.no_suite.no_suite_line) instead of measuring the family's tasks on a model they do not fit.
@@ -69,6 +73,8 @@ GENERIC_DEFAULTS: dict[str, dict] = {
                    "about_ai": {"prompt": "Tell me about AI", "match": r"[A-Za-z]"}}},
     "retention": {**DEFAULTS["retention"], "suite": "", "capabilities": {}},
     "conflict": {**DEFAULTS["conflict"], "owners": {}},  # the family's skills name no parent here
+    "probing": {**DEFAULTS["probing"],  # the family's skills are probed in its own task format
+                "phenomena": [p for p in DEFAULTS["probing"]["phenomena"] if p not in FAMILY_SKILL_PHENOMENA]},
     "suites": {**DEFAULTS["suites"], "leaderboard_v1": {  # "family" stays: it is chosen, never a default
                    "tasks": ["arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande", "gsm8k"],
                    "num_fewshot": {"arc_challenge": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0,

@@ -1,4 +1,5 @@
-"""Probing datasets: the built-in phenomena generated from the family grammar, and user JSONL sets.
+"""Probing datasets: the built-in phenomena generated from the family grammar (and, for the
+embedded default, from the family's two task formats), and user JSONL sets.
 
 A dataset is a list of items (text, target span, label) plus how to pool: over the span, or over
 the whole sentence. It is not a model input pipeline (see `representations`) nor a probe.
@@ -27,7 +28,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError, did_you_mean
@@ -35,7 +36,7 @@ from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 SPLITS = ("train", "val", "test")
 POOLINGS = ("span", "sentence")
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "probing"
-BUILTIN_ITEMS = 504  # divisible by 2, 3 and 7: every built-in set is exactly balanced
+BUILTIN_ITEMS = 504  # a grammar phenomenon's items: divisible by 2, 3 and 7, so exactly balanced
 BUILTIN_SEED = 0
 
 
@@ -193,14 +194,20 @@ def write_jsonl(dataset: ProbeDataset, path: str | Path, *, compact: bool = Fals
 
 @dataclass(frozen=True)
 class Phenomenon:
-    """A built-in probing task: how to draw one sentence and target word for a given label."""
+    """A built-in probing task: how to draw one item for a given label.
+
+    `draw(rng, label)` returns (text, span, type): the sentence, the probed characters and the
+    word type the control task keys on. `n_items` is divisible by the number of labels, so the set
+    is exactly balanced.
+    """
 
     name: str
     category: str
     pooling: str
     labels: tuple[str, ...]
-    draw: Callable  # (rng, label) -> (Sentence, word index of the target / control type)
+    draw: Callable  # (rng, label) -> (text, (start, end), control type)
     description: str
+    n_items: int = BUILTIN_ITEMS
 
 
 def _draw(rng: random.Random, accept: Callable, **kwargs):
@@ -213,19 +220,24 @@ def _draw(rng: random.Random, accept: Callable, **kwargs):
     raise RuntimeError(f"no sentence accepted in 10000 draws with {kwargs}")  # a bug in a recipe
 
 
+def _word(sentence, index: int) -> tuple[str, tuple[int, int], str]:
+    """(text, span, type) of word `index` of a grammar sentence: the word is its own control type."""
+    return sentence.text, _word_span(sentence.words, index), sentence.words[index]
+
+
 def _subject_number(rng, label):
     s = _draw(rng, lambda s: s.person != 2, number=label)  # "you" is both numbers
-    return s, s.subject_index
+    return _word(s, s.subject_index)
 
 
 def _verb_tense(rng, label):
     s = _draw(rng, lambda s: True, tense=label)
-    return s, s.verb_index
+    return _word(s, s.verb_index)
 
 
 def _person(rng, label):
     s = _draw(rng, lambda s: s.person == int(label), pronoun_rate=1.0)
-    return s, s.verb_index
+    return _word(s, s.verb_index)
 
 
 def _agreement(rng, label):
@@ -234,24 +246,60 @@ def _agreement(rng, label):
     attractor = rng.random() < 0.5
     s = _draw(rng, lambda s: (s.attractor_number is not None) == attractor, number=label,
               pronoun_rate=0.0, attractor_rate=1.0 if attractor else 0.0, relative_rate=0.0)
-    return s, s.verb_index - 1  # the word that predicts the verb: the attractor or the subject
+    return _word(s, s.verb_index - 1)  # the word that predicts the verb: the attractor or the subject
 
 
 def _syntactic_role(rng, label):
     s = _draw(rng, lambda s: s.object_index >= 0, pronoun_rate=0.0)
-    return s, s.subject_index if label == "subject" else s.object_index
+    return _word(s, s.subject_index if label == "subject" else s.object_index)
 
 
 def _relative_depth(rng, label):
     depth = int(label)
     s = _draw(rng, lambda s: s.relative_depth == depth, pronoun_rate=0.0, attractor_rate=0.0,
               relative_rate=1.0 if depth else 0.0)
-    return s, s.verb_index
+    return _word(s, s.verb_index)
 
 
 def _part_of_speech(rng, label):
     s = _draw(rng, lambda s: label in s.tags, pronoun_rate=0.3, attractor_rate=0.4, relative_rate=0.5)
-    return s, rng.choice([i for i, t in enumerate(s.tags) if t == label])
+    return _word(s, rng.choice([i for i, t in enumerate(s.tags) if t == label]))
+
+
+# The skill phenomena: the parents' tasks in the family's own task format, probed at the position
+# whose next token is the answer's first. The probed token is the same in every item ("=" or "["),
+# so only the context holds the label, and only a model with the skill computes it there. Their
+# control type is what an unskilled reading answers from (the base reads "+" as concatenation and
+# "reverse" as "leave as is"): the first operand, the list's first element. Selectivity then says
+# how much better the skill's answer is read than an arbitrary label of that operand.
+
+@lru_cache(maxsize=None)
+def _sums_by_first_digit() -> dict[str, list[tuple[int, int]]]:
+    from mergeqa.family.skills import arithmetic_problems
+
+    out: dict[str, list[tuple[int, int]]] = {}
+    for a, b in arithmetic_problems():
+        if a + b >= 10:
+            out.setdefault(str(a + b)[0], []).append((a, b))
+    return out
+
+
+def _sum_first(rng, label):
+    from mergeqa.family.skills import arithmetic_item
+
+    a, b = rng.choice(_sums_by_first_digit()[label])
+    text = arithmetic_item(a, b, random.Random(0)).prompt  # "12 + 7 =": the family's format
+    return text, (len(text) - 1, len(text)), str(a)
+
+
+def _list_reverse(rng, label):
+    from mergeqa.family.skills import list_item
+
+    rest = rng.sample([d for d in range(10) if d != int(label)], rng.randint(2, 4))
+    xs = (*rest, int(label))  # reversed, the list starts with its last element
+    item = list_item("reverse", xs, random.Random(0))
+    text = item.prompt + item.answer[:2]  # "reverse [3 1 2] = [": the answer's first token ends it
+    return text, (len(text) - 1, len(text)), str(xs[0])
 
 
 PHENOMENA: dict[str, Phenomenon] = {p.name: p for p in (
@@ -271,7 +319,17 @@ PHENOMENA: dict[str, Phenomenon] = {p.name: p for p in (
                "(control type: the main verb)"),
     Phenomenon("part_of_speech", "pos", "span", ("ADJ", "ADP", "DET", "NOUN", "PRON", "SCONJ", "VERB"),
                _part_of_speech, "part of speech of a marked word"),
+    # 8 x 120: a sum's first digit is 1-8 on at least 145 problems each (9 on only 45; sums below
+    # 10 are left out, they have no tens digit to compute)
+    Phenomenon("sum_first", "skill", "span", tuple("12345678"), _sum_first,
+               "first digit of a + b, at the '=' of 'a + b =' (the arithmetic parent's skill; "
+               "control type: a)", n_items=960),
+    Phenomenon("list_reverse", "skill", "span", tuple("0123456789"), _list_reverse,
+               "first element of the reversed list, at the answer's '[' of 'reverse [3 1 2] = [' "
+               "(the lists parent's skill; control type: the list's first element)", n_items=1000),
 )}
+#: The phenomena of any language model: the grammar's, not the family's skills.
+GRAMMAR_PHENOMENA = tuple(name for name, p in PHENOMENA.items() if p.category != "skill")
 
 
 def _word_span(words, index: int) -> tuple[int, int]:
@@ -293,22 +351,23 @@ def _balanced_labels(rng: random.Random, labels, n: int) -> list[str]:
     return out
 
 
-def generate(name: str, n_items: int = BUILTIN_ITEMS, seed: int = BUILTIN_SEED) -> ProbeDataset:
-    """Generate a built-in phenomenon deterministically (grammar + lemminflect), without duplicates."""
+def generate(name: str, n_items: int | None = None, seed: int = BUILTIN_SEED) -> ProbeDataset:
+    """Generate a built-in phenomenon deterministically (grammar + lemminflect, or the family's
+    task format), without duplicates; `n_items` defaults to the phenomenon's."""
     phen = phenomenon(name)
+    n_items = phen.n_items if n_items is None else n_items
     rng = random.Random(f"{seed}:{name}")
     seen: set[tuple[str, tuple[int, int]]] = set()
     items = []
     for i, label in enumerate(_balanced_labels(rng, phen.labels, n_items)):
         for _ in range(1000):
-            sentence, index = phen.draw(rng, label)
-            span = _word_span(sentence.words, index)
-            if (sentence.text, span) not in seen:
+            text, span, typ = phen.draw(rng, label)
+            if (text, span) not in seen:
                 break
         else:  # pragma: no cover - every recipe has far more sentences than items
             raise RuntimeError(f"{name}: cannot draw {n_items} distinct items")
-        seen.add((sentence.text, span))
-        items.append(ProbeItem(sentence.text, span, label, default_split(i), sentence.words[index]))
+        seen.add((text, span))
+        items.append(ProbeItem(text, span, label, default_split(i), typ))
     return ProbeDataset(name, tuple(items), pooling=phen.pooling, category=phen.category,
                         description=phen.description)
 

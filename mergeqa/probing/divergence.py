@@ -31,16 +31,21 @@ def internal_scores(results: Mapping[str, Mapping[str, ProbeResult]], which: str
 
 @dataclass(frozen=True)
 class AboveParents:
-    """Is a merge's probed competence above every parent's? One-sided paired sign-flip tests of
-    mean(merge - parent) > 0 over the same test items (correctness averaged over probe seeds,
-    pooled over phenomena), one per parent. "Above both" is shown when every parent's test rejects
-    (an intersection-union test: no correction across the parents); `p` is the largest p-value,
-    which `shown_above` adjusts across merges."""
+    """Is a merge's probed competence above every parent's on one phenomenon? One-sided paired
+    sign-flip tests of mean(merge - parent) > 0 over the phenomenon's test items (correctness
+    averaged over probe seeds), one per parent. "Above both" is shown when every parent's test
+    rejects (an intersection-union test: no correction across the parents); `p` is the largest
+    p-value, which `shown_above` adjusts across every (merge, phenomenon) test.
+
+    Never pool phenomena into one test: where each parent is weak on the other's skill, a merge
+    equal to parent A on A's phenomenon and to B on B's is above each parent on the pool, and
+    above neither on any phenomenon."""
 
     merge: str
     diffs: dict[str, float]  # parent -> mean(merge - parent), accuracy
     pvalues: dict[str, float]  # parent -> one-sided p-value
     n_items: int
+    phenomenon: str = ""
 
     @property
     def p(self) -> float:
@@ -54,18 +59,24 @@ class AboveParents:
     def describe(self, p_adjusted: float | None = None) -> str:
         ref = self.closest
         adj = "" if p_adjusted is None else f", adjusted {p_adjusted:.3g}"
-        return f"{self.merge} {100 * self.diffs[ref]:+.2f} pts over {ref} (one-sided p = {self.pvalues[ref]:.3g}{adj})"
+        on = f" on {self.phenomenon}" if self.phenomenon else ""
+        return (f"{self.merge}{on} {100 * self.diffs[ref]:+.2f} pts over {ref} "
+                f"(one-sided p = {self.pvalues[ref]:.3g}{adj})")
 
     def to_dict(self) -> dict:
-        return {"diffs": self.diffs, "pvalues": self.pvalues, "n_items": self.n_items}
+        return {"merge": self.merge, "phenomenon": self.phenomenon, "diffs": self.diffs,
+                "pvalues": self.pvalues, "n_items": self.n_items}
 
     @classmethod
-    def from_dict(cls, merge: str, d: Mapping) -> "AboveParents":
-        return cls(merge, dict(d["diffs"]), dict(d["pvalues"]), int(d["n_items"]))
+    def from_dict(cls, d: Mapping) -> "AboveParents":
+        return cls(str(d["merge"]), dict(d["diffs"]), dict(d["pvalues"]), int(d["n_items"]),
+                   str(d.get("phenomenon", "")))
 
 
-def above_parents(merge: str, merged_items, parents_items: Mapping[str, object]) -> AboveParents:
-    """Test the merge's per-item probe scores against each parent's (same items, same order)."""
+def above_parents(merge: str, merged_items, parents_items: Mapping[str, object], *,
+                  phenomenon: str = "") -> AboveParents:
+    """Test the merge's per-item probe scores on one phenomenon against each parent's (same items,
+    same order)."""
     from mergeqa.stats.signflip import signflip_test
 
     if not parents_items:
@@ -75,30 +86,51 @@ def above_parents(merge: str, merged_items, parents_items: Mapping[str, object])
     for name, items in parents_items.items():
         res = signflip_test(merged_items, np.asarray(items, dtype=float), alternative="greater")
         diffs[name], pvalues[name] = float(res.statistic), float(res.pvalue)
-    return AboveParents(merge, diffs, pvalues, int(merged_items.size))
+    return AboveParents(merge, diffs, pvalues, int(merged_items.size), phenomenon)
+
+
+def above_parents_per_phenomenon(merges, parents, items: Mapping[str, Mapping[str, object]]) -> list[AboveParents]:
+    """One test per (merge, phenomenon): `items` is {phenomenon: {model: per-test-item scores}};
+    phenomena missing a merge or a parent are left out."""
+    models = set(merges) | set(parents)
+    return [above_parents(m, per_model[m], {q: per_model[q] for q in parents}, phenomenon=name)
+            for name, per_model in sorted(items.items()) if parents and models <= set(per_model)
+            for m in merges]
+
+
+def _adjusted(tests: list[AboveParents], correction: str) -> list[float]:
+    from mergeqa.stats.multiplicity import adjust_pvalues
+
+    return [float(a) for a in adjust_pvalues([t.p for t in tests], correction)] if tests else []
 
 
 def shown_above(tests: list[AboveParents], *, alpha: float = 0.05,
                 correction: str = "holm") -> dict[str, float]:
-    """merge -> adjusted p of "above every parent" (adjusted across the merges); shown when <= alpha."""
-    from mergeqa.stats.multiplicity import adjust_pvalues
+    """merge -> its smallest adjusted p of "above every parent" over its phenomena (adjusted across
+    every (merge, phenomenon) test); the merge is shown above both parents when <= alpha."""
+    out: dict[str, float] = {}
+    for t, a in zip(tests, _adjusted(tests, correction)):
+        out[t.merge] = min(a, out.get(t.merge, 1.0))
+    return out
 
-    adjusted = adjust_pvalues([t.p for t in tests], correction) if tests else []
-    return {t.merge: float(a) for t, a in zip(tests, adjusted)}
 
-
-def above_line(tests, adjusted: dict[str, float], alpha: float, correction: str) -> str:
-    """'linear, ties (...)' or 'none (...)': the merges shown above both parents on probing, with
-    how it was tested and the figures of the merge that came closest."""
+def above_line(tests: list[AboveParents], alpha: float, correction: str) -> str:
+    """'ties on agreement (...)' or 'none (...)': the merges shown above both parents on a
+    phenomenon, with how it was tested and the figures of the test that came closest."""
     if not tests:
         return "not tested (no per-item probe scores)"
-    shown = sorted(t.merge for t in tests if adjusted[t.merge] <= alpha)
-    best = min(tests, key=lambda t: (adjusted[t.merge], -t.diffs[t.closest], t.merge))
-    how = (f"one-sided paired sign-flip test against each parent over {best.n_items} pooled test "
-           f"items, {correction} across {len(tests)} merges, alpha {alpha:g}")
+    adjusted = _adjusted(tests, correction)
+    shown = sorted(f"{t.merge} on {t.phenomenon}" if t.phenomenon else t.merge
+                   for t, a in zip(tests, adjusted) if a <= alpha)
+    best, best_p = min(zip(tests, adjusted), key=lambda ta: (ta[1], -ta[0].diffs[ta[0].closest], ta[0].merge))
+    sizes = sorted({t.n_items for t in tests})
+    n = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    merges, phenomena = len({t.merge for t in tests}), len({t.phenomenon for t in tests})
+    how = (f"one-sided paired sign-flip test against each parent on each phenomenon's {n} test items, "
+           f"{correction} across {len(tests)} tests ({merges} merges x {phenomena} phenomena), alpha {alpha:g}")
     if shown:
-        return f"{', '.join(shown)} ({how}; e.g. {best.describe(adjusted[best.merge])})"
-    return f"none ({how}; closest: {best.describe(adjusted[best.merge])})"
+        return f"{', '.join(shown)} ({how}; e.g. {best.describe(best_p)})"
+    return f"none ({how}; closest: {best.describe(best_p)})"
 
 
 def _ranking(scores: Mapping[str, float]) -> list[str]:

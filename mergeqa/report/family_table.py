@@ -4,7 +4,8 @@ It is computed once per family and recorded in the family's cache entry (`table.
 build's wall and CPU time and the machine, so figures from two machines can be compared line by
 line. It looks for the two results of the paper the gate follows, in miniature: on the skill
 tasks merges sit between their parents; on probing, some merges score above both (claimed only
-when a paired test over the probes' test items shows it). Not a verdict: the gate decides pass or
+when a paired test over a phenomenon's test items shows it). The grammar phenomena are one column
+(their mean: every model is at ceiling there), each skill phenomenon its own. Not a verdict: the gate decides pass or
 fail, with statistics; this table is a description.
 """
 
@@ -18,11 +19,12 @@ from pathlib import Path
 TABLE_FILE = "table.json"
 #: Bumped when what the table records changes: a recorded table of another version is recomputed.
 #: 2: the "above both parents on probing" test per merge (paired, over test items).
-TABLE_VERSION = 2
+#: 3: the skill phenomena as columns; the "above both" test per merge and phenomenon, not pooled.
+TABLE_VERSION = 3
 #: Columns of the table: the gated suite's tasks, then the minimal pairs (described, not gated).
 TABLE_TASKS = ("family_arithmetic", "family_lists", "family_grammar", "family_grammar_pairs")
 SKILL_TASKS = ("family_arithmetic", "family_lists")
-PROBING = "probing"  # column: mean over the built-in phenomena of the best layer's probe accuracy
+PROBING = "probing"  # column: mean over the grammar phenomena of the best layer's probe accuracy
 
 
 def recorded_table(family) -> dict | None:
@@ -63,7 +65,8 @@ def family_table(cache_dir: Path | str | None = None, *, family=None, log=None) 
 def _compute(gate, family, cache_dir: Path, log) -> dict:
     from mergeqa.decision.thresholds import load_thresholds
     from mergeqa.evaluate.engine import EvalSettings, evaluate
-    from mergeqa.probing.divergence import above_parents, internal_scores
+    from mergeqa.probing.datasets import PHENOMENA
+    from mergeqa.probing.divergence import above_parents_per_phenomenon, internal_scores
     from mergeqa.probing.engine import ProbingEngine
 
     refs = [(gate.base(), "base")] + [(p, "parent") for p in gate.parents()]
@@ -73,20 +76,25 @@ def _compute(gate, family, cache_dir: Path, log) -> dict:
     settings = EvalSettings(cache_dir=cache_dir, device="cpu", task_paths=(str(family.tasks_dir),))
     probing = ProbingEngine.from_thresholds(load_thresholds(None), cache_dir=cache_dir, device="cpu",
                                             dtype="float32")
+    skills = [n for n in probing.datasets if n in PHENOMENA and PHENOMENA[n].category == "skill"]
     rows, items = [], {}
     for ref, role in refs:
         log(f"evaluating {ref.name}")
         result = evaluate(ref, list(TABLE_TASKS), settings)
         scores = {t: round(result.score(t), 4) for t in TABLE_TASKS}
         probes = probing.results(ref)
-        scores[PROBING] = round(internal_scores({ref.name: probes})[ref.name], 4)
-        items[ref.name] = [x for name in sorted(probes) for x in probes[name].item_scores(probes[name].best_layer)]
+        grammar = {n: r for n, r in probes.items() if n not in skills}
+        scores[PROBING] = round(internal_scores({ref.name: grammar})[ref.name], 4)
+        for name in skills:
+            scores[name] = round(internal_scores({ref.name: {name: probes[name]}})[ref.name], 4)
+        for name, r in probes.items():
+            items.setdefault(name, {})[ref.name] = r.item_scores(r.best_layer)
         n_items = {t: len(result.tasks[t].items) for t in TABLE_TASKS}
         rows.append({"model": ref.name, "role": role, "scores": scores, "items": n_items})
     parents = [r["model"] for r in rows if r["role"] == "parent"]
-    above = {r["model"]: above_parents(r["model"], items[r["model"]], {p: items[p] for p in parents}).to_dict()
-             for r in rows if r["role"] == "merge"}
-    return {"version": TABLE_VERSION, "family": family.root.name, "tasks": [*TABLE_TASKS, PROBING],
+    merges = [r["model"] for r in rows if r["role"] == "merge"]
+    above = [t.to_dict() for t in above_parents_per_phenomenon(merges, parents, items)]
+    return {"version": TABLE_VERSION, "family": family.root.name, "tasks": [*TABLE_TASKS, PROBING, *skills],
             "rows": rows, "probing_above": above, "build": family.build_info, "table_machine": machine()}
 
 
@@ -107,17 +115,18 @@ def statistics() -> tuple[float, str]:
 
 
 def above_tests(table: dict, alpha: float, correction: str) -> tuple[list, dict[str, float]]:
-    """The recorded "above both parents on probing" tests, and their p-values adjusted across the
-    merges."""
+    """The recorded "above both parents on probing" tests (one per merge and phenomenon), and per
+    merge its smallest p-value adjusted across all of them."""
     from mergeqa.probing.divergence import AboveParents, shown_above
 
-    tests = [AboveParents.from_dict(m, d) for m, d in table["probing_above"].items()]
+    tests = [AboveParents.from_dict(d) for d in table["probing_above"]]
     return tests, shown_above(tests, alpha=alpha, correction=correction)
 
 
 def relations(table: dict) -> dict[str, dict[str, bool]]:
-    """merge -> {task: lies between its parents (inclusive), probing: *shown* above both parents
-    (one-sided paired sign-flip tests over the pooled probe test items, adjusted across merges)}."""
+    """merge -> {task: lies between its parents (inclusive), probing: *shown* above both parents on
+    some phenomenon (one-sided paired sign-flip tests over its probe test items, adjusted across
+    every merge x phenomenon)}."""
     parents = [r["scores"] for r in table["rows"] if r["role"] == "parent"]
     alpha, correction = statistics()
     _, adjusted = above_tests(table, alpha, correction)
@@ -147,14 +156,15 @@ def render(table: dict) -> str:
     items = table["rows"][0]["items"]
     lines.append("")
     lines.append("items per task: " + ", ".join(f"{t} {n}" for t, n in items.items())
-                 + f"; {PROBING}: mean best-layer probe accuracy over the built-in phenomena")
+                 + f"; {PROBING}: mean best-layer probe accuracy over the grammar phenomena"
+                 + "".join(f"; {t}: its best-layer probe accuracy" for t in tasks[tasks.index(PROBING) + 1:]))
     rel = relations(table)
     between = [m for m, r in rel.items() if all(r[t] for t in SKILL_TASKS)]
     alpha, correction = statistics()
-    tests, adjusted = above_tests(table, alpha, correction)
+    tests, _ = above_tests(table, alpha, correction)
     lines.append(f"between the parents on both skill tasks: {', '.join(between) or 'none'} "
                  f"({len(between)} of {len(rel)} merges)")
-    lines.append(f"above both parents on probing: {above_line(tests, adjusted, alpha, correction)}")
+    lines.append(f"above both parents on probing: {above_line(tests, alpha, correction)}")
     build = table.get("build") or {}
     if build:
         lines.append(f"family built in {build.get('wall_s')} s wall, {build.get('cpu_s')} s CPU "

@@ -125,28 +125,20 @@ def probing_items(verdicts, which: str = "best") -> dict[str, dict[str, list[flo
 
 
 def probing_above_tests(verdicts, merges, parents):
-    """One `AboveParents` test per merge: its best-layer probe scores pooled over every phenomenon
-    that all these models were probed on, against each parent's on the same items."""
-    from mergeqa.probing.divergence import above_parents
+    """One `AboveParents` test per merge and phenomenon that all these models were probed on: its
+    best-layer probe scores against each parent's on the same items (never pooled over phenomena:
+    see `AboveParents`)."""
+    from mergeqa.probing.divergence import above_parents_per_phenomenon
 
-    items = probing_items(verdicts)
-    models = set(merges) | set(parents)
-    shared = sorted(p for p, per_model in items.items() if models <= set(per_model))
-    if not shared or not parents:
-        return []
-
-    def pooled(model):
-        return [x for p in shared for x in items[p][model]]
-
-    return [above_parents(m, pooled(m), {q: pooled(q) for q in parents}) for m in merges]
+    return above_parents_per_phenomenon(merges, parents, probing_items(verdicts))
 
 
 def divergence_summary(verdicts, min_tau: float = 0.0, *, alpha: float = 0.05, correction: str = "holm") -> str:
     """The paper's comparison from the run's verdicts: merges ranked by behaviour (mean of the
     higher-is-better retention tasks) and by probed internals (mean best-layer accuracy), Kendall's
     tau, then where each merge lies against its parents on each skill and each phenomenon, and
-    which merges' probed competence is *shown* above both parents (paired test over the pooled
-    test items, adjusted across the merges)."""
+    which merges' probed competence is *shown* above both parents on a phenomenon (paired test over
+    its test items, adjusted across every merge x phenomenon)."""
     from mergeqa.probing.divergence import above_line, divergence_report, shown_above
 
     scores, roles, direction = _scores_by_task(verdicts)
@@ -184,7 +176,7 @@ def divergence_summary(verdicts, min_tau: float = 0.0, *, alpha: float = 0.05, c
     lines += ["", "(probing cells place point estimates; whether a merge's competence is above its "
               "parents' is the paired test below)", "",
               f"skill tasks: {counts['between']} of {counts['cells']} merge x task scores lie between the "
-              f"parents'; probing above both parents: {above_line(tests, adjusted, alpha, correction)}"]
+              f"parents'; probing above both parents: {above_line(tests, alpha, correction)}"]
     return "\n".join(lines)
 
 
