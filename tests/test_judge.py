@@ -113,7 +113,7 @@ def test_endpoint_sends_a_correct_chat_request_and_parses_the_tags(tmp_path, mon
     body = first["body"]
     assert body["model"] == "judge-1" and body["temperature"] == 0 and body["max_tokens"] == 96
     assert [m["role"] for m in body["messages"]] == ["system", "user"]
-    assert "[[rating]]" in body["messages"][0]["content"] and "37" in body["messages"][1]["content"]
+    assert "[[rating]]" in body["messages"][1]["content"] and "37" in body["messages"][1]["content"]
     assert "[[A]]" in server.requests[1]["body"]["messages"][0]["content"]
 
 
@@ -241,8 +241,10 @@ def test_parse_pair(reply, value):
 
 
 def test_prompts_show_no_model_names_and_put_the_reference_first():
-    single = single_messages(["23 + 14 =", "37 + 5 ="], ["37", "42"], "42")
-    assert single[1]["content"].startswith("[Reference answer to the last question]\n42")
+    from mergeqa.judge.prompts import builtin
+
+    name, single = builtin().single(["23 + 14 =", "37 + 5 ="], ["37", "42"], ["37", "42"], "math")
+    assert name == "single-math-v1-multi-turn" and single[1]["content"].startswith("<|The Start of Reference Answer|>") and "### Reference answer:\n42" in single[1]["content"]
     pair = pair_messages(["q"], ["x"], ["y"], [None])
     text = pair[0]["content"] + pair[1]["content"]
     assert "Reference" not in pair[1]["content"] and "Assistant A" in text and "Assistant B" in text
@@ -485,15 +487,15 @@ MT_BENCH_LIKE = [  # FastChat's question.jsonl shape; 81 and 82 have no referenc
 ]
 
 
-def _judged_on(questions, answers_by_model, **kw):
-    """JudgeSetup on real-format questions with the reference judge and given answers (no model)."""
+def _judged_on(questions, answers_by_model, judge=None, **kw):
+    """JudgeSetup on real-format questions with the reference judge (or `judge`) and given answers (no model)."""
     from types import SimpleNamespace
 
     from mergeqa.judge.questions import Question
 
     qs = [Question(q["question_id"], q["category"], tuple(q["turns"]), tuple(q["reference"]) if "reference" in q
                    else None) for q in questions]
-    setup = JudgeSetup(qs, ReferenceJudge(), None, Path("."), **kw)
+    setup = JudgeSetup(qs, judge or ReferenceJudge(), None, Path("."), **kw)
     refs = {}
     for name, answers in answers_by_model.items():
         refs[name] = SimpleNamespace(name=name, path=Path(name))
@@ -516,3 +518,108 @@ def test_ungradable_turns_are_counted_and_too_many_make_an_error_never_a_silent_
     v = score_verdict(setup, scores["m"], {"p": scores["p"], "q": scores["q"]})
     assert v.outcome != "error" and "on 5 of 8 questions (6 ungradable turns)" in v.summary
     assert v.figures["ungradable"] == 6
+
+
+# -- FastChat's prompt format, selection and reference files --------------------------------------------
+# The shape of FastChat's llm_judge/data/judge_prompts.jsonl (names, placeholders, verdict tags), with
+# stand-in wording: a user's own FastChat file is read the same way.
+FASTCHAT_SHAPED = [
+    {"name": "pair-v2", "type": "pairwise", "system_prompt": "P. [[A]] [[B]] [[C]]",
+     "prompt_template": "[User Question]\n{question}\n\n[A]\n{answer_a}\n\n[B]\n{answer_b}", "output_format": "[[A]]"},
+    {"name": "pair-v2-multi-turn", "type": "pairwise", "system_prompt": "PM",
+     "prompt_template": "{question_1}|{answer_a_1}|{question_2}|{answer_a_2}|{answer_b_1}|{answer_b_2}",
+     "output_format": "[[A]]"},
+    {"name": "pair-math-v1", "type": "pairwise", "system_prompt": "PR",
+     "prompt_template": "{question}|{ref_answer_1}|{answer_a}|{answer_b}", "output_format": "[[A]]"},
+    {"name": "single-v1", "type": "single", "system_prompt": "You are a helpful assistant.",
+     "prompt_template": "[Instruction]\nRate [[rating]].\n\n[Question]\n{question}\n\n[Answer]\n{answer}",
+     "output_format": "[[rating]]"},
+    {"name": "single-math-v1", "type": "single", "system_prompt": "You are a helpful assistant.",
+     "prompt_template": "Q {question} REF {ref_answer_1} A {answer}", "output_format": "[[rating]]"},
+    {"name": "single-v1-multi-turn", "type": "single", "system_prompt": "SM",
+     "prompt_template": "{question_1}|{answer_1}|{question_2}|{answer_2}", "output_format": "[[rating]]"},
+]
+
+
+def test_prompts_are_chosen_as_fastchat_chooses_them(tmp_path):
+    from mergeqa.judge.prompts import PromptSet, builtin
+
+    path = tmp_path / "judge_prompts.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in FASTCHAT_SHAPED))
+    prompts = PromptSet.load(path)
+    # math / reasoning / coding with a reference: reference-guided; writing: general; turn 2: multi-turn
+    assert prompts.single(["2+2?"], ["4"], ["4"], "math") == ("single-math-v1", [
+        {"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Q 2+2? REF 4 A 4"}])
+    assert prompts.single(["Poem?"], ["roses"], [None], "writing")[0] == "single-v1"
+    assert prompts.single(["a?", "b?"], ["x", "y"], [None, None], "writing")[1][1]["content"] == "a?|x|b?|y"
+    # no single-math-v1-multi-turn in this file: the general multi-turn prompt, as a fallback
+    assert prompts.single(["a?", "b?"], ["x", "y"], ["1", "2"], "math")[0] == "single-v1-multi-turn"
+    assert prompts.pair(["q"], ["x"], ["y"], ["r"], "reasoning") == ("pair-math-v1", [
+        {"role": "system", "content": "PR"}, {"role": "user", "content": "q|r|x|y"}])
+    assert prompts.pair(["q1", "q2"], ["a1", "a2"], ["b1", "b2"], [None, None], "roleplay")[1][1]["content"] == \
+        "q1|a1|q2|a2|b1|b2"
+    assert prompts.hash != builtin().hash and prompts.source == str(path)
+    # the built-in set has every FastChat name, with FastChat's placeholders
+    assert sorted(builtin().prompts) == sorted(["single-v1", "single-math-v1", "single-v1-multi-turn",
+                                                "single-math-v1-multi-turn", "pair-v2", "pair-math-v1",
+                                                "pair-v2-multi-turn", "pair-math-v1-multi-turn"])
+
+
+@pytest.mark.parametrize("lines, says", [
+    ([{"name": "single-v1", "system_prompt": "s", "prompt_template": "{question} {answer}"}], "no prompt named"),
+    ([*FASTCHAT_SHAPED[:3], {**FASTCHAT_SHAPED[3], "prompt_template": "{question} {reply}"}, *FASTCHAT_SHAPED[4:]],
+     "uses a placeholder FastChat does not fill"),
+    (["not json"], "not a FastChat judge prompt"),
+])
+def test_a_bad_prompt_file_is_one_usage_error(tmp_path, lines, says):
+    from mergeqa.judge.prompts import PromptSet
+
+    path = tmp_path / "judge_prompts.jsonl"
+    path.write_text("".join((json.dumps(x) if isinstance(x, dict) else x) + "\n" for x in lines))
+    with pytest.raises(MergeQAUsageError, match=says):
+        PromptSet.load(path)
+
+
+def test_fastchat_reference_answers_win_over_the_questions_own(tmp_path):
+    from mergeqa.judge.questions import with_references
+
+    questions = tmp_path / "question.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in FASTCHAT_LINES))
+    refs = tmp_path / "gpt-4.jsonl"  # FastChat's reference_answer/gpt-4.jsonl shape
+    refs.write_text(json.dumps({"question_id": 111, "answer_id": "x", "model_id": "gpt-4", "tstamp": 1.0,
+                                "choices": [{"index": 0, "turns": ["$37", "42.0"]}]}) + "\n")
+    got = {q.question_id: q for q in with_references(read_questions(questions), refs)}
+    assert got[111].reference == ("$37", "42.0") and got[121].reference == ("[4 5 9]", "[9 5 4]")
+    assert got[81].reference is None
+    refs.write_text('{"question_id": 111, "choices": []}\n')
+    with pytest.raises(MergeQAUsageError, match="choices\\[0\\].turns"):
+        with_references(read_questions(questions), refs)
+
+
+def test_an_endpoint_judge_grades_every_mt_bench_question_with_fastchats_prompts(tmp_path):
+    """The same 8 questions through an OpenAI-compatible endpoint answering in FastChat's formats:
+    every turn is graded (writing and roleplay included: an LLM judge needs no reference), each
+    with the prompt FastChat picks, and A/B uses its pair prompts."""
+    right = [["a poem", "again"], ["mail", "short"], ["second", "unsure"],
+             *([f"{i + 30}", f"{i + 40}"] for i in range(5))]
+    with FakeEndpoint(["ok:Fine. Rating: [[8]]"]) as server:
+        setup, refs = _judged_on(MT_BENCH_LIKE, {"m": right, "p": right}, judge=_judge(server.url, tmp_path))
+        scores = setup.scores(refs["m"])
+        assert scores.judged == 16 and scores.unjudged == 0 and scores.parse_errors == 0
+        sent = [r["body"]["messages"] for r in server.requests]
+    assert len(sent) == 16 and all([m["role"] for m in msgs] == ["system", "user"] for msgs in sent)
+    users = [msgs[1]["content"] for msgs in sent]
+    # question 81 (writing), turn 1: single-v1's shape; turn 2: single-v1-multi-turn's
+    assert users[0].endswith("[The Start of Assistant's Answer]\na poem\n[The End of Assistant's Answer]")
+    assert users[1].startswith("<|The Start of Assistant A's Conversation with User|>") and "### User:\nRewrite it." in users[1]
+    # question 110 (math, references): single-math-v1, then single-math-v1-multi-turn
+    assert "[The Start of Reference Answer]\n30\n[The End of Reference Answer]" in users[6]
+    assert users[7].startswith("<|The Start of Reference Answer|>") and "### Reference answer:\n40" in users[7]
+    # question 101 (reasoning with sentence references): reference-guided too, as FastChat grades it
+    assert "You are in second place." in users[4]
+    with FakeEndpoint(["ok:Equal. [[C]]"]) as server:
+        setup.judge = _judge(server.url, tmp_path / "pair")
+        ab = setup.pairwise(refs["m"], refs["p"])
+        pair_users = [r["body"]["messages"][1]["content"] for r in server.requests]
+    assert ab.judged == 8 and ab.unjudged == 0 and ab.count("tie") == 8
+    assert "<|The Start of Assistant B's Conversation with User|>" in pair_users[0]

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, dict] = {
     "conflict": {"pairs": "", "max_conflict_rate": 0.05, "min_owner_agreement": 0.9, "similarity": 0.8,
                  "short_words": 8, "embedding_model": "", "new_tokens": 16,
                  "owners": {"arithmetic": "arithmetic", "lists": "lists"}},
-    "judge": {"questions": "", "judge": "reference", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY",
+    "judge": {"questions": "", "prompts": "", "references": "", "judge": "reference", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY",
               "timeout": 60.0, "retries": 3, "budget_s": 600.0, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
               "score_margin": 0.5, "score_test": "permutation", "max_swap_disagreement": 0.35,
               "max_parse_errors": 0.1, "max_ungradable": 0.1},

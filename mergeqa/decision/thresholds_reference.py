@@ -87,6 +87,9 @@ HELP = {
     ("judge", "score_test"): "paired test over questions: \"permutation\" (sign-flip) or \"ttest\"",
     ("judge", "max_swap_disagreement"): "error when the judge flips on more pairs than this when answers swap",
     ("judge", "max_parse_errors"): "error when more judge replies than this have no verdict tag",
+    ("judge", "prompts"): ("judge prompts in FastChat's judge_prompts.jsonl format (FastChat's own file works); "
+                           "empty: the built-in set, our wording in that format"),
+    ("judge", "references"): "FastChat reference_answer/<model>.jsonl; its turns win over a question's own reference",
     ("judge", "max_ungradable"): ("error when the judge cannot grade more turns than this (the reference judge "
                                   "grades only short number / list / choice references)"),
     ("cost", "max_size_ratio"): "size on disk / expected size (largest parent, rescaled to the merge's layers)",

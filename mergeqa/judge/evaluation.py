@@ -150,6 +150,8 @@ class JudgeInputs:
     url: str = ""
     model: str = ""  # what the endpoint serves
     judge_path: Path | None = None  # a local judge model directory
+    prompts: Path | None = None  # a FastChat-format judge_prompts.jsonl ([judge] prompts); None: built in
+    references: Path | None = None  # a FastChat reference_answer/*.jsonl ([judge] references)
 
     @classmethod
     def resolve(cls, thresholds, *, questions: str | None = None, judge: str | None = None,
@@ -182,8 +184,16 @@ class JudgeInputs:
             base = Path(thresholds.path).parent if thresholds.path else Path(".")
             judge_path = validate_model_dir(name if judge else base / name,
                                             "--judge" if judge else f"{where}: [judge] judge =")
+        prompts = thresholds.file("judge", "prompts", fix="name a judge_prompts.jsonl in FastChat's format "
+                                                          "(FastChat's own file works), or leave it out")
+        references = thresholds.file("judge", "references", fix="name a FastChat reference_answer/*.jsonl, or "
+                                                                "leave it out (a question's own reference is used)")
+        if prompts is not None:
+            from .prompts import PromptSet
+
+            PromptSet.load(prompts, where=f"{where}: [judge] prompts =")  # a bad file: one line now
         return cls(path or default_questions_path(), str(path) if path else "embedded", url, model if url else "",
-                   judge_path)
+                   judge_path, prompts, references)
 
 
 def not_measured(thresholds, *, embedded: bool, questions: str | None) -> str:
@@ -232,7 +242,8 @@ class JudgeSetup:
             items, where = [], []
             for qi, (q, a) in enumerate(zip(self.questions, answers)):
                 for t in range(len(a)):
-                    items.append(RateItem(q.turns[:t + 1], tuple(a[:t + 1]), q.reference_for(t)))
+                    items.append(RateItem(q.turns[:t + 1], tuple(a[:t + 1]), q.reference_for(t),
+                                          tuple(q.reference_for(i) for i in range(t + 1)), q.category))
                     where.append((qi, t))
             judgments = self._told(self.judge.rate, items, f"rating {len(items)} answers of {ref.name}")
             turns: list[list[float | None]] = [[None] * len(a) for a in answers]
@@ -249,8 +260,10 @@ class JudgeSetup:
         if key not in self._pairs:
             ours, theirs = self.answers(merged).turns, self.answers(parent).turns
             refs = [tuple(q.reference_for(t) for t in range(len(q.turns))) for q in self.questions]
-            first = [PairItem(q.turns, tuple(a), tuple(b), r) for q, a, b, r in zip(self.questions, ours, theirs, refs)]
-            second = [PairItem(q.turns, tuple(b), tuple(a), r) for q, a, b, r in zip(self.questions, ours, theirs, refs)]
+            first = [PairItem(q.turns, tuple(a), tuple(b), r, q.category)
+                     for q, a, b, r in zip(self.questions, ours, theirs, refs)]
+            second = [PairItem(q.turns, tuple(b), tuple(a), r, q.category)
+                      for q, a, b, r in zip(self.questions, ours, theirs, refs)]
             judged = self._told(self.judge.compare, first + second,
                                 f"comparing {merged.name} with {parent.name} on {len(first)} questions, both orders")
             outcomes, flips, errors = [], 0, 0
@@ -280,16 +293,19 @@ class JudgeSetup:
                         judge_model: str | None = None) -> JudgeSetup:
         """Options win over [judge]; relative paths in the thresholds file are relative to it."""
         from .judges import EndpointJudge, LocalJudge, ReferenceJudge
-        from .questions import read_questions
+        from .prompts import PromptSet
+        from .questions import read_questions, with_references
 
         get = lambda key: thresholds.get("judge", key)  # noqa: E731
         inputs = JudgeInputs.resolve(thresholds, questions=questions, judge=judge, judge_url=judge_url,
                                      judge_model=judge_model)
         settings = GenerationSettings(max_new_tokens=int(get("new_tokens")), device=device, dtype=dtype)
+        prompts = PromptSet.load(inputs.prompts) if inputs.prompts else None
         if inputs.url:
             the_judge = EndpointJudge(inputs.url, inputs.model, cache_dir, key_env=get("api_key_env"),
                                       timeout=get("timeout"), retries=int(get("retries")),
-                                      max_tokens=int(get("judge_new_tokens")), budget_s=get("budget_s"))
+                                      max_tokens=int(get("judge_new_tokens")), budget_s=get("budget_s"),
+                                      prompts=prompts)
         elif inputs.judge_path is None:
             the_judge = ReferenceJudge()
         else:
@@ -297,14 +313,19 @@ class JudgeSetup:
 
             the_judge = LocalJudge(ModelRef(inputs.judge_path.name, inputs.judge_path, "judge"),
                                    GenerationSettings(max_new_tokens=int(get("judge_new_tokens")), device=device,
-                                                      dtype=dtype), cache_dir)
-        return cls(read_questions(inputs.questions), the_judge, settings, Path(cache_dir), inputs.source,
+                                                      dtype=dtype), cache_dir, prompts=prompts)
+        questions = read_questions(inputs.questions)
+        if inputs.references:
+            questions = with_references(questions, inputs.references)
+        return cls(questions, the_judge, settings, Path(cache_dir), inputs.source,
                    get("min_win_rate"), get("score_margin"), get("score_test"), get("max_swap_disagreement"),
                    get("max_parse_errors"), thresholds.get("statistics", "alpha"), get("max_ungradable"))
 
     def figures(self) -> dict:
         """What names the judgment in junit: the judge, its prompts, the questions."""
+        prompts = getattr(self.judge, "prompt_set", None)
         return {"judge": self.judge.identity, "prompts_hash": self.judge.prompts_hash,
+                **({"prompts": prompts.source} if prompts is not None else {}),
                 "questions": self.source, "n_questions": len(self.questions)}
 
 

@@ -27,7 +27,7 @@ from mergeqa.core import progress
 from mergeqa.core.cache import digest, write_json
 from mergeqa.evaluate.agreement import last_list
 
-from .prompts import PROMPTS_HASH, pair_messages, parse_pair, parse_rating, single_messages
+from .prompts import PROMPTS_HASH, PromptSet, builtin, parse_pair, parse_rating
 
 CORRECT, SAME_FORM, WRONG = 10.0, 3.0, 1.0  # the reference judge's scale
 
@@ -43,7 +43,9 @@ class RateItem:
 
     turns: tuple[str, ...]
     answers: tuple[str, ...]
-    reference: str | None = None
+    reference: str | None = None  # the last turn's
+    references: tuple[str | None, ...] = ()  # every turn's so far (a model judge shows the previous one's)
+    category: str = ""  # the question's (FastChat: math, reasoning and coding are judged against references)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class PairItem:
     answers_a: tuple[str, ...]
     answers_b: tuple[str, ...]
     references: tuple[str | None, ...] = ()
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,18 +173,31 @@ UNGRADABLE_WHY = "no reference that is a short number, list or choice: only an L
 
 
 class PromptJudge(Judge):
-    """A judge that reads prompts and writes replies: subclasses implement `complete`."""
+    """A judge that reads prompts (a FastChat-format prompt set, mergeqa.judge.prompts) and writes
+    replies: subclasses implement `complete`."""
+
+    prompts: PromptSet | None = None  # None: the built-in set
+
+    @property
+    def prompt_set(self) -> PromptSet:
+        return self.prompts or builtin()
+
+    @property
+    def prompts_hash(self) -> str:
+        return self.prompt_set.hash
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:
         raise NotImplementedError
 
     def rate(self, items: list[RateItem]) -> list[Judgment]:
-        replies = self.complete([single_messages(list(it.turns), list(it.answers), it.reference) for it in items])
+        refs = lambda it: list(it.references) or [None] * (len(it.turns) - 1) + [it.reference]  # noqa: E731
+        replies = self.complete([self.prompt_set.single(list(it.turns), list(it.answers), refs(it), it.category)[1]
+                                 for it in items])
         return [_judged(r, parse_rating(r)) for r in replies]
 
     def compare(self, items: list[PairItem]) -> list[Judgment]:
-        replies = self.complete([pair_messages(list(it.turns), list(it.answers_a), list(it.answers_b),
-                                               list(it.references)) for it in items])
+        replies = self.complete([self.prompt_set.pair(list(it.turns), list(it.answers_a), list(it.answers_b),
+                                                      list(it.references), it.category)[1] for it in items])
         return [_judged(r, parse_pair(r)) for r in replies]
 
 
@@ -194,8 +210,8 @@ class LocalJudge(PromptJudge):
     templates have no system role); replies are greedy and cached by content (the judge's hash x
     the prompts x the settings)."""
 
-    def __init__(self, ref, settings, cache_dir: Path):
-        self.ref, self.settings, self.cache_dir = ref, settings, Path(cache_dir)
+    def __init__(self, ref, settings, cache_dir: Path, *, prompts: PromptSet | None = None):
+        self.ref, self.settings, self.cache_dir, self.prompts = ref, settings, Path(cache_dir), prompts
         self.identity = f"local:{ref.path.name}:{ref.content_hash[:16]}"
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:
@@ -222,13 +238,14 @@ class EndpointJudge(PromptJudge):
     INITIAL_BACKOFF_S, MAX_BACKOFF_S, MAX_RETRY_AFTER_S = 0.5, 8.0, 60.0
 
     def __init__(self, url: str, model: str, cache_dir: Path, *, key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, retries: int = 3, max_tokens: int = 96, budget_s: float = 600.0):
+                 timeout: float = 60.0, retries: int = 3, max_tokens: int = 96, budget_s: float = 600.0,
+                 prompts: PromptSet | None = None):
         if not model:
             from mergeqa.core.errors import MergeQAUsageError
 
             raise MergeQAUsageError(f"--judge-url {url}: name the model the endpoint serves with --judge-model NAME "
                                     "(or [judge] model)")
-        self.url, self.model, self.cache_dir = url.rstrip("/"), model, Path(cache_dir)
+        self.url, self.model, self.cache_dir, self.prompts = url.rstrip("/"), model, Path(cache_dir), prompts
         self.key_env, self.timeout, self.retries, self.max_tokens = key_env, float(timeout), int(retries), max_tokens
         self.budget_s = float(budget_s)
         self.lost_s = 0.0  # seconds of the budget spent: tries without an answer, waits before a retry
@@ -246,7 +263,7 @@ class EndpointJudge(PromptJudge):
         return self._client
 
     def _entry(self, messages: list[dict]) -> Path:
-        key = digest(self.identity, PROMPTS_HASH, self.max_tokens, messages)
+        key = digest(self.identity, self.prompts_hash, self.max_tokens, messages)
         return self.cache_dir / "judgments" / digest(self.identity)[:16] / f"{key[:24]}.json"
 
     def complete(self, conversations: list[list[dict]]) -> list[str]:
@@ -259,7 +276,7 @@ class EndpointJudge(PromptJudge):
             except (OSError, ValueError, KeyError):
                 pass
             reply = self.request(messages)
-            write_json(path, {"judge": self.identity, "prompts_hash": PROMPTS_HASH, "reply": reply})
+            write_json(path, {"judge": self.identity, "prompts_hash": self.prompts_hash, "reply": reply})
             out.append(reply)
         return out
 

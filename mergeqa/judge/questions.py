@@ -59,3 +59,26 @@ def read_questions(path: str | Path) -> list[Question]:
         out.append(Question(qid, str(row.get("category", "")), tuple(turns), tuple(ref) if ref is not None else None,
                             extra))
     return out
+
+
+REFERENCE_EXAMPLE = ('{"question_id": 111, "answer_id": "...", "model_id": "gpt-4", '
+                     '"choices": [{"index": 0, "turns": ["37", "42"]}]}')
+
+
+def with_references(questions: list[Question], path: str | Path) -> list[Question]:
+    """`questions` with the references of a FastChat `reference_answer/<model>.jsonl` (one line per
+    question: question_id and choices[0].turns), which win over a question's own `reference`."""
+    import dataclasses
+
+    refs: dict = {}
+    for where, row in read_jsonl_objects(path, what="reference answers", example=REFERENCE_EXAMPLE,
+                                         fix="name a FastChat reference_answer/*.jsonl with [judge] references"):
+        try:
+            turns = row["choices"][0]["turns"]
+            qid = row["question_id"]
+        except (KeyError, IndexError, TypeError):
+            raise MergeQAUsageError(f"{where}: needs question_id and choices[0].turns, e.g. {REFERENCE_EXAMPLE}") from None
+        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+            raise MergeQAUsageError(f"{where}: choices[0].turns must be a list of strings, one per turn")
+        refs[qid] = tuple(turns)
+    return [dataclasses.replace(q, reference=refs[q.question_id]) if q.question_id in refs else q for q in questions]
