@@ -265,6 +265,8 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
                            str(planted_dir), "--parents", str(family.parents["arithmetic"]),
                            str(family.parents["lists"]), "--device", "cpu", "--mergeqa-cache", str(cache),
                            "--thresholds", str(FIXTURES_DIR.parent / "thresholds.toml"), "-p", "no:cacheprovider",
+                           # a model outside the embedded default: the family's pairs are named, as a user would
+                           "--conflict-pairs", str(default_pairs_path()),
                            "-q", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
