@@ -280,3 +280,64 @@ def test_a_planted_merge_fails_the_conflict_checks_through_the_gate(family, tmp_
     assert float(props["mergeqa.conflict.rate.ci_low"]) >= 0.05 and props["mergeqa.conflict.rate.outcome"] == "fail"
     paired = cases["test_conflict_vs_parents[planted]"]
     assert paired.find("failure") is not None and "against arithmetic" in paired.find("failure").text, out[-3000:]
+
+
+# -- pairs derived from a local lm-eval task (mergeqa pairs) --------------------------------------------
+def test_pairs_from_a_tasks_documents_cover_every_relation():
+    from mergeqa.conflict.generate import pairs_from_docs
+
+    docs = [{"text": f"Q{i}: {i} + {i + 3} =", "choices": [str(2 * i + 3), str(2 * i + 4), "none"],
+             "target": str(2 * i + 3)} for i in range(30)]
+    pairs = pairs_from_docs("my_task", docs, limit=10)
+    kinds = {k: [p for p in pairs if p["kind"] == k] for k in ("rephrased", "choices_permuted", "operands_swapped",
+                                                                 "different_question")}
+    assert all(len(v) == 10 for v in kinds.values()), {k: len(v) for k, v in kinds.items()}
+    swapped = kinds["operands_swapped"][0]
+    assert swapped["a"] == "Q0: 0 + 3 =" and swapped["b"] == "Q0: 3 + 0 =" and swapped["consistent"]
+    permuted = kinds["choices_permuted"][0]
+    assert "Options: 3; 4; none" in permuted["a"] and "Options: none; 4; 3" in permuted["b"]
+    assert all(not p["consistent"] for p in kinds["different_question"])
+    assert {p["skill"] for p in pairs} == {"my_task"}
+
+
+@pytest.mark.slow
+def test_pairs_generated_from_a_local_task_give_a_conflict_verdict_on_two_merges(family, cache_dir, tmp_path):
+    """`mergeqa pairs` on the family's own lm-eval task (as a user's local task), then the conflict
+    checks of two merges that are not the embedded default, through pytest: each gets a decided
+    conflict.rate and an owner verdict for the task's skill."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from mergeqa.cli.main import main
+    from mergeqa.core.state import CHECKS_DIR
+    from mergeqa.models.merging import build_merge
+    from mergeqa.models.session import DEFAULT_MERGES_DIR as MERGES_DIR
+
+    tasks = family.root / "tasks"
+    assert main(["pairs", "--task", "family_arithmetic", "--tasks-path", str(tasks), "--limit", "40",
+                 "--out", str(tmp_path / "pairs.jsonl")]) == 0
+    assert len(read_pairs(tmp_path / "pairs.jsonl")) == 160
+    subs = {"base": str(family.base), **{k: str(v) for k, v in family.parents.items()}}
+    merges = [build_merge(MERGES_DIR / f"{name}.yaml", cache_dir, substitutions=subs)
+              for name in ("task_arithmetic", "linear_lopsided")]
+    (tmp_path / "t.toml").write_text('[conflict]\nowners = { family_arithmetic = "arithmetic" }\n')
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(CHECKS_DIR / "test_conflict.py"), "--model",
+                           *map(str, merges), "--parents", *map(str, family.parents.values()), "--base",
+                           str(family.base), "--conflict-pairs", "pairs.jsonl", "--thresholds", "t.toml",
+                           "--mergeqa-cache", str(cache_dir), "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
+                           f"--junitxml={junit}", "-o", "junit_family=xunit1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 1), out[-3000:]
+    cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
+             for c in ET.parse(junit).getroot().iter("testcase")}
+    for merge in merges:
+        rate = cases[f"test_conflict_rate[{merge.name}]"]
+        assert rate["mergeqa.conflict.rate.outcome"] in ("pass", "fail", "inconclusive"), rate
+        assert rate["mergeqa.conflict.rate.n"] == "160", rate
+        owner = cases[f"test_agrees_with_skill_owner[{merge.name}]"]
+        assert owner["mergeqa.conflict.owner.family_arithmetic.outcome"] in ("pass", "fail", "inconclusive"), owner
+    print(out[-1500:])

@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--backend", choices=("mergeqa-hf", "hf"), default="mergeqa-hf")
     plan.add_argument("--dtype", default="float32")
     plan.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    for p in (init, plan):
+    pairs = sub.add_parser("pairs", help="consistency pairs for the conflict checks, from a local lm-eval task")
+    pairs.add_argument("--task", required=True, metavar="TASK", help="an lm-eval task whose data is on this machine")
+    pairs.add_argument("--out", default="pairs.jsonl", metavar="PATH", help="default: pairs.jsonl")
+    pairs.add_argument("--limit", type=int, default=200, metavar="N", help="at most N pairs per relation (default 200)")
+    pairs.add_argument("--force", action="store_true", help="overwrite an existing file (default: never)")
+    for p in (init, plan, pairs):
         p.add_argument("--tasks-path", nargs="+", metavar="DIR", default=[],
                        help="extra directories of lm-eval task YAML (default: none)")
     for p in (gate, family, plan):
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_gate(Path(args.out), args.cache, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command in ("init", "plan"):
+    if args.command in ("init", "plan", "pairs"):
         return run_usage_checked(args)
     if args.ship and not args.rebuild:
         parser.error("--ship writes a family trained from the recipe: pass --rebuild --ship")
@@ -97,6 +102,13 @@ def run_usage_checked(args) -> int:
             _, summary = init(args.model, args.parents, args.base, suite=args.suite, tasks=args.tasks,
                               task_paths=args.tasks_path, out=Path(args.out), force=args.force)
             print(summary)
+        elif args.command == "pairs":
+            from mergeqa.conflict.generate import write_pairs
+
+            if args.limit < 1:
+                raise MergeQAUsageError(f"--limit {args.limit}: must be at least 1")
+            print(write_pairs(args.task, Path(args.out), task_paths=args.tasks_path, limit=args.limit,
+                              force=args.force))
         else:
             from mergeqa.cli.plan import plan
 
