@@ -212,7 +212,10 @@ def _interrupt_gate(tmp_path: Path, cache: Path, when: str) -> tuple[dict, float
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(tmp_path / "step.md"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([str(Path(sys.executable).with_name("mergeqa")), "gate", "--out", str(out),
                              "--cache", str(cache), "-v", "-p", "no:randomly"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a suite started in the background (`cmd &` in a script)
+                            # hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started, seen = time.monotonic(), []
     for line in proc.stdout:
         seen.append(line)
