@@ -16,6 +16,7 @@ from pathlib import Path
 from mergeqa.models.refs import ModelRef
 
 ASSUMED_DISCORDANCE = 0.2  # share of items two models score differently, for planning only
+ASSUMED_SCORE = 0.8  # the owner's accuracy the retention margin is taken from, for planning only
 
 
 @dataclass
@@ -119,6 +120,23 @@ def _mde(n: int, alpha: float, power: float) -> str:
     return f"{100 * typical:.1f} points ({100 * best:.1f} if only the dropped items differ)"
 
 
+def _blocking(n: int, thresholds) -> str:
+    """The blocking rate of one retention comparison at n items, under the configured policy."""
+    from mergeqa.decision.blocking import blocking_rate
+
+    stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
+    if n <= 0:
+        return "-"
+    policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
+    margin = (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
+    rate = blocking_rate(n, margin, discordance=ASSUMED_DISCORDANCE, alpha=stat("alpha"), policy=policy)
+    what = {"fail": "not shown non-inferior", "warn": "a significant regression",
+            "significant_drop": "a significant drop beyond the margin"}[policy]
+    sequential = "; fixed-n figure, sequential mode blocks more often" if stat("sequential") else ""
+    return (f"{rate:.2f} (a merge exactly as good as its owner is blocked when {what}; "
+            f"retention margin {100 * margin:.1f} pts at an owner score of {ASSUMED_SCORE:g}{sequential})")
+
+
 def plan(args) -> str:
     """The plan as text, from the same options as the gate (argparse namespace from mergeqa.cli.main)."""
     from mergeqa.core.cache import default_cache_dir
@@ -199,19 +217,24 @@ class Planner:
             from mergeqa.pytest_plugin.no_suite import no_suite_line
 
             return ["", no_suite_line(self.thresholds)]
+        policy = ("decision = significant_drop" if self.thresholds.get("statistics", "decision") == "significant_drop"
+                  else f"inconclusive = {self.thresholds.get('statistics', 'inconclusive')}")
         lines = ["", f"retention suite {self.thresholds.get('retention', 'suite')!r} (paired tests, one-sided alpha "
                  f"{alpha}, power {power}, {ASSUMED_DISCORDANCE:.0%} of items discordant; Holm across up to "
-                 f"{2 * len(tasks)} comparisons per merge):"]
+                 f"{2 * len(tasks)} comparisons per merge). alpha bounds a false fail; with {policy} the "
+                 "blocking rate is the chance CI goes red for a merge as good as its parents, per comparison:"]
         for task in tasks:
             if task.startswith("family") and not self.family_built:  # its size is in the recipe
                 from mergeqa.family import load_recipe
 
                 n = load_recipe()["eval_items"]
                 lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written with the family's "
-                             f"cache entry); smallest drop detectable: {_mde(n, alpha, power)}")
+                             f"cache entry); smallest drop detectable: {_mde(n, alpha, power)}; "
+                             f"blocking rate {_blocking(n, self.thresholds)}")
                 continue
             n, what, work = self._task(task, ("merged", "parent", "base"), self.suite.get("num_fewshot"))
-            power_note = f"; smallest drop detectable: {_mde(n, alpha, power)}" if n else ""
+            power_note = (f"; smallest drop detectable: {_mde(n, alpha, power)}; blocking rate "
+                          f"{_blocking(n, self.thresholds)}") if n else ""
             lines.append(f"  {task}: {what}{power_note}{work}")
         return lines
 

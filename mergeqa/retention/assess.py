@@ -64,6 +64,7 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
     `early` (a mergeqa.retention.early_stop.EarlyStop) holds the comparisons the sequential test decided
     (the results then hold only the items it scored for those tasks) and, for the other tasks,
     why they were decided fixed-n."""
+    from mergeqa.decision.blocking import blocking_line
     from mergeqa.decision.significance import adjust_comparisons, decide_significant_drop
 
     get = lambda key: thresholds.get("retention", key)  # noqa: E731
@@ -150,6 +151,8 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
             v.figures.update(c.figures())
             v.figures["decision"] = stat("decision")
             v.details = c.describe(v.data.get("compared_with", v.figures["reference"])).splitlines()
+            blocking = blocking_line(c, v.data.get("compared_with", v.figures["reference"]))
+            v.details += [blocking] if blocking else []
             if "fixed_n_reason" in v.data:
                 v.details.append(v.data["fixed_n_reason"] + "; decided fixed-n on every item")
             v.data.update(effect=c.effect, ci=list(c.ci), n=c.n)
