@@ -142,3 +142,20 @@ def test_ab_half_a_win_does_not_count_towards_the_lower_bound():
     np.testing.assert_allclose(high, clopper_pearson_interval(44, 80, confidence=0.9)[1], **TIGHT)
     assert ab_verdict(_setup(), _ab(43, 1, 36)).outcome == "inconclusive"
     assert ab_verdict(_setup(), _ab(43, 2, 35)).outcome == "pass"  # two ties: one whole win
+
+
+def test_the_ab_pass_rate_and_the_questions_a_pass_needs():
+    """lower_bound_pass_rate is the exact sum over the counts whose lower bound reaches the floor;
+    a merge tied with its parent rarely passes at MT-Bench's 80 questions."""
+    from scipy.stats import binom
+
+    from mergeqa.stats.binomial import items_to_pass, lower_bound_pass_rate
+
+    for n in (7, 40, 80, 271):
+        k = np.arange(n + 1)
+        low = clopper_pearson_interval(k, np.full(k.shape, n), confidence=0.9)[0]
+        assert lower_bound_pass_rate(n, 0.52, 0.45) == pytest.approx(binom.pmf(k, n, 0.52)[low >= 0.45].sum(), abs=1e-12)
+    assert lower_bound_pass_rate(80, 0.5, 0.45) < 0.25
+    needed = items_to_pass(0.55, 0.45)
+    assert lower_bound_pass_rate(needed, 0.55, 0.45) >= 0.8 > max(lower_bound_pass_rate(np.arange(1, needed), 0.55, 0.45))
+    assert items_to_pass(0.45, 0.45) is None

@@ -166,7 +166,8 @@ def plan(args) -> str:
         where = (f"in the cache, {family.root}" if family else
                  "shipped, not in this cache yet (the run writes its entry first: links and tasks, seconds)")
         lines.append(f"family: {where}")
-    sections = planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
+    sections = (planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
+                + planner.judge_lines())
     return "\n".join(lines + planner.model_lines() + sections + planner.work_lines())
 
 
@@ -277,6 +278,24 @@ class Planner:
         return ["", f"sanity: {len(prompts)} prompts x 2 greedy runs x {new_tokens} new tokens per merge"
                 + (f" ({len(skipped)} chat prompt(s) skipped: no chat template)" if skipped else "")
                 + f"; perplexity: {ppl}"]
+
+    def judge_lines(self) -> list[str]:
+        """The A/B rule at the configured number of questions: how often a merge tied with its
+        parent passes, and how many questions a pass needs."""
+        from mergeqa.judge.questions import default_questions_path, read_questions
+        from mergeqa.stats.binomial import items_to_pass, lower_bound_pass_rate
+
+        path = self.thresholds.file("judge", "questions", fix="name an MT-Bench question.jsonl, or leave it out "
+                                    "for the embedded questions")
+        n = len(read_questions(path or default_questions_path()))
+        floor, confidence = self.thresholds.get("judge", "min_win_rate"), 1 - 2 * self.alpha
+        tied = float(lower_bound_pass_rate(n, 0.5, floor, confidence=confidence))
+        needs = {rate: items_to_pass(rate, floor, confidence=confidence, power=self.power) for rate in (0.5, 0.55)}
+        told = lambda k: f"about {k}" if k else "more than 5000"  # noqa: E731
+        return ["", f"judge A/B ({n} questions, both orders, a tie half a win): pass against a parent when the "
+                f"{100 * confidence:g}% Clopper-Pearson lower bound of the win rate reaches {floor:g}. A merge tied "
+                f"with its parent (win rate 0.5, no ties) passes {tied:.2f} of the time at n={n}; power "
+                f"{self.power:g} needs {told(needs[0.5])} questions at 0.5, {told(needs[0.55])} at a 0.55 win rate"]
 
     def model_lines(self) -> list[str]:
         return ["", "models:"] + [m.line(len(self.suite["tasks"]), self.n_probes) for m in self.models]
