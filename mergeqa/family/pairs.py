@@ -19,7 +19,7 @@ import random
 from .skills import _fmt, _split, arithmetic_problems, list_problems
 
 #: Pairs per relation in the shipped file: enough that a conflict rate of 2 % is shown below the
-#: gate's 5 % ceiling (90 % Clopper-Pearson upper bound), so the check is decided rather than inconclusive.
+#: gate's 5 % ceiling (90 % Wilson upper bound), so the check is decided rather than inconclusive.
 COUNTS = {"commutative": 96, "different_sum": 64, "same_list": 64, "paraphrase": 48, "different_op": 48}
 
 
