@@ -1,4 +1,4 @@
-"""Conflict detection on the embedded default: conflict rates with Wilson intervals for the base,
+"""Conflict detection on the embedded default: conflict rates with Clopper-Pearson intervals for the base,
 the parents and each merge, the paired (McNemar) and skill-owner verdicts of each merge, the
 first three conflicting pairs of the worst merge, a planted case (a parent whose answers to one
 side of every pair are perturbed), and the embedding model: load time, embeddings/s on CPU, run
@@ -67,9 +67,9 @@ def main() -> None:
     setup = ConflictSetup.from_thresholds(thresholds, args.pairs, default_cache_dir(), "cpu", "float32")
     alpha = setup.alpha
     print(f"pairs: {setup.source} ({len(setup.pairs)}: {sum(p.consistent for p in setup.pairs)} must agree, "
-          f"{sum(not p.consistent for p in setup.pairs)} must differ); {100 * (1 - 2 * alpha):g}% Wilson; "
+          f"{sum(not p.consistent for p in setup.pairs)} must differ); {100 * (1 - 2 * alpha):g}% Clopper-Pearson; "
           f"max_conflict_rate {setup.max_rate:g}\n")
-    print("| model | role | conflicts / pairs | rate | Wilson interval | rate.conflict (verdict) |")
+    print("| model | role | conflicts / pairs | rate | Clopper-Pearson interval | rate.conflict (verdict) |")
     print("|---|---|---:|---:|---|---|")
     runs = {}
     for ref in [base, *parents, *merges]:

@@ -1,6 +1,6 @@
 """Judged evaluation on the embedded default: answer generation time and items/s on CPU (first run
 into a fresh answers cache, then the cache hit), per-model two-turn judged scores with BLEU and
-chrF, A/B win rates with Wilson intervals and swap disagreement for each merge against each
+chrF, A/B win rates with Clopper-Pearson intervals and swap disagreement for each merge against each
 parent, and the judge.score verdicts.
 
     .venv/bin/python bench/judge_table.py [--questions question.jsonl] [--threads 1]
@@ -60,7 +60,7 @@ def main() -> None:
             print(f"| {ref.name} | {ref.role} | {s['turn1']:.2f} | {s['turn2']:.2f} | {s['score']:.2f} | "
                   f"{s['bleu']:.1f} | {s['chrf']:.1f} |")
 
-        print("\n| merge | against | W / T / L | win rate | 90% Wilson | swap disagreement | parse errors | outcome |")
+        print("\n| merge | against | W / T / L | win rate | 90% Clopper-Pearson | swap disagreement | parse errors | outcome |")
         print("|---|---|---|---:|---|---:|---:|---|")
         for m in merges:
             for p in parents:

@@ -256,6 +256,12 @@ def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, caps
     n = load_recipe()["eval_items"]
     assert (f"family_arithmetic: n={n} items (the family recipe's eval_items; written with the family's cache entry); "
             f"smallest drop detectable: {100 * minimum_detectable_effect(n, 0.2):.1f} points") in out
+    from mergeqa.decision.blocking import blocking_rate
+
+    blocked = blocking_rate(n, 0.05 * 0.8, discordance=0.2)  # default min_retention 0.95, owner at 0.8
+    assert f"blocking rate {blocked:.2f} (a merge exactly as good as its owner is blocked when not shown" in out
+    assert "alpha bounds a false fail; with inconclusive = fail the blocking rate" in out
+    assert "judge A/B (40 questions, both orders, a tie half a win)" in out and "needs about 618 questions" in out
     assert not list(cache.glob("family-*")) and not events(cache)
 
 

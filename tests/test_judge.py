@@ -312,7 +312,7 @@ def _setup(**kw) -> JudgeSetup:
     return JudgeSetup([], ReferenceJudge(), None, Path("."), **kw)
 
 
-def test_win_rate_verdicts_pass_fail_and_inconclusive_with_wilson():
+def test_win_rate_verdicts_pass_fail_and_inconclusive_on_the_exact_interval():
     setup = _setup()
     strong = Pairwise("m", "p", ["win"] * 30 + ["tie"] * 10, 0, 0)
     weak = Pairwise("m", "p", ["loss"] * 30 + ["tie"] * 10, 0, 0)

@@ -80,6 +80,7 @@ def test_inconclusive_says_how_many_items_would_decide():
     assert v.outcome == "inconclusive"
     assert 120 < v.figures["items_to_decide"] < 100_000
     assert "items would decide it" in v.message() and "--eval-limit" in v.message()
+    assert "blocking rate" in v.message() and "alpha bounds only a false fail" in v.message()
 
 
 def test_too_few_items_to_ever_decide_is_an_error_and_zero_items_too():

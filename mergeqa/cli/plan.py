@@ -16,6 +16,7 @@ from pathlib import Path
 from mergeqa.models.refs import ModelRef
 
 ASSUMED_DISCORDANCE = 0.2  # share of items two models score differently, for planning only
+ASSUMED_SCORE = 0.8  # the owner's accuracy the retention margin is taken from, for planning only
 
 
 @dataclass
@@ -119,6 +120,23 @@ def _mde(n: int, alpha: float, power: float) -> str:
     return f"{100 * typical:.1f} points ({100 * best:.1f} if only the dropped items differ)"
 
 
+def _blocking(n: int, thresholds) -> str:
+    """The blocking rate of one retention comparison at n items, under the configured policy."""
+    from mergeqa.decision.blocking import blocking_rate
+
+    stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
+    if n <= 0:
+        return "-"
+    policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
+    margin = (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
+    rate = blocking_rate(n, margin, discordance=ASSUMED_DISCORDANCE, alpha=stat("alpha"), policy=policy)
+    what = {"fail": "not shown non-inferior", "warn": "a significant regression",
+            "significant_drop": "a significant drop beyond the margin"}[policy]
+    sequential = "; fixed-n figure, sequential mode blocks more often" if stat("sequential") else ""
+    return (f"{rate:.2f} (a merge exactly as good as its owner is blocked when {what}; "
+            f"retention margin {100 * margin:.1f} pts at an owner score of {ASSUMED_SCORE:g}{sequential})")
+
+
 def plan(args) -> str:
     """The plan as text, from the same options as the gate (argparse namespace from mergeqa.cli.main)."""
     from mergeqa.core.cache import default_cache_dir
@@ -148,7 +166,8 @@ def plan(args) -> str:
         where = (f"in the cache, {family.root}" if family else
                  "shipped, not in this cache yet (the run writes its entry first: links and tasks, seconds)")
         lines.append(f"family: {where}")
-    sections = planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
+    sections = (planner.suite_lines() + planner.probing_lines() + planner.sanity_lines()  # fills the cache state
+                + planner.judge_lines())
     return "\n".join(lines + planner.model_lines() + sections + planner.work_lines())
 
 
@@ -199,19 +218,24 @@ class Planner:
             from mergeqa.pytest_plugin.no_suite import no_suite_line
 
             return ["", no_suite_line(self.thresholds)]
+        policy = ("decision = significant_drop" if self.thresholds.get("statistics", "decision") == "significant_drop"
+                  else f"inconclusive = {self.thresholds.get('statistics', 'inconclusive')}")
         lines = ["", f"retention suite {self.thresholds.get('retention', 'suite')!r} (paired tests, one-sided alpha "
                  f"{alpha}, power {power}, {ASSUMED_DISCORDANCE:.0%} of items discordant; Holm across up to "
-                 f"{2 * len(tasks)} comparisons per merge):"]
+                 f"{2 * len(tasks)} comparisons per merge). alpha bounds a false fail; with {policy} the "
+                 "blocking rate is the chance CI goes red for a merge as good as its parents, per comparison:"]
         for task in tasks:
             if task.startswith("family") and not self.family_built:  # its size is in the recipe
                 from mergeqa.family import load_recipe
 
                 n = load_recipe()["eval_items"]
                 lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written with the family's "
-                             f"cache entry); smallest drop detectable: {_mde(n, alpha, power)}")
+                             f"cache entry); smallest drop detectable: {_mde(n, alpha, power)}; "
+                             f"blocking rate {_blocking(n, self.thresholds)}")
                 continue
             n, what, work = self._task(task, ("merged", "parent", "base"), self.suite.get("num_fewshot"))
-            power_note = f"; smallest drop detectable: {_mde(n, alpha, power)}" if n else ""
+            power_note = (f"; smallest drop detectable: {_mde(n, alpha, power)}; blocking rate "
+                          f"{_blocking(n, self.thresholds)}") if n else ""
             lines.append(f"  {task}: {what}{power_note}{work}")
         return lines
 
@@ -254,6 +278,24 @@ class Planner:
         return ["", f"sanity: {len(prompts)} prompts x 2 greedy runs x {new_tokens} new tokens per merge"
                 + (f" ({len(skipped)} chat prompt(s) skipped: no chat template)" if skipped else "")
                 + f"; perplexity: {ppl}"]
+
+    def judge_lines(self) -> list[str]:
+        """The A/B rule at the configured number of questions: how often a merge tied with its
+        parent passes, and how many questions a pass needs."""
+        from mergeqa.judge.questions import default_questions_path, read_questions
+        from mergeqa.stats.binomial import items_to_pass, lower_bound_pass_rate
+
+        path = self.thresholds.file("judge", "questions", fix="name an MT-Bench question.jsonl, or leave it out "
+                                    "for the embedded questions")
+        n = len(read_questions(path or default_questions_path()))
+        floor, confidence = self.thresholds.get("judge", "min_win_rate"), 1 - 2 * self.alpha
+        tied = float(lower_bound_pass_rate(n, 0.5, floor, confidence=confidence))
+        needs = {rate: items_to_pass(rate, floor, confidence=confidence, power=self.power) for rate in (0.5, 0.55)}
+        told = lambda k: f"about {k}" if k else "more than 5000"  # noqa: E731
+        return ["", f"judge A/B ({n} questions, both orders, a tie half a win): pass against a parent when the "
+                f"{100 * confidence:g}% Clopper-Pearson lower bound of the win rate reaches {floor:g}. A merge tied "
+                f"with its parent (win rate 0.5, no ties) passes {tied:.2f} of the time at n={n}; power "
+                f"{self.power:g} needs {told(needs[0.5])} questions at 0.5, {told(needs[0.55])} at a 0.55 win rate"]
 
     def model_lines(self) -> list[str]:
         return ["", "models:"] + [m.line(len(self.suite["tasks"]), self.n_probes) for m in self.models]

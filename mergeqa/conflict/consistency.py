@@ -6,8 +6,8 @@ should not) agree, and does a merge contradict the parent that owns a skill?
     rate_verdict(run, max_rate=0.05, alpha=0.05)        # a Verdict: conflict.rate
 
 A pair conflicts when its answers disagree though `consistent` is true, or agree though it is
-false (mergeqa.evaluate.agreement decides agreement). Statistics come from mergeqa.stats (Wilson interval,
-exact McNemar, Holm); the checks are in mergeqa/checks/test_conflict.py. Not an NLI model.
+false (mergeqa.evaluate.agreement decides agreement). Statistics come from mergeqa.stats (Clopper-Pearson
+interval, exact McNemar, Holm); the checks are in mergeqa/checks/test_conflict.py. Not an NLI model.
 """
 
 from __future__ import annotations
@@ -150,11 +150,12 @@ def planted_run(run: ConflictRun, pairs: list[ConsistencyPair], rule: Agreement,
 
 # -- deciding ------------------------------------------------------------------------------------
 def rate_interval(conflicts: int, n: int, alpha: float) -> tuple[float, float]:
-    """The Wilson interval at 1 - 2 alpha (each side a one-sided alpha test, as in
-    mergeqa.decision.significance)."""
-    from mergeqa.stats import wilson_interval
+    """The Clopper-Pearson interval at 1 - 2 alpha: each side an exact one-sided binomial test
+    at alpha (as in mergeqa.decision.significance), so a true rate at the ceiling passes at most
+    alpha of the time at any n. Unrounded: decide on these, round only to show."""
+    from mergeqa.stats import clopper_pearson_interval
 
-    low, high = wilson_interval(conflicts, n, confidence=1 - 2 * alpha)
+    low, high = clopper_pearson_interval(conflicts, n, confidence=1 - 2 * alpha)
     return float(low), float(high)
 
 
@@ -169,17 +170,17 @@ def rate_verdict(run: ConflictRun, max_rate: float, alpha: float, *, references:
     it), fail when it lies at or above, else inconclusive. `references` ({name: ConflictRun},
     the base and parents) go into `data` for the report."""
     fig = rate_figures(run, alpha)
-    low, high = fig["ci_low"], fig["ci_high"]
-    outcome = interval_outcome(low, high, ceiling=max_rate)
+    low, high = rate_interval(fig["conflicts"], fig["n"], alpha)
+    outcome = interval_outcome(low, high, ceiling=max_rate)  # unrounded: rounding can move a bound past it
     level = f"{100 * (1 - 2 * alpha):g}%"
     by_kind: dict[str, list[int]] = {}
     for o in run.outcomes:
         by_kind.setdefault(o.pair.kind or "-", []).append(int(o.conflict))
     v = Verdict("conflict.rate", run.model, outcome,
-                {"obtained": fig["rate"], "threshold": max_rate, "ci_low": low, "ci_high": high,
+                {"obtained": fig["rate"], "threshold": max_rate, "ci_low": fig["ci_low"], "ci_high": fig["ci_high"],
                  "conflicts": fig["conflicts"], "n": fig["n"], "confidence": 1 - 2 * alpha,
                  **{f"rate.{k}": round(sum(v) / len(v), 4) for k, v in sorted(by_kind.items())}},
-                summary=f"conflict rate on {fig['n']} consistency pairs ({level} Wilson {low:.3f}..{high:.3f})",
+                summary=f"conflict rate on {fig['n']} consistency pairs ({level} Clopper-Pearson {low:.3f}..{high:.3f})",
                 expected=f"< {max_rate:g} (the whole {level} interval)", delta=round(run.rate - max_rate, 4),
                 details=[f"conflict: {line}" for line in run.first_conflicts(len(run.outcomes))],
                 data={"rates": {run.model: fig, **{n: rate_figures(r, alpha) for n, r in (references or {}).items()}},
@@ -231,14 +232,14 @@ def paired_verdicts(run: ConflictRun, parents: dict[str, ConflictRun], alpha: fl
 def owner_verdict(run: ConflictRun, owner: ConflictRun, skill: str, prompts: list[str], floor: float,
                   alpha: float, rule: Agreement) -> Verdict:
     """conflict.owner.<skill>: the share of the skill's prompts on which the merge's answer agrees
-    with the owning parent's; pass when the Wilson interval lies at or above `floor`, fail when
-    below, else inconclusive."""
-    from mergeqa.stats import wilson_interval
+    with the owning parent's; pass when the (1 - 2 alpha) Clopper-Pearson interval lies at or
+    above `floor`, fail when below, else inconclusive."""
+    from mergeqa.stats import clopper_pearson_interval
 
     matches = rule.compare_all([(run.answers[p], owner.answers[p]) for p in prompts])
     agree = sum(m.agree for m in matches)
     n = len(prompts)
-    low, high = (float(x) for x in wilson_interval(agree, n, confidence=1 - 2 * alpha))
+    low, high = (float(x) for x in clopper_pearson_interval(agree, n, confidence=1 - 2 * alpha))
     outcome = interval_outcome(low, high, floor=floor)
     disagreeing = [f"{p!r}: merge {run.answers[p]!r}, {owner.model} {owner.answers[p]!r}"
                    for p, m in zip(prompts, matches) if not m.agree]

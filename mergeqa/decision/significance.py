@@ -76,6 +76,7 @@ class PairedComparison:
     correction: str = "none"
     spread: float = math.nan  # standard deviation of the per-item differences
     alpha_share: float = 1.0  # the part of alpha the correction ran at (sequential runs: what is left)
+    references: int = 1  # > 1: against each of this many parents (`against_each`); ci, mde at alpha / references
 
     def __post_init__(self):
         check_choice("verdict", self.verdict, VERDICTS)
@@ -97,6 +98,7 @@ class PairedComparison:
             "power": self.power,
             "correction": self.correction if self.alpha_share == 1 else f"{self.correction} at {self.alpha_share:.3g} of alpha",
             "items_to_decide": self.items_to_decide(),
+            **({"references": self.references} if self.references > 1 else {}),
         }
 
     def items_to_decide(self) -> float:
@@ -127,7 +129,7 @@ class PairedComparison:
             return f"{100 * x:.1f}" if points else f"{x:.4g}"
 
         unit = " pts" if points else ""
-        level = f"{100 * (1 - 2 * self.alpha):g}%"
+        level = f"{100 * (1 - 2 * self.alpha / self.references):g}%"
         share = f", at {self.alpha_share:.3g} of alpha" if self.alpha_share < 1 else ""
         adjusted = "" if self.correction == "none" else f" ({self.correction}-adjusted{share})"
         if math.isfinite(self.mde):
@@ -142,6 +144,10 @@ class PairedComparison:
                       "\nthe observed effect sits on the margin: no realistic number of items decides it")
             needed += ("; with --eval-limit or a small task, evaluate more items (the whole task), "
                        "or accept the risk explicitly with [statistics] inconclusive = \"warn\"")
+        if self.references > 1:
+            needed = (f"\nagainst each of {self.references} parents: non-inferiority shown against one at "
+                      f"alpha / {self.references} holds for the weakest (Bonferroni), a regression must be "
+                      f"shown against every one; the figures are against {reference}") + needed
         return (
             f"{_HEADLINES[self.verdict]}: merged - {reference} = {show(self.effect)}{unit} "
             f"({level} CI {show(self.ci[0])}..{show(self.ci[1])}), "
@@ -271,6 +277,39 @@ def compare_paired(
     verdict = decide(evidence.p_regression, evidence.p_noninferiority, alpha)
     spread = float((merged - reference).std(ddof=1)) if merged.size > 1 else math.nan
     return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power, spread=spread)
+
+
+def against_each(comparisons: dict[str, PairedComparison], alpha: float) -> tuple[str, PairedComparison]:
+    """Regression against the weakest of k parents, without choosing it from the data: one
+    comparison per parent, each made by `compare_paired` at alpha / k, combined into one.
+
+    The regression check asks "is the merge within the margin of the *weakest* parent?". Which
+    parent is weakest is unknown; picking the one that looks weakest on the same items and testing
+    at full alpha passes a merge exactly at the margin about twice as often as alpha with two
+    similar parents. Here:
+
+    - pass (H1: within the margin of some parent, hence of the weakest): non-inferiority shown
+      against at least one parent at alpha / k, i.e. p_noninferiority = min(1, k x the smallest);
+      Bonferroni over the k ways to pass, so a merge at the margin of every parent passes at most
+      alpha of the time. The burden of proof stays on the merge.
+    - fail (H1: below every parent, hence below the weakest): a regression shown against each
+      parent, i.e. p_regression = the largest (an intersection-union test, each at alpha).
+
+    Returns (the parent the figures are against: the one closest to showing non-inferiority, the
+    combined comparison). The interval and `mde` are that parent's, at 1 - 2 alpha / k.
+    """
+    if not comparisons:
+        raise ValueError("against_each needs at least one comparison")
+    k = len(comparisons)
+    unequal = [n for n, c in comparisons.items() if not math.isclose(c.alpha, alpha / k)]
+    if unequal:
+        raise ValueError(f"the comparisons against {', '.join(unequal)} were made at alpha "
+                         f"{comparisons[unequal[0]].alpha:g}; make each at alpha / k = {alpha / k:g}")
+    name = min(comparisons, key=lambda n: (comparisons[n].p_noninferiority, comparisons[n].effect))
+    p_noninferiority = min(1.0, k * min(c.p_noninferiority for c in comparisons.values()))
+    p_regression = max(c.p_regression for c in comparisons.values())
+    return name, replace(comparisons[name], alpha=alpha, references=k, p_noninferiority=p_noninferiority,
+                         p_regression=p_regression, verdict=decide(p_regression, p_noninferiority, alpha))
 
 
 def adjust_comparisons(comparisons, method: str = "holm", keys=None, *, share: float = 1.0) -> list[PairedComparison]:

@@ -63,7 +63,7 @@ HELP = {
     ("probing", "phenomena"): "built-in phenomena (mergeqa/data/probing/*.jsonl)",
     ("probing", "datasets"): "your own sets in the JSONL format of mergeqa.probing.datasets, relative to the file",
     ("conflict", "pairs"): "consistency pairs JSONL, relative to the file; \"\" = the embedded set",
-    ("conflict", "max_conflict_rate"): "the merge's conflict rate must be shown below this (Wilson interval)",
+    ("conflict", "max_conflict_rate"): "the merge's conflict rate must be shown below this (Clopper-Pearson interval)",
     ("conflict", "min_owner_agreement"): "share of a skill's prompts where the merge agrees with the parent owning it",
     ("conflict", "similarity"): "embedding cosine at which two long answers agree",
     ("conflict", "short_words"): "answers of at most this many words compare exactly (numbers, lists: by value)",

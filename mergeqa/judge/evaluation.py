@@ -7,7 +7,7 @@ references, and the verdicts the gate decides on (`judge.score`, `ab.<parent>`).
     ab = setup.pairwise(merged, parent)           # Pairwise: wins, ties, losses, flips, parse errors
     score_verdict(scores, {p: setup.scores(p)}, ...), ab_verdict(ab, ...)
 
-Statistics come from mergeqa.decision.significance (paired test over questions) and mergeqa.stats (Wilson).
+Statistics come from mergeqa.decision.significance (paired test over questions) and mergeqa.stats (Clopper-Pearson).
 """
 
 from __future__ import annotations
@@ -401,19 +401,21 @@ def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, Mod
 
 
 def win_interval(ab: Pairwise, alpha: float) -> tuple[float, float]:
-    """Wilson interval at 1 - 2 alpha for the win rate with ties as half. Half a win is not a
-    count, so with an odd number of ties the interval spans those of the floor and the ceiling."""
-    from ..stats import wilson_interval
+    """Clopper-Pearson interval at 1 - 2 alpha for the win rate with ties as half (each side an
+    exact one-sided binomial test at alpha). Half a win is not a count, so with an odd number of
+    ties the lower bound is that of the count rounded down and the upper that of the count
+    rounded up: the interval spans both, and neither side claims the half win."""
+    from ..stats import clopper_pearson_interval
 
     n, doubled = ab.judged, 2 * ab.count("win") + ab.count("tie")
-    low, _ = wilson_interval(doubled // 2, n, confidence=1 - 2 * alpha)
-    _, high = wilson_interval((doubled + 1) // 2, n, confidence=1 - 2 * alpha)
+    low, _ = clopper_pearson_interval(doubled // 2, n, confidence=1 - 2 * alpha)
+    _, high = clopper_pearson_interval((doubled + 1) // 2, n, confidence=1 - 2 * alpha)
     return float(low), float(high)
 
 
 def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
     """ab.<parent>: win rate (ties as half) of the merge against the parent >= min_win_rate: pass
-    when the Wilson interval lies at or above it, fail when below, else inconclusive; error when
+    when the (1 - 2 alpha) Clopper-Pearson interval lies at or above it, fail when below, else inconclusive; error when
     the swap-disagreement or parse-error rate passes its ceiling (the judge is not to be trusted)."""
     check = f"ab.{ab.parent}"
     fig = {**setup.figures(), "wins": ab.count("win"), "ties": ab.count("tie"), "losses": ab.count("loss"),
@@ -449,7 +451,7 @@ def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
                 {"obtained": round(rate, 4), "threshold": floor, "ci_low": round(low, 4), "ci_high": round(high, 4),
                  **fig},
                 summary=(f"A/B win rate against {ab.parent} (ties as half) on {ab.judged} questions, both orders "
-                         f"({level} Wilson {low:.3f}..{high:.3f})"),
+                         f"({level} Clopper-Pearson {low:.3f}..{high:.3f})"),
                 expected=f">= {floor:g} (the whole {level} interval)", delta=round(rate - floor, 4),
                 details=[f"wins {ab.count('win')}, ties {ab.count('tie')} ({ab.flips} from flips), losses "
                          f"{ab.count('loss')}; swap disagreement {ab.swap_disagreement:.0%}"], data=data)

@@ -7,7 +7,9 @@ Leaderboard's, else the task's first; direction from lm-eval's higher_is_better)
   for a task no parent owns, against the per-item mean of the parents; it must keep
   `min_retention` of the reference's score (for a lower-is-better metric: stay within
   reference / min_retention);
-- regression: the merge against its weakest parent on the task, within `tolerance`.
+- regression: the merge against its weakest parent on the task, within `tolerance`; in
+  significance mode tested against each parent (`significance.against_each`: non-inferiority to
+  one parent at alpha / k shows it for the weakest), not against the one weakest on these items.
 
 In "significance" mode each is a paired test on the same documents (mergeqa.decision.significance): pass
 only when non-inferiority at the margin the point rule tolerates is shown, fail on a significant
@@ -62,6 +64,7 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
     `early` (a mergeqa.retention.early_stop.EarlyStop) holds the comparisons the sequential test decided
     (the results then hold only the items it scored for those tasks) and, for the other tasks,
     why they were decided fixed-n."""
+    from mergeqa.decision.blocking import blocking_line
     from mergeqa.decision.significance import adjust_comparisons, decide_significant_drop
 
     get = lambda key: thresholds.get("retention", key)  # noqa: E731
@@ -98,7 +101,7 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
         plans = [("retention", owner if owner in parents else None, min_retention),
                  ("regression", weakest, tolerance)]
         for kind, ref, limit in plans:
-            if (task, kind) in decided:  # regression: the weakest parent on the items scored
+            if (task, kind) in decided:  # regression: the parent the sequential test decided against
                 ref = decided[(task, kind)].reference
             ref_name = ref or "parents' mean"
             ref_score = scores[ref] if ref else mean
@@ -123,8 +126,17 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
                     v.figures["sequential"] = "no"
                     v.data["fixed_n_reason"] = (f"sequential early stop not used for {task}: "
                                                 f"{early.fixed_n.get(task, 'decided fixed-n')}")
-                pending.append(((task, kind), _compare(task, merged, parents, ref, margin, stat, merge),
-                                (task, ref_name)))
+                if kind == "regression":
+                    margins = {n: _rule(kind, sc, limit, hib, weighted)[1] for n, sc in scores.items()}
+                    compared = _compare_each(task, merged, parents, margins, stat, merge)
+                    if not isinstance(compared, str):
+                        v.data["compared_with"], compared = compared
+                    # below every parent: with one parent the hypothesis its retention check tests too
+                    pending.append(((task, kind), compared, (task, next(iter(parents)) if len(parents) == 1
+                                                             else "every parent")))
+                else:
+                    pending.append(((task, kind), _compare(task, merged, parents, ref, margin, stat, merge),
+                                    (task, ref_name)))
     if pending:
         usable = [(k, c, h) for k, c, h in pending if not isinstance(c, str)]
         # With sequential decisions in the run, each spent alpha / m of the run's alpha
@@ -138,7 +150,9 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
             v.outcome = decide_significant_drop(c) if stat("decision") == "significant_drop" else c.verdict
             v.figures.update(c.figures())
             v.figures["decision"] = stat("decision")
-            v.details = c.describe(v.figures["reference"]).splitlines()
+            v.details = c.describe(v.data.get("compared_with", v.figures["reference"])).splitlines()
+            blocking = blocking_line(c, v.data.get("compared_with", v.figures["reference"]))
+            v.details += [blocking] if blocking else []
             if "fixed_n_reason" in v.data:
                 v.details.append(v.data["fixed_n_reason"] + "; decided fixed-n on every item")
             v.data.update(effect=c.effect, ci=list(c.ci), n=c.n)
@@ -160,17 +174,35 @@ def _sequential(v: Verdict, decision, n_scored: int) -> None:
     v.outcome = c.verdict
     v.figures.update(c.figures())
     v.figures.update(items_used=c.n, items_total=c.n_max, sequential="yes",
-                     correction=f"bonferroni over {decision.comparisons}", decision="non_inferiority")
+                     correction=f"bonferroni over {decision.comparisons}"
+                     + (f" x {decision.parents} parents" if decision.parents > 1 else ""), decision="non_inferiority")
     v.summary += f", decided after {c.n} of {c.n_max} items"
     v.details = [c.describe(v.figures["reference"]),
                  f"sequential early stop: items in a seeded random order, {c.batch} at a time; "
-                 f"alpha {decision.alpha:.3g} per comparison (alpha / {decision.comparisons}); the scores "
+                 f"alpha {decision.alpha:.3g} per comparison (alpha / {decision.comparisons}"
+                 + (f" / {decision.parents}: against each parent" if decision.parents > 1 else "") + "); the scores "
                  f"above are on the {n_scored} items scored of this task"]
     v.data.update(effect=c.effect, n=c.n, items_used=c.n, items_total=c.n_max, items_scored=n_scored)
 
 
-def _compare(task, merged, parents, ref, margin, stat, merge):
-    """The paired comparison, or a string saying why none can be decided (an error verdict)."""
+def _compare_each(task, merged, parents, margins, stat, merge):
+    """Regression against each parent at alpha / k, combined by `significance.against_each`:
+    (the parent the figures are against, the comparison), or a string as `_compare`."""
+    from mergeqa.decision.significance import against_each
+
+    alpha, k = stat("alpha"), len(parents)
+    each = {}
+    for name in parents:
+        c = _compare(task, merged, parents, name, margins[name], stat, merge, alpha=alpha / k)
+        if isinstance(c, str):
+            return c
+        each[name] = c
+    return against_each(each, alpha)
+
+
+def _compare(task, merged, parents, ref, margin, stat, merge, *, alpha=None):
+    """The paired comparison (at `alpha`, default the configured one), or a string saying why
+    none can be decided (an error verdict)."""
     import numpy as np
 
     from mergeqa.decision.significance import compare_paired, smallest_decidable_n
@@ -183,12 +215,13 @@ def _compare(task, merged, parents, ref, margin, stat, merge):
         a, b = pairs[0][0], np.mean([p[1] for p in pairs], axis=0)
     if a.size == 0:
         return f"{task}: no items were scored (n=0); check the task's data and --eval-limit"
+    alpha = stat("alpha") if alpha is None else alpha
     binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
-    needed = smallest_decidable_n(margin, stat("alpha"), binary=binary)
+    needed = smallest_decidable_n(margin, alpha, binary=binary)
     if a.size < needed:
         return (f"{task}: {a.size} items, but no outcome on fewer than {needed} items can decide a paired "
-                f"test at alpha={stat('alpha'):g} (margin {margin:.4g})")
-    return compare_paired(a, b, margin=margin, alpha=stat("alpha"), power=stat("power"))
+                f"test at alpha={alpha:g} (margin {margin:.4g})")
+    return compare_paired(a, b, margin=margin, alpha=alpha, power=stat("power"))
 
 
 def _explain(v: Verdict) -> None:

@@ -13,7 +13,7 @@ module decides how many items to score and hands mergeqa.retention.assess.assess
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,13 +38,15 @@ KINDS = ("retention", "regression")
 @dataclass(frozen=True)
 class SequentialDecision:
     """A comparison decided by the sequential test, against `reference` (a parent's name: the
-    owner for retention, the weakest parent on the items scored for regression), at `alpha`
-    (the configured alpha over the merge's comparisons, Bonferroni)."""
+    owner for retention; for regression the parent non-inferiority was shown against, or on a
+    fail the one closest to it), at `alpha` (the configured alpha over the merge's comparisons,
+    Bonferroni; regression: that over the k parents, each compared at alpha / k)."""
 
     comparison: SequentialComparison
     reference: str
     alpha: float
     comparisons: int  # the Bonferroni divisor: 2 x tasks of the suite
+    parents: int = 1  # regression: compared against each of this many parents, at alpha / (comparisons x parents)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class _Loop:
     def _decide(self, task: str, order: np.ndarray, n_max: int) -> str | None:
         """Decide what this look decides for the task; a reason string when it cannot be
         sequential after all (its gated metric is not 0/1)."""
-        from mergeqa.retention.assess import _rule, gated_metric
+        from mergeqa.retention.assess import gated_metric
 
         merged = self._result(self.merged)
         key = gated_metric(task, merged, self.thresholds)
@@ -158,16 +160,43 @@ class _Loop:
             rank = np.argsort([position[d] for _, d in docs], kind="stable")
             outcomes[parent.name] = (a[rank], b[rank])
             scores[parent.name] = float(b.mean())
-        owner = self.thresholds.get("retention", "capabilities")[task]
-        weakest = min(scores, key=scores.get)
-        limits = {"retention": (owner, self.thresholds.get("retention", "min_retention")),
-                  "regression": (weakest, self.thresholds.get("retention", "tolerance"))}
-        for kind, (ref, limit) in limits.items():
-            if (task, kind) in self.decisions:
-                continue
-            margin = _rule(kind, scores[ref], limit, True, False)[1]
-            c = compare_sequential(*outcomes[ref], margin=margin, alpha=self.alpha, n_max=n_max,
-                                   batch=self.batch)
-            if c.decided:
-                self.decisions[(task, kind)] = SequentialDecision(c, ref, self.alpha, self.comparisons)
+        if (task, "retention") not in self.decisions:
+            self._retention(task, outcomes, scores, n_max)
+        if (task, "regression") not in self.decisions:
+            self._regression(task, outcomes, scores, n_max)
         return None
+
+    def _retention(self, task: str, outcomes: dict, scores: dict[str, float], n_max: int) -> None:
+        """Retention against the owner at alpha / (2 x tasks); `outcomes` maps each parent to
+        (merged, parent) 0/1 arrays in the order scored, `scores` to the parent's score on them."""
+        from mergeqa.retention.assess import _rule
+
+        owner = self.thresholds.get("retention", "capabilities")[task]
+        margin = _rule("retention", scores[owner], self.thresholds.get("retention", "min_retention"), True, False)[1]
+        c = compare_sequential(*outcomes[owner], margin=margin, alpha=self.alpha, n_max=n_max, batch=self.batch)
+        if c.decided:
+            self.decisions[(task, "retention")] = SequentialDecision(c, owner, self.alpha, self.comparisons)
+
+    def _regression(self, task: str, outcomes: dict, scores: dict[str, float], n_max: int) -> None:
+        """Regression against each parent at alpha / k (as significance.against_each): decided
+        'pass' once non-inferiority is shown against one parent, 'fail' once a regression is
+        shown against every one, 'inconclusive' when all are decided and neither holds."""
+        from mergeqa.retention.assess import _rule
+
+        alpha = self.alpha / len(scores)
+        each = {}
+        for ref in scores:
+            margin = _rule("regression", scores[ref], self.thresholds.get("retention", "tolerance"), True, False)[1]
+            each[ref] = compare_sequential(*outcomes[ref], margin=margin, alpha=alpha, n_max=n_max, batch=self.batch)
+        passed = [ref for ref, c in each.items() if c.verdict == "pass"]
+        if passed:
+            verdict = "pass"
+        elif all(c.verdict == "fail" for c in each.values()):
+            verdict = "fail"
+        elif all(c.decided for c in each.values()):
+            verdict = "inconclusive"
+        else:
+            return
+        ref = passed[0] if passed else min(each, key=lambda r: each[r].p_noninferiority)
+        c = each[ref] if each[ref].verdict == verdict else replace(each[ref], verdict=verdict)
+        self.decisions[(task, "regression")] = SequentialDecision(c, ref, alpha, self.comparisons, len(each))

@@ -5,6 +5,7 @@ numpy only at import; scipy is imported inside the functions that need it.
 """
 
 from mergeqa.stats._base import ALTERNATIVES, PairedTestResult
+from mergeqa.stats.binomial import clopper_pearson_interval
 from mergeqa.stats.bootstrap import (
     bootstrap_interval,
     bootstrap_means,
@@ -33,6 +34,7 @@ __all__ = [
     "adjust_pvalues",
     "bootstrap_interval",
     "bootstrap_means",
+    "clopper_pearson_interval",
     "discordant_counts",
     "mcnemar",
     "mcnemar_pvalue",

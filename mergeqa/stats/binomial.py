@@ -1,0 +1,60 @@
+"""Exact (Clopper-Pearson) interval for a single proportion: a conflict rate, an agreement rate,
+an A/B win rate. Each side is an exact one-sided binomial test, so a decision on one side of the
+(1 - 2 alpha) interval errs at most alpha at every n (Wilson's can run above it at small n).
+
+Not for paired comparisons of two models: those are in `mergeqa.stats.mcnemar`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mergeqa.stats._base import check_confidence
+
+
+def clopper_pearson_interval(successes, n, *, confidence: float = 0.95):
+    """(low, high) of the Clopper-Pearson interval, as statsmodels'
+    `proportion_confint(method='beta')` and scipy's `binomtest(k, n).proportion_ci(method='exact')`.
+
+    Beta quantiles: low = Beta(k, n - k + 1).ppf(a / 2) (0 at k = 0), high = Beta(k + 1, n - k)
+    .ppf(1 - a / 2) (1 at k = n), a = 1 - confidence; `high < p0` is then the exact one-sided
+    binomial test of H0: rate >= p0 at level a / 2. Vectorised over `successes` and `n`; needs
+    integer counts with 0 <= successes <= n and n >= 1.
+    """
+    from scipy.stats import beta
+
+    check_confidence(confidence)
+    successes, n = np.asarray(successes), np.asarray(n)
+    if successes.dtype.kind not in "iu" or n.dtype.kind not in "iu":
+        raise ValueError(f"successes and n must be integer counts; got {successes!r}, {n!r}")
+    if np.any(n < 1) or np.any(successes < 0) or np.any(successes > n):
+        raise ValueError(f"need 0 <= successes <= n and n >= 1; got successes={successes}, n={n}")
+    tail = (1 - confidence) / 2
+    with np.errstate(invalid="ignore"):  # Beta(0, .) and Beta(., 0) at the ends, replaced below
+        low = np.where(successes == 0, 0.0, beta.ppf(tail, np.maximum(successes, 1), n - successes + 1))
+        high = np.where(successes == n, 1.0, beta.ppf(1 - tail, successes + 1, np.maximum(n - successes, 1)))
+    return low, high
+
+
+def lower_bound_pass_rate(n, rate: float, floor: float, *, confidence: float = 0.9):
+    """P(the Clopper-Pearson lower bound of K / n reaches `floor`) for K ~ Binomial(n, rate): how
+    often a rule "pass when the whole interval is at or above the floor" passes a true `rate`.
+    Exact: the lower bound reaches the floor exactly when P(Binomial(n, floor) >= K) <= the tail,
+    i.e. from the count binom.ppf(1 - tail, n, floor) + 1 on. Vectorised over `n`."""
+    from scipy.stats import binom
+
+    check_confidence(confidence)
+    n = np.asarray(n)
+    k_min = binom.ppf(1 - (1 - confidence) / 2, n, floor) + 1
+    return binom.sf(k_min - 1, n, rate)
+
+
+def items_to_pass(rate: float, floor: float, *, confidence: float = 0.9, power: float = 0.8,
+                  n_max: int = 5000) -> int | None:
+    """The fewest items at which a true `rate` passes the lower-bound rule with probability at least
+    `power` (the first such n: discreteness makes the pass rate saw-toothed in n); None up to n_max."""
+    if rate <= floor:
+        return None
+    n = np.arange(1, n_max + 1)
+    ok = lower_bound_pass_rate(n, rate, floor, confidence=confidence) >= power
+    return int(n[np.argmax(ok)]) if ok.any() else None
