@@ -10,6 +10,7 @@ lm-eval run on a random 1-layer model.
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -42,6 +43,8 @@ ATTACK_OUTCOMES = {
     "huge allocation": {"memory_limit"},
     "output flood": {"failed"},
     "exit(0) before the tests": {"failed"},
+    "changes the flags of its stdout, stderr, stdin (O_NONBLOCK, O_APPEND, O_DIRECT)": {"failed"},
+    "closes and dup2s its descriptors": {"failed"},  # its reply goes to its stdout: it "exited" unanswered
 }
 
 
@@ -125,6 +128,40 @@ def test_no_attack_passes_or_escapes(kind, tmp_path, listener, secret_file):
     assert sb.sandbox_processes(result.pid_namespace) == [], "processes of the run outlived it"
     assert secret_file.read_text() not in result.detail + result.output
     assert len(result.output) <= sb.OUTPUT_TAIL_BYTES and len(result.detail) <= 1000
+
+
+DESCRIPTOR_ATTACKS = (
+    "from mergeqa.humaneval import problems as he\n"
+    "import ctypes, json, os\n"
+    "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: whatever a sandbox orphans lands here\n"
+    "p = he.load_problems()[0]\n"
+    "attacks = he.attack_completions('/x', 1, '/y')\n"
+    "kinds = [k for k in attacks if 'flags' in k or 'dup2' in k]\n"
+    "fds = len(os.listdir('/proc/self/fd'))\n"
+    "results = he.check_completions([(p, attacks[k]) for k in kinds] * 25 + [(p, p.canonical_solution)],\n"
+    "                               timeout_s=5, memory_mb=256, workers=2)\n"
+    "children = [c for t in os.listdir('/proc/self/task')\n"
+    "            for c in open(f'/proc/self/task/{t}/children').read().split()]\n"
+    "print(json.dumps({'fds': [fds, len(os.listdir('/proc/self/fd'))], 'children': children,\n"
+    "                  'statuses': [r.status for r in results], 'namespaces': [r.pid_namespace for r in results]}))\n"
+)
+
+
+def test_descriptor_attacks_50_times_leak_nothing_and_lose_no_result():
+    """The caller's descriptors stay as they were, the canonical solution after 50 attacks still passes, and
+    no process is left: the caller is a child subreaper here, so anything a sandbox orphaned would be its child."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", DESCRIPTOR_ATTACKS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["statuses"] == ["failed"] * 50 + ["passed"], seen["statuses"]
+    assert seen["fds"][0] == seen["fds"][1] and seen["children"] == []
+    assert all(sb.sandbox_processes(ns) == [] for ns in seen["namespaces"])
 
 
 def test_the_attack_list_is_the_one_this_test_knows():

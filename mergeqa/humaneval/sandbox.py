@@ -34,7 +34,7 @@ UNSAFE_EXEC_ENV = "MERGEQA_UNSAFE_EXEC"
 MAX_MESSAGE_BYTES = 1 << 20  # one request or reply on the channel
 MAX_PROGRAM_BYTES = 1 << 20
 OUTPUT_TAIL_BYTES = 4096  # what a result keeps of the program's stdout and stderr
-OUTPUT_FILE_BYTES = 8 << 20  # RLIMIT_FSIZE: the output file, and each file in the private /tmp
+OUTPUT_FILE_BYTES = 8 << 20  # what the caller reads of the output pipe; RLIMIT_FSIZE of each file in /tmp
 TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
 SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
@@ -304,8 +304,9 @@ class CandidateProcess:
         run.status, run.detail, run.output    # "ok" / "raised" / "timeout" / "crashed" / "error" / ...
 
     Everything the program can send is data: requests and replies are one line of tagged JSON each,
-    numbered, size-capped and validated (`decode_value`); what it prints goes to a capped output
-    file. The whole run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
+    numbered, size-capped and validated (`decode_value`); what it prints goes to a pipe this side
+    drains (its last 4 KiB kept). Every channel, stdin included, is a fresh pipe of its own, never a
+    descriptor of the caller's; `close()` reaps the sandbox and closes every descriptor. The whole run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
     rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
     ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes.
@@ -331,14 +332,19 @@ class CandidateProcess:
         self._timeout_s, self._next_id, self._buffer = timeout_s, 1, b""
         self._start = time.perf_counter()
         self.wall_s = 0.0
-        self._proc = self._init_pidfd = self._workdir = self._requests = self._replies = None
-        self._output_file = tempfile.TemporaryFile()
+        self._proc = self._closed = self._workdir = self._rusage = None
+        # every descriptor below is a fresh pipe end (or pidfd) of this run's own, never one the caller uses
+        self._requests = self._replies = self._output = self._info = self._proc_pidfd = self._init_pidfd = None
+        self._tail, self._output_bytes = bytearray(), 0
         try:
             self._spawn(memory_mb)
             self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
             self._receive(0)
         except CandidateError:
             pass  # status and detail say what happened; call() raises it again
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def isolation(self) -> str:
@@ -358,25 +364,56 @@ class CandidateProcess:
         return self._receive(request_id)
 
     def close(self) -> None:
-        """Kill the sandbox (its pid namespace goes with it), wait until it is gone, keep its output's tail."""
-        if self._output_file.closed:
+        """Kill the sandbox (its pid namespace goes with it), reap it, close every descriptor, keep the output's tail."""
+        if self._closed:
             return
-        self.wall_s = time.perf_counter() - self._start
-        if self._proc is not None:
+        self._closed = True
+        if not self.wall_s:
+            self.wall_s = time.perf_counter() - self._start
+        try:
+            self._stop()
+            self._drain_output(time.monotonic() + 0.2)
+        finally:
+            for name in ("_requests", "_replies", "_output", "_info", "_proc_pidfd", "_init_pidfd"):
+                fd, _ = getattr(self, name), setattr(self, name, None)
+                if fd is not None:
+                    os.close(fd)
+            if self._workdir:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            self.output = safe_text(bytes(self._tail).decode("utf-8", "replace"), OUTPUT_TAIL_BYTES)
+
+    def _stop(self) -> None:
+        """SIGKILL the interpreter, pid 1 of the sandbox's namespace (`--as-pid-1`: the kernel kills the rest of
+        the namespace, and bwrap, its parent, reaps it: nothing is orphaned to host pid 1; bwrap's own init
+        would be, as bwrap exits without reaping it), then bwrap if it is still there; reap bwrap."""
+        if self._init_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _poll_one(self._init_pidfd, select.POLLIN, 5.0)
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        if self._proc_pidfd is not None and not _poll_one(self._proc_pidfd, select.POLLIN, 1.0):
             try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            self._proc.wait()
-        if self._init_pidfd is not None:  # bwrap's init dies by PDEATHSIG, after the rest of its namespace
-            select.select([self._init_pidfd], [], [], 5.0)
-        for fd in (self._requests, self._replies, self._init_pidfd):
-            if fd is not None:
-                os.close(fd)
-        if self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-        self.output = self._output_tail()
-        self._output_file.close()
+        self._reap(None)
+
+    def _reap(self, timeout_s: float | None) -> int | None:
+        """bwrap's (or the bare interpreter's) exit code once it has ended, waiting at most `timeout_s`; None if
+        it has not. Keeps its resource usage, which includes every process of the sandbox it waited for."""
+        if self._proc.returncode is None:
+            if timeout_s is not None and self._proc_pidfd is not None:
+                if not _poll_one(self._proc_pidfd, select.POLLIN, timeout_s):
+                    return None
+            try:
+                _, status, self._rusage = os.wait4(self._proc.pid, 0)
+                self._proc.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped elsewhere: no status to report
+                self._proc.returncode = -1
+        return self._proc.returncode
 
     def __enter__(self) -> CandidateProcess:
         return self
@@ -387,45 +424,68 @@ class CandidateProcess:
     # ----------------------------------------------------------------- start
 
     def _spawn(self, memory_mb: int) -> None:
-        req_read, self._requests = os.pipe()
-        self._replies, rep_write = os.pipe()
-        os.set_blocking(self._requests, False)
-        config = {"requests": req_read, "replies": rep_write, "max_message": MAX_MESSAGE_BYTES,
-                  "limits": _rlimits(self._timeout_s, memory_mb)}
-        command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
-        pass_fds = [req_read, rep_write]
-        info_read = None
-        if self.host.sandboxed:
-            seccomp = os.memfd_create("mergeqa-seccomp")
-            os.write(seccomp, seccomp_program())
-            os.lseek(seccomp, 0, os.SEEK_SET)
-            info_read, info_write = os.pipe()
-            pass_fds += [seccomp, info_write]
-            command = [
-                self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
-                "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
-                "--info-fd", str(info_write), "--", *command,
-            ]
-        workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": workdir or "/tmp", "TMPDIR": workdir or "/tmp"}
-        try:
-            self._proc = subprocess.Popen(
-                command, cwd=workdir or "/", env=env, stdin=subprocess.DEVNULL, stdout=self._output_file,
-                stderr=subprocess.STDOUT, pass_fds=pass_fds, start_new_session=True,
-            )
-        except OSError as exc:
-            self._fail("error", f"could not start the sandbox: {exc}")
-        finally:
-            for fd in pass_fds:
-                os.close(fd)
-        self._init_pidfd = self._sandbox_init(info_read) if info_read is not None else None
+        child_fds = []  # the child's ends: closed here once it has them, whatever happens
 
-    def _sandbox_init(self, info_read: int) -> int | None:
-        """A pidfd on bwrap's init inside the sandbox (pid 1 of its namespace), from --info-fd."""
-        with os.fdopen(info_read, "rb") as info:
-            ready, _, _ = select.select([info], [], [], max(0.0, self._deadline - time.monotonic()))
-            raw = info.read(4096) if ready else b""
+        def pipe() -> tuple[int, int]:
+            read, write = os.pipe()
+            child_fds.extend((read, write))
+            return read, write
+
+        try:
+            stdin, stdin_write = pipe()
+            os.close(stdin_write)  # stdin: an empty pipe of its own
+            child_fds.remove(stdin_write)
+            self._output, output_write = pipe()  # stdout and stderr: a pipe this side drains, capped
+            child_fds.remove(self._output)
+            req_read, self._requests = pipe()
+            child_fds.remove(self._requests)
+            self._replies, rep_write = pipe()
+            child_fds.remove(self._replies)
+            for fd in (self._output, self._requests, self._replies):
+                os.set_blocking(fd, False)
+            config = {"requests": req_read, "replies": rep_write, "max_message": MAX_MESSAGE_BYTES,
+                      "limits": _rlimits(self._timeout_s, memory_mb)}
+            command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
+            pass_fds = [req_read, rep_write]
+            if self.host.sandboxed:
+                seccomp = os.memfd_create("mergeqa-seccomp")
+                child_fds.append(seccomp)
+                os.write(seccomp, seccomp_program())
+                os.lseek(seccomp, 0, os.SEEK_SET)
+                self._info, info_write = pipe()
+                child_fds.remove(self._info)
+                pass_fds += [seccomp, info_write]
+                command = [
+                    self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--as-pid-1",
+                    "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+                    "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
+                    "--info-fd", str(info_write), "--", *command,
+                ]
+            workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
+            env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": workdir or "/tmp",
+                   "TMPDIR": workdir or "/tmp"}
+            try:
+                self._proc = subprocess.Popen(
+                    command, cwd=workdir or "/", env=env, stdin=stdin, stdout=output_write, stderr=output_write,
+                    pass_fds=pass_fds, start_new_session=True,
+                )
+            except OSError as exc:
+                self._fail("error", f"could not start the sandbox: {exc}")
+            self._proc_pidfd = os.pidfd_open(self._proc.pid)
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        if self._info is not None:
+            self._init_pidfd = self._sandbox_init()
+
+    def _sandbox_init(self) -> int | None:
+        """A pidfd on the sandboxed interpreter (pid 1 of its namespace), from --info-fd."""
+        raw = b""
+        while b"}" not in raw and len(raw) < 4096 and _poll_one(self._info, select.POLLIN, self._left()):
+            chunk = os.read(self._info, 4096)
+            if not chunk:
+                break
+            raw += chunk
         try:
             pid = int(json.loads(raw)["child-pid"])
             self.pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
@@ -442,6 +502,8 @@ class CandidateProcess:
                 return
             try:
                 data = data[os.write(self._requests, data):]
+            except BlockingIOError:
+                continue
             except BrokenPipeError:
                 return  # it stopped reading: the reply side says why
 
@@ -451,7 +513,10 @@ class CandidateProcess:
                 self._fail("error", f"a reply longer than {MAX_MESSAGE_BYTES} bytes")
             if not self._wait(self._replies, select.POLLIN):
                 self._fail("timeout", f"no answer within the {self._timeout_s:g} s limit")
-            chunk = os.read(self._replies, 65536)
+            try:
+                chunk = os.read(self._replies, 65536)
+            except BlockingIOError:
+                continue
             if not chunk:
                 self._ended()
             self._buffer += chunk
@@ -461,7 +526,7 @@ class CandidateProcess:
             if type(reply) is not dict or reply.get("id") != request_id:
                 raise ChannelError(f"reply {str(reply)[:100]} to request {request_id}")
             if "raised" in reply:
-                raised = str(reply["raised"])[:500]
+                raised = safe_text(str(reply["raised"]), 500)
                 status = "memory_limit" if raised.startswith("MemoryError") else "raised"
                 if request_id == 0 or status == "memory_limit":
                     self._fail(status, raised)
@@ -471,26 +536,59 @@ class CandidateProcess:
                     raise ChannelError(f"malformed first reply {str(reply)[:100]}")
                 return None
             if "unencodable" in reply:
-                raise CandidateError(f"returned no plain value: {str(reply['unencodable'])[:200]}")
+                raise CandidateError(f"returned no plain value: {safe_text(str(reply['unencodable']), 200)}")
             return _untag(reply["value"], 0)
         except (ChannelError, KeyError, ValueError, TypeError, RecursionError, MemoryError) as exc:
-            self._fail("error", f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}")
+            self._fail("error", f"malformed reply: {type(exc).__name__}: {safe_text(str(exc), 200)}")
 
-    def _wait(self, fd: int, event: int) -> bool:
-        poller = select.poll()
-        poller.register(fd, event)
-        left_ms = (self._deadline - time.monotonic()) * 1000
-        return left_ms > 0 and bool(poller.poll(left_ms))
+    def _left(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _wait(self, fd: int, event: int, deadline: float | None = None) -> bool:
+        """Wait until `fd` is ready for `event` (or the deadline passed: False), draining the output meanwhile."""
+        deadline = self._deadline if deadline is None else deadline
+        while True:
+            poller = select.poll()
+            poller.register(fd, event)
+            if self._output is not None:
+                poller.register(self._output, select.POLLIN)
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0:
+                return False
+            ready = dict(poller.poll(left_ms))
+            if self._output is not None and ready.get(self._output):
+                self._read_output()
+            if ready.get(fd):
+                return True
+
+    def _read_output(self) -> None:
+        """Read what the program printed: keep the last OUTPUT_TAIL_BYTES; past OUTPUT_FILE_BYTES in all,
+        close this end (its next write fails with EPIPE); at end of file, close it."""
+        try:
+            chunk = os.read(self._output, 65536)
+        except BlockingIOError:
+            return
+        self._output_bytes += len(chunk)
+        self._tail += chunk
+        del self._tail[:-OUTPUT_TAIL_BYTES]
+        if not chunk or self._output_bytes > OUTPUT_FILE_BYTES:
+            os.close(self._output)
+            self._output = None
+
+    def _drain_output(self, deadline: float) -> None:
+        """What is left in the output pipe, until its end (every writer gone) or `deadline`."""
+        while self._output is not None and _poll_one(self._output, select.POLLIN, deadline - time.monotonic()):
+            self._read_output()
 
     def _ended(self) -> None:
         """The reply channel closed: the interpreter (or bwrap) ended; say how, and raise."""
-        try:
-            code = self._proc.wait(timeout=max(0.1, self._deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        code = self._reap(self._left())
+        if code is None:
             self._fail("timeout", f"killed after the {self._timeout_s:g} s wall-clock limit")
+        self._drain_output(time.monotonic() + 0.5)
         if self.host.sandboxed and self._init_pidfd is None:
-            tail = self._output_tail().strip().splitlines()[-1:] or [f"exit status {code}"]
-            self._fail("error", f"bubblewrap could not start the sandbox: {tail[0][:300]}")
+            tail = self._output_line() or f"exit status {code}"
+            self._fail("error", f"bubblewrap could not start the sandbox: {tail[:300]}")
         # bwrap exits 128 + N when its command died from signal N; a bare interpreter reports -N
         sig = -code if code < 0 else code - 128 if self.host.sandboxed and code > 128 else 0
         if sig == signal.SIGXCPU:
@@ -499,27 +597,33 @@ class CandidateProcess:
             self._fail("memory_limit", "killed by SIGKILL: likely the kernel's out-of-memory killer")
         if sig in signal.valid_signals() and sig:
             self._fail("crashed", f"the interpreter died from {signal.Signals(sig).name}")
-        tail = self._output_tail().strip().splitlines()[-1:] or [""]
-        self._fail("exited", f"the interpreter exited (status {code}) before answering: {tail[0][:200]}")
+        self._fail("exited", f"the interpreter exited (status {code}) before answering: {self._output_line()[:200]}")
 
-    def _output_tail(self) -> str:
-        out = self._output_file
-        end = out.seek(0, os.SEEK_END)
-        out.seek(max(0, end - OUTPUT_TAIL_BYTES))
-        text = out.read().decode("utf-8", "replace")
-        out.seek(end)
-        return text
+    def _output_line(self) -> str:
+        """The last line the program printed (surrogate-safe), or ''."""
+        lines = bytes(self._tail).decode("utf-8", "replace").strip().splitlines()
+        return safe_text(lines[-1], 300) if lines else ""
 
     def _fail(self, status: str, detail: str):
         if self.status == "ok":
             self.status, self.detail = status, detail
             self.wall_s = time.perf_counter() - self._start
             if self._proc is not None and status in ("timeout", "error"):
-                try:
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                self._stop()
         raise CandidateError(f"{status}: {detail}")
+
+
+def _poll_one(fd: int, event: int, timeout_s: float) -> bool:
+    """Whether `fd` became ready for `event` within `timeout_s` (poll: no FD_SETSIZE limit, unlike select)."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
+
+
+def safe_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters and safe to print or encode anywhere: lone surrogates (which JSON can
+    carry) become backslash escapes."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _interpreter() -> str:
