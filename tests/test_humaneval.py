@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,16 @@ ATTACK_OUTCOMES = {
     "malformed reply: 2 MB line": {"error"},
     "fork-and-exit loop": {"timeout"},
     "infinite loop": {"timeout"},
-    "huge allocation": {"memory_limit"},
+    "huge allocation": {"failed"},  # refused at once: the address space stays far from the limit
+    "fills its address space": {"memory_limit"},  # this side reads its address space at the limit
+    "raises MemoryError itself": {"failed"},
+    "exit status 137 (what the OOM killer's SIGKILL looks like)": {"failed"},
+    "exit status 152 (what the CPU limit's SIGXCPU looks like)": {"failed"},
+    "exit status 139 (what a SIGSEGV looks like)": {"failed"},
+    "answer range(25_000_000) (materialised by a list() in the check)": {"error"},
+    "answer a 400-digit integer (overflows float())": {"error"},
+    "forged reply: a set of 35000 colliding hashes (quadratic to build)": {"error"},
+    "a lone surrogate in what it raises (printing the result raised)": {"failed"},
     "output flood": {"failed"},
     "exit(0) before the tests": {"failed"},
     "changes the flags of its stdout, stderr, stdin (O_NONBLOCK, O_APPEND, O_DIRECT)": {"failed"},
@@ -119,9 +130,14 @@ def test_no_attack_passes_or_escapes(kind, tmp_path, listener, secret_file):
     escape_dir = tmp_path / "nothing-may-appear-here"
     escape_dir.mkdir()
     completion = he.attack_completions(str(escape_dir), listener.getsockname()[1], str(secret_file))[kind]
+    fds, peak_rss = len(os.listdir("/proc/self/fd")), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
     result = he.check_completion(he.load_problems()[0], completion, ATTACK_TIMEOUT_S, 256)  # never raises
     assert result.status in ATTACK_OUTCOMES[kind], f"{result.status}: {result.detail}"
-    assert result.wall_s < ATTACK_TIMEOUT_S + 1.5
+    assert result.wall_s < ATTACK_TIMEOUT_S + 1.5 and time.perf_counter() - start < ATTACK_TIMEOUT_S + 1.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_rss < 100 << 10  # KiB: the caller's peak
+    assert len(os.listdir("/proc/self/fd")) == fds
+    (result.detail + result.output).encode("utf-8")  # printable anywhere: no lone surrogate
     assert list(escape_dir.iterdir()) == []
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing connected

@@ -97,6 +97,38 @@ def test_malformed_values_are_a_channel_error_and_nothing_else(text):
         sb.decode_value(text)
 
 
+COLLIDING = ",".join(str(k * (2**61 - 1)) for k in range(1, 35000))  # every one hashes to 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"r": [0, 25000000, 1]}', "a range of more than 100000 items"),
+        ("1" + "0" * 400, "an integer of more than 256 bits"),
+        (f'{{"c": [{2**300}, 1]}}', "an integer of more than 256 bits"),
+        (f'{{"r": [0, {2**300}, 1]}}', "an integer of more than 256 bits"),
+        (f'{{"s": [{COLLIDING}]}}', "more than 8 items of one hash"),
+        (f'{{"d": [{",".join(f"[{k}, 0]" for k in COLLIDING.split(","))}]}}', "more than 8 items of one hash"),
+        (f'{{"f": [{",".join(f"{{{chr(34)}t{chr(34)}: [{k}]}}" for k in COLLIDING.split(",")[:5000])}]}}',
+         "more than 8 items of one hash"),  # tuples of colliding ints collide too
+        ("[" + ",".join(["[]"] * 200_001) + "]", "more than 200000 values"),
+    ],
+    ids=["range", "400 digits", "big complex", "big range", "colliding set", "colliding dict", "colliding tuples",
+         "too many values"],
+)
+def test_the_trusted_side_decodes_within_limits(text, message):
+    start = time.perf_counter()
+    with pytest.raises(sb.ChannelError, match=message):
+        sb.decode_value(text)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_decoding_stops_at_its_deadline_and_equal_items_are_no_collision():
+    with pytest.raises(sb.ChannelError, match="past the run's deadline"):
+        sb.decode_value("[" + ",".join(["0"] * 5000) + "]", deadline=time.monotonic() - 1)
+    assert sb.decode_value('{"s": [' + ",".join(["0"] * 10000) + "]}") == {0}
+
+
 # --------------------------------------------------------------------------- the seccomp filter
 
 

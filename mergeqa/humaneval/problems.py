@@ -30,10 +30,14 @@ DEFAULT_MEMORY_MB = 512
 STATUSES = {
     "passed": "the problem's check ran to its end in the trusted process: every assertion held",
     "failed": "an assertion failed, or the completion raised, returned a non-plain value or exited",
-    "timeout": "the completion used up the wall-clock or CPU-time limit; its sandbox was killed",
-    "memory_limit": "the completion ran out of its address space",
-    "crashed": "the completion's interpreter died from a signal (e.g. SIGSEGV)",
-    "error": "the channel carried a malformed message, or the sandbox could not start",
+    "timeout": "the wall clock mergeqa keeps ran out, or the CPU time it measured reached the limit; the sandbox "
+               "was killed",
+    "memory_limit": "the completion ran out of memory, as mergeqa saw it: a MemoryError with its address space "
+                    "read at half the limit or more, or a kill while the kernel's out-of-memory killer ran",
+    "crashed": "the completion's interpreter died from a signal mergeqa saw (unsandboxed only: through bubblewrap "
+               "a signal and an exit code look alike, so that is `failed`)",
+    "error": "the channel carried a malformed or oversized reply, the sandbox could not start, or mergeqa's "
+             "side failed",
 }
 
 
@@ -162,7 +166,7 @@ def _run_check(problem: HumanEvalProblem, completion: str, timeout_s: float, mem
         status, detail = "failed", failure or f"{run.status}: {run.detail}"
     else:
         status, detail = "passed", ""
-    return CheckResult(status, detail[:1000], run.wall_s, run.output, calls, run.isolation, run.pid_namespace)
+    return CheckResult(status, safe_text(detail, 1000), run.wall_s, run.output, calls, run.isolation, run.pid_namespace)
 
 
 def _check_limits(timeout_s: float, memory_mb: int) -> None:
@@ -284,6 +288,22 @@ def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str
         ),
         "infinite loop": "    while True:\n        pass\n",
         "huge allocation": "    return len(bytearray(10**11)) > 0\n",
+        "fills its address space": "    grown = []\n    while True:\n        grown.append(bytearray(1 << 20))\n",
+        "raises MemoryError itself": "    raise MemoryError('out of memory, it says')\n",
+        "exit status 137 (what the OOM killer's SIGKILL looks like)": "    import os\n    os._exit(137)\n",
+        "exit status 152 (what the CPU limit's SIGXCPU looks like)": "    import os\n    os._exit(152)\n",
+        "exit status 139 (what a SIGSEGV looks like)": "    import os\n    os._exit(139)\n",
+        "answer range(25_000_000) (materialised by a list() in the check)": "    return range(25_000_000)\n",
+        "answer a 400-digit integer (overflows float())": "    return 10 ** 400\n",
+        "forged reply: a set of 35000 colliding hashes (quadratic to build)": (
+            "    import os\n    items = b','.join(b'%d' % (k * (2**61 - 1)) for k in range(1, 35000))\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": {\"s\": [' + items + b']}}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "a lone surrogate in what it raises (printing the result raised)": (
+            "    raise RuntimeError('\\ud800 ' + chr(0xDFFF))\n"
+        ),
         "output flood": "    while True:\n        print('x' * 2**20)\n",
         "exit(0) before the tests": wrong + "import sys\nsys.exit(0)\n",
         "changes the flags of its stdout, stderr, stdin (O_NONBLOCK, O_APPEND, O_DIRECT)": (

@@ -38,6 +38,12 @@ OUTPUT_FILE_BYTES = 8 << 20  # what the caller reads of the output pipe; RLIMIT_
 TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
 SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
+# what the trusted side decodes of a reply, at most (every limit it finds broken makes the item an `error`)
+MAX_INT_BITS = 256  # |int| < 2**256: an answer's integers (HumanEval's are far smaller); no float overflow
+MAX_VALUES = 200_000  # values in one reply, containers and leaves alike
+MAX_RANGE_LEN = 100_000  # a range answer's length (a check may list() it)
+MAX_SAME_HASH = 8  # distinct items of one set or dict that share a hash (colliding hashes make sets quadratic)
+DECODE_SLACK_S = 0.5  # a reply's decoding may end this long after the run's deadline, never later
 
 OPT_IN = f"or pass --unsafe-exec ({UNSAFE_EXEC_ENV}=1) to run it unsandboxed"
 FIX = (
@@ -106,46 +112,114 @@ def _tag(value, depth: int, loose: bool = False):
     raise ChannelError(f"a {kind.__name__} is not a plain value the channel carries")
 
 
-def decode_value(text: str | bytes):
-    """The plain value `encode_value` wrote; `ChannelError` for anything else (never another exception)."""
+def decode_value(text: str | bytes, deadline: float | None = None):
+    """The plain value `encode_value` wrote, decoded within `DecodeLimits` (by `deadline`, a `time.monotonic()`
+    value; default: one second from now); `ChannelError` for anything else (never another exception)."""
+    limits = DecodeLimits(time.monotonic() + 1.0 if deadline is None else deadline)
     try:
-        return _untag(json.loads(text), 0)
+        if len(text) > MAX_MESSAGE_BYTES:
+            raise ChannelError(f"a value of {len(text)} bytes is over the channel's {MAX_MESSAGE_BYTES}-byte limit")
+        return _untag(limits.parse(text), 0, limits)
     except ChannelError:
         raise
-    except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # bad JSON, unhashable key, ...
-        raise ChannelError(f"malformed value: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except (ValueError, TypeError, RecursionError, MemoryError, OverflowError) as exc:  # bad JSON, unhashable key
+        raise ChannelError(f"malformed value: {type(exc).__name__}: {safe_text(str(exc), 200)}") from None
 
 
-def _untag(raw, depth: int):
+class DecodeLimits:
+    """What the trusted side builds of a reply, at most: JSON text only (never an object constructor), integers
+    under MAX_INT_BITS, MAX_VALUES values, ranges of MAX_RANGE_LEN, MAX_SAME_HASH items per hash in a set or
+    dict, and a deadline checked every 1024 values. Each broken limit is a `ChannelError`."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.left = deadline, MAX_VALUES
+
+    def parse(self, text: str | bytes):
+        """JSON `text` as lists, dicts and scalars; an integer literal too long for MAX_INT_BITS is never built."""
+        return json.loads(text, parse_int=self._integer_literal)
+
+    def _integer_literal(self, digits: str) -> int:
+        if len(digits.lstrip("-")) > len(str(1 << MAX_INT_BITS)):
+            raise ChannelError(f"an integer of more than {MAX_INT_BITS} bits")
+        return self.integer(int(digits))
+
+    def count(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ChannelError(f"a reply of more than {MAX_VALUES} values")
+        if self.left % 1024 == 0 and time.monotonic() > self.deadline:
+            raise ChannelError("a reply that took past the run's deadline to decode")
+
+    def integer(self, value: int) -> int:
+        if abs(value).bit_length() > MAX_INT_BITS:
+            raise ChannelError(f"an integer of more than {MAX_INT_BITS} bits")
+        return value
+
+    def range(self, start: int, stop: int, step: int) -> range:
+        value = range(start, stop, step)
+        try:
+            length = len(value)
+        except OverflowError:
+            length = MAX_RANGE_LEN + 1
+        if length > MAX_RANGE_LEN:
+            raise ChannelError(f"a range of more than {MAX_RANGE_LEN} items")
+        return value
+
+    def hashed(self, items: list) -> list:
+        """`items`, once sure a set or dict of them builds in linear time: no more than MAX_SAME_HASH distinct
+        items per hash (grouped by hash modulo 2**61 - 1, so that the groups themselves cannot collide)."""
+        groups: dict[int, list] = {}
+        for item in items:
+            group = groups.setdefault(hash(item) % ((1 << 61) - 1), [])
+            if not any(item == seen for seen in group):
+                group.append(item)
+                if len(group) > MAX_SAME_HASH:
+                    raise ChannelError(f"a set or dict with more than {MAX_SAME_HASH} items of one hash")
+        return items
+
+
+def _untag(raw, depth: int, limits=None):
+    """The value tagged JSON `raw` stands for. `limits` (a `DecodeLimits`; the trusted side's, for every reply)
+    bounds what it builds; the sandbox's worker decodes the trusted side's arguments without."""
     if depth > _DEPTH_LIMIT:
         raise ChannelError(f"value nested deeper than {_DEPTH_LIMIT}")
-    if raw is None or type(raw) in (bool, int, float, str):
+    if limits is not None:
+        limits.count()
+    if raw is None or type(raw) in (bool, float, str):
         return raw
+    if type(raw) is int:
+        return raw if limits is None else limits.integer(raw)
     if type(raw) is list:
-        return [_untag(v, depth + 1) for v in raw]
+        return [_untag(v, depth + 1, limits) for v in raw]
     if type(raw) is not dict or len(raw) != 1:
         raise ChannelError(f"malformed value: {str(raw)[:100]}")
     ((tag, body),) = raw.items()
-    if tag in ("t", "s", "f", "d", "c") and type(body) is not list:
+    if tag in ("t", "s", "f", "d", "c", "i", "r") and type(body) is not list:
         raise ChannelError(f"malformed {tag!r} value")
+    items = [_untag(v, depth + 1, limits) for v in body] if tag in ("t", "s", "f", "i") else None
+    if tag in ("s", "f") and limits is not None:
+        limits.hashed(items)
     if tag == "t":
-        return tuple(_untag(v, depth + 1) for v in body)
+        return tuple(items)
     if tag == "s":
-        return {_untag(v, depth + 1) for v in body}
+        return set(items)
     if tag == "f":
-        return frozenset(_untag(v, depth + 1) for v in body)
+        return frozenset(items)
     if tag == "d":
         if not all(type(pair) is list and len(pair) == 2 for pair in body):
             raise ChannelError("malformed dict value")
-        return {_untag(k, depth + 1): _untag(v, depth + 1) for k, v in body}
+        pairs = [(_untag(k, depth + 1, limits), _untag(v, depth + 1, limits)) for k, v in body]
+        if limits is not None:
+            limits.hashed([k for k, _ in pairs])
+        return dict(pairs)
     if tag == "b" and type(body) is str:
         return bytes.fromhex(body)
     if tag == "c" and len(body) == 2 and all(type(x) in (int, float) for x in body):
         return complex(*body)
-    if tag == "i" and type(body) is list:  # an iterator answer stays an iterator: `== [...]` is False
-        return iter([_untag(v, depth + 1) for v in body])
-    if tag == "r" and type(body) is list and len(body) == 3 and all(type(x) is int for x in body) and body[2]:
-        return range(*body)
+    if tag == "i":  # an iterator answer stays an iterator: `== [...]` is False
+        return iter(items)
+    if tag == "r" and len(body) == 3 and all(type(x) is int for x in body) and body[2]:
+        return range(*body) if limits is None else limits.range(*(limits.integer(x) for x in body))
     raise ChannelError(f"malformed value with tag {tag!r}")
 
 
@@ -301,12 +375,16 @@ class CandidateProcess:
 
         with CandidateProcess(source, "add", timeout_s=3) as run:
             assert run.call(1, 2) == 3        # the assertion runs here, on a plain int
-        run.status, run.detail, run.output    # "ok" / "raised" / "timeout" / "crashed" / "error" / ...
+        run.status, run.detail, run.output    # "ok" / "raised" / "timeout" / "exited" / "error" / ...
 
     Everything the program can send is data: requests and replies are one line of tagged JSON each,
-    numbered, size-capped and validated (`decode_value`); what it prints goes to a pipe this side
+    numbered, size-capped, checked against the four reply shapes and decoded within `DecodeLimits`
+    (no object constructor, bounded integers, containers, ranges and hash collisions, a deadline); a
+    status is what this side saw (its timer, the CPU time and address space it read, the kernel's
+    out-of-memory count), never an exit code the program chose. What it prints goes to a pipe this side
     drains (its last 4 KiB kept). Every channel, stdin included, is a fresh pipe of its own, never a
-    descriptor of the caller's; `close()` reaps the sandbox and closes every descriptor. The whole run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
+    descriptor of the caller's; `close()` reaps the sandbox and closes every descriptor. The whole
+    run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
     rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
     ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes.
@@ -316,11 +394,15 @@ class CandidateProcess:
     STATUSES = {
         "ok": "the program ran and answered every call with a plain value",
         "raised": "the program or the function raised, or returned a value the channel does not carry",
-        "exited": "the interpreter exited before answering",
-        "timeout": "the wall-clock or CPU-time limit was reached; the sandbox was killed",
-        "memory_limit": "the program ran out of its address space (MemoryError)",
-        "crashed": "the interpreter died from a signal",
-        "error": "the channel carried a malformed message, or the sandbox could not start",
+        "exited": "the interpreter ended before answering (bubblewrap's status 128 + N included: an exit code "
+                  "and a death by signal N look alike through it)",
+        "timeout": "this side's wall clock ran out, or the CPU time it measured reached the limit; the sandbox "
+                   "was killed",
+        "memory_limit": "a MemoryError while this side read the address space at half the limit or more, or a "
+                        "SIGKILL while the kernel's out-of-memory killer ran",
+        "crashed": "the bare interpreter (unsandboxed) died from a signal this side saw",
+        "error": "the channel carried a malformed or oversized message (see `DecodeLimits`), or the sandbox "
+                 "could not start",
     }
 
     def __init__(self, program: str, entry_point: str | None, *, timeout_s: float = 10.0,
@@ -336,6 +418,8 @@ class CandidateProcess:
         # every descriptor below is a fresh pipe end (or pidfd) of this run's own, never one the caller uses
         self._requests = self._replies = self._output = self._info = self._proc_pidfd = self._init_pidfd = None
         self._tail, self._output_bytes = bytearray(), 0
+        self._memory_mb, self._oom_kills = memory_mb, _oom_kills()
+        self._worker_pid = self._worker_pidfd = None  # the interpreter: bwrap's child (--as-pid-1), or bare
         try:
             self._spawn(memory_mb)
             self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
@@ -364,7 +448,8 @@ class CandidateProcess:
         return self._receive(request_id)
 
     def close(self) -> None:
-        """Kill the sandbox (its pid namespace goes with it), reap it, close every descriptor, keep the output's tail."""
+        """Kill the sandbox (its pid namespace goes with it), reap it, close every descriptor, keep the output's
+        tail."""
         if self._closed:
             return
         self._closed = True
@@ -384,17 +469,18 @@ class CandidateProcess:
 
     def _stop(self) -> None:
         """SIGKILL the interpreter, pid 1 of the sandbox's namespace (`--as-pid-1`: the kernel kills the rest of
-        the namespace, and bwrap, its parent, reaps it: nothing is orphaned to host pid 1; bwrap's own init
-        would be, as bwrap exits without reaping it), then bwrap if it is still there; reap bwrap."""
+        the namespace, and bwrap, its parent, reaps it and exits: nothing is orphaned to host pid 1; bwrap's own
+        init would be, as bwrap exits without reaping it); then bwrap's process group; reap bwrap."""
+        if self._proc is None or self._proc.returncode is not None:
+            return
         if self._init_pidfd is not None:
             try:
                 signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            _poll_one(self._init_pidfd, select.POLLIN, 5.0)
-        if self._proc is None or self._proc.returncode is not None:
-            return
-        if self._proc_pidfd is not None and not _poll_one(self._proc_pidfd, select.POLLIN, 1.0):
+            if _poll_one(self._init_pidfd, select.POLLIN, 5.0):
+                _poll_one(self._proc_pidfd, select.POLLIN, 1.0)  # bwrap reaps it and exits on its own
+        if not _poll_one(self._proc_pidfd, select.POLLIN, 0):
             try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -456,7 +542,8 @@ class CandidateProcess:
                 child_fds.remove(self._info)
                 pass_fds += [seccomp, info_write]
                 command = [
-                    self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--as-pid-1",
+                    self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                    "--as-pid-1",
                     "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
                     "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
                     "--info-fd", str(info_write), "--", *command,
@@ -477,6 +564,9 @@ class CandidateProcess:
                 os.close(fd)
         if self._info is not None:
             self._init_pidfd = self._sandbox_init()
+            self._worker_pidfd = self._init_pidfd
+        else:
+            self._worker_pid, self._worker_pidfd = self._proc.pid, self._proc_pidfd
 
     def _sandbox_init(self) -> int | None:
         """A pidfd on the sandboxed interpreter (pid 1 of its namespace), from --info-fd."""
@@ -487,7 +577,7 @@ class CandidateProcess:
                 break
             raw += chunk
         try:
-            pid = int(json.loads(raw)["child-pid"])
+            pid = self._worker_pid = int(json.loads(raw)["child-pid"])
             self.pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
             return os.pidfd_open(pid)
         except (ValueError, KeyError, TypeError, OSError):
@@ -521,25 +611,35 @@ class CandidateProcess:
                 self._ended()
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
+        limits = DecodeLimits(max(self._deadline, time.monotonic()) + DECODE_SLACK_S)
         try:
-            reply = json.loads(line)
-            if type(reply) is not dict or reply.get("id") != request_id:
-                raise ChannelError(f"reply {str(reply)[:100]} to request {request_id}")
-            if "raised" in reply:
-                raised = safe_text(str(reply["raised"]), 500)
-                status = "memory_limit" if raised.startswith("MemoryError") else "raised"
-                if request_id == 0 or status == "memory_limit":
-                    self._fail(status, raised)
-                raise CandidateError(raised)
-            if request_id == 0:
-                if reply.get("ready") is not True:
-                    raise ChannelError(f"malformed first reply {str(reply)[:100]}")
-                return None
-            if "unencodable" in reply:
-                raise CandidateError(f"returned no plain value: {safe_text(str(reply['unencodable']), 200)}")
-            return _untag(reply["value"], 0)
-        except (ChannelError, KeyError, ValueError, TypeError, RecursionError, MemoryError) as exc:
+            reply = limits.parse(line)
+            kind = _reply_kind(reply, request_id)
+            if kind == "value":
+                return _untag(reply["value"], 0, limits)
+        except (ChannelError, ValueError, TypeError, RecursionError, MemoryError, OverflowError) as exc:
             self._fail("error", f"malformed reply: {type(exc).__name__}: {safe_text(str(exc), 200)}")
+        if kind == "unencodable":
+            raise CandidateError(f"returned no plain value: {safe_text(reply['unencodable'], 200)}")
+        if kind == "raised":
+            raised = safe_text(reply["raised"], 500)
+            if raised.startswith("MemoryError") and (peak := self._address_space_mb()) >= self._memory_mb / 2:
+                self._fail("memory_limit", f"{raised} (its address space reached {peak:.0f} MB of its "
+                                           f"{self._memory_mb} MB limit)")
+            if request_id == 0:
+                self._fail("raised", raised)
+            raise CandidateError(raised)
+        return None  # "ready"
+
+    def _address_space_mb(self) -> float:
+        """The interpreter's peak address space (VmPeak) as this side reads it in /proc, while it still runs; 0
+        if it is gone. What tells a MemoryError at the limit from one the program raised itself."""
+        try:
+            with open(f"/proc/{self._worker_pid}/status") as status:
+                peak = next((int(line.split()[1]) for line in status if line.startswith("VmPeak:")), 0)
+            return 0.0 if _poll_one(self._worker_pidfd, select.POLLIN, 0) else peak / 1024  # gone: not its figure
+        except (OSError, ValueError, TypeError):
+            return 0.0
 
     def _left(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -589,15 +689,29 @@ class CandidateProcess:
         if self.host.sandboxed and self._init_pidfd is None:
             tail = self._output_line() or f"exit status {code}"
             self._fail("error", f"bubblewrap could not start the sandbox: {tail[:300]}")
-        # bwrap exits 128 + N when its command died from signal N; a bare interpreter reports -N
-        sig = -code if code < 0 else code - 128 if self.host.sandboxed and code > 128 else 0
-        if sig == signal.SIGXCPU:
-            self._fail("timeout", "killed by SIGXCPU at the CPU-time limit")
-        if sig == signal.SIGKILL:
-            self._fail("memory_limit", "killed by SIGKILL: likely the kernel's out-of-memory killer")
-        if sig in signal.valid_signals() and sig:
-            self._fail("crashed", f"the interpreter died from {signal.Signals(sig).name}")
+        # what this side saw, not the code the program chose: bwrap exits 128 + N both when its command died from
+        # signal N and when it exited with that status; only a bare interpreter's -N is a signal for sure
+        seen_signal = -code if code < 0 else 0
+        cpu_s, cpu_limit = self._cpu_s(), _rlimits(self._timeout_s, self._memory_mb)["RLIMIT_CPU"][0]
+        if cpu_s >= cpu_limit - 0.1:
+            self._fail("timeout", f"killed at the CPU-time limit ({cpu_s:.1f} s of CPU, {cpu_limit} s allowed)")
+        if code in (-signal.SIGKILL, 128 + signal.SIGKILL) and _oom_kills() > self._oom_kills:
+            self._fail("memory_limit", "killed by SIGKILL while the kernel's out-of-memory killer ran "
+                                       "(oom_kill in /proc/vmstat went up)")
+        if seen_signal in signal.valid_signals():
+            self._fail("crashed", f"the interpreter died from {signal.Signals(seen_signal).name}")
+        lookalike = code - 128 if self.host.sandboxed and code > 128 else 0
+        if lookalike in signal.valid_signals() and lookalike:
+            name = signal.Signals(lookalike).name
+            self._fail("exited", f"the interpreter ended with status {code} before answering: an exit code, or a "
+                                 f"death by {name} (bubblewrap reports both alike); no limit was reached "
+                                 f"({cpu_s:.1f} s of CPU, no out-of-memory kill): {self._output_line()[:200]}")
         self._fail("exited", f"the interpreter exited (status {code}) before answering: {self._output_line()[:200]}")
+
+    def _cpu_s(self) -> float:
+        """CPU seconds the sandbox used, as the kernel counted them for bwrap and every process it reaped."""
+        usage = self._rusage
+        return 0.0 if usage is None else usage.ru_utime + usage.ru_stime
 
     def _output_line(self) -> str:
         """The last line the program printed (surrogate-safe), or ''."""
@@ -613,6 +727,20 @@ class CandidateProcess:
         raise CandidateError(f"{status}: {detail}")
 
 
+def _reply_kind(reply, request_id: int) -> str:
+    """Which of the four replies the worker may send `reply` is ("ready", "value", "raised", "unencodable"),
+    checked field by field against the request it answers; `ChannelError` for anything else."""
+    if type(reply) is not dict or type(reply.get("id")) is not int or reply["id"] != request_id:
+        raise ChannelError(f"reply {str(reply)[:100]} to request {request_id}")
+    shapes = {"ready": lambda v: v is True and request_id == 0, "raised": lambda v: type(v) is str,
+              "value": lambda v: request_id != 0, "unencodable": lambda v: type(v) is str and request_id != 0}
+    kinds = set(reply) - {"id"}
+    kind = kinds.pop() if len(kinds) == 1 else ""
+    if len(reply) != 2 or kind not in shapes or not shapes[kind](reply[kind]):
+        raise ChannelError(f"malformed reply {str(reply)[:100]} to request {request_id}")
+    return kind
+
+
 def _poll_one(fd: int, event: int, timeout_s: float) -> bool:
     """Whether `fd` became ready for `event` within `timeout_s` (poll: no FD_SETSIZE limit, unlike select)."""
     poller = select.poll()
@@ -624,6 +752,15 @@ def safe_text(text: str, limit: int) -> str:
     """`text` cut to `limit` characters and safe to print or encode anywhere: lone surrogates (which JSON can
     carry) become backslash escapes."""
     return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _oom_kills() -> int:
+    """The kernel's count of out-of-memory kills (/proc/vmstat oom_kill; host-wide), -1 where it has none."""
+    try:
+        with open("/proc/vmstat") as vmstat:
+            return next((int(line.split()[1]) for line in vmstat if line.startswith("oom_kill ")), -1)
+    except (OSError, ValueError):
+        return -1
 
 
 def _interpreter() -> str:
@@ -703,6 +840,7 @@ def _worker_main():
             raise TypeError(f"{first['entry_point']} is not callable")
     except BaseException as exc:  # noqa: BLE001 (the program's own failure, reported as data)
         reply({"id": 0, "raised": failure(exc)})
+        requests.read()  # until the trusted side hangs up: it may still read this process's figures in /proc
         os._exit(0)
     reply({"id": 0, "ready": True})
     while line := requests.readline(config["max_message"] + 1):
