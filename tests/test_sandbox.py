@@ -298,6 +298,20 @@ def test_the_sandbox_works_from_a_venv_under_tmp(tmp_path):
     assert result.stdout.splitlines()[1:] == ["passed bubblewrap " + sb.probe_host().version, "True"], result.stderr
 
 
+@pytest.mark.parametrize("path", ["", ":", ".", "bin", ":/nonexistent"], ids=["empty", "colon", "dot", "relative",
+                                                                             "leading empty"])
+def test_a_bwrap_in_the_working_directory_is_never_run(tmp_path, path):
+    ran = tmp_path / "planted-bwrap-ran"
+    for directory in (tmp_path, tmp_path / "bin"):
+        directory.mkdir(exist_ok=True)
+        (directory / "bwrap").write_text(f"#!/bin/sh\necho planted > {ran}\necho 'bubblewrap 9.9'\n")
+        (directory / "bwrap").chmod(0o755)
+    result = subprocess.run([sys.executable, "-c", CHECK_ONE], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PATH": path}, timeout=120)
+    assert result.stdout.startswith("refused (bubblewrap (bwrap) is not installed)"), result.stdout + result.stderr
+    assert not ran.exists()
+
+
 def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_completion():
     import dataclasses
 

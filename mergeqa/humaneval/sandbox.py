@@ -264,8 +264,8 @@ def require_execution() -> Host:
 
 @functools.cache
 def probe_host() -> Host:
-    """Find bwrap and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
-    bwrap = shutil.which("bwrap")
+    """Find bwrap (`find_bwrap`) and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
+    bwrap = find_bwrap()
     if bwrap is None:
         return Host(None, "", "bubblewrap (bwrap) is not installed")
     if _seccomp_table() is None:
@@ -282,6 +282,14 @@ def probe_host() -> Host:
         reason = str(exc)
     first = (reason.strip().splitlines() or ["no output"])[0][:300]
     return Host(None, "", f"bubblewrap {version[0]} could not start a sandbox here ({first})", FIX_NAMESPACES)
+
+
+def find_bwrap() -> str | None:
+    """bwrap's absolute path, looked up in PATH's absolute directories only: an empty element, ".", or any
+    relative one (all of which name the working directory or one under it) is skipped, so a `bwrap` planted
+    where mergeqa happens to run is never the one it trusts; None if there is none."""
+    trusted = [d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
+    return shutil.which("bwrap", path=os.pathsep.join(trusted)) if trusted else None
 
 
 @functools.cache
