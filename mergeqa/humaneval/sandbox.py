@@ -320,7 +320,8 @@ def _mount_plan() -> tuple[str, ...]:
 
 
 # Syscalls the sandbox refuses (EPERM): new processes (clone without CLONE_THREAD; fork; vfork),
-# namespaces, mounts, tracing, kernel keyrings, BPF, io_uring, module and kexec loading.
+# namespaces, mounts, tracing, kernel keyrings, BPF, io_uring, module and kexec loading; and memory or
+# host state that rlimits do not count or namespaces do not make private (`_DENIED_HOST_STATE`).
 _DENIED = {
     "x86_64": {"fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "mknod": 133, "personality": 135,
                "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
@@ -339,6 +340,26 @@ _DENIED = {
                 "finit_module": 273, "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
                 "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "pidfd_getfd": 438},
 }
+# SysV IPC (shared memory outside RLIMIT_AS), memfd (memory outside it too), fallocate, inotify / fanotify (they
+# watch host files through the read-only binds), flock (on the shared stdlib files), sysinfo (host figures)
+_DENIED_HOST_STATE = {
+    "x86_64": {"shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
+               "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "flock": 73, "sysinfo": 99,
+               "semtimedop": 220, "inotify_init": 253, "fallocate": 285, "inotify_init1": 294, "fanotify_init": 300,
+               "memfd_create": 319, "memfd_secret": 447},
+    "aarch64": {"inotify_init1": 26, "flock": 32, "fallocate": 47, "sysinfo": 179, "msgget": 186, "msgctl": 187,
+                "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191, "semtimedop": 192, "semop": 193,
+                "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197, "fanotify_init": 262, "memfd_create": 279,
+                "memfd_secret": 447},
+}
+for _machine, _names in _DENIED_HOST_STATE.items():
+    _DENIED[_machine].update(_names)
+_SOCKET = {"x86_64": (41, 53), "aarch64": (198, 199)}  # socket, socketpair: their first argument is the family
+SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}  # the rest: EAFNOSUPPORT (vsock...)
+_FCNTL = {"x86_64": 72, "aarch64": 25}
+# fcntl commands refused (EPERM): record locks and leases (on the shared binds, seen by every sandbox and the
+# host) and directory notification: F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_NOTIFY
+_FCNTL_DENIED = (6, 7, 37, 38, 1024, 1026)
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435  # its flags live in memory a filter cannot read: ENOSYS makes libc fall back to clone
@@ -350,7 +371,8 @@ def _seccomp_table():
 
 
 def seccomp_program() -> bytes:
-    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`."""
+    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`, `SOCKET_FAMILIES`
+    and `_FCNTL_DENIED`."""
     machine, denied = _seccomp_table()
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
@@ -359,8 +381,19 @@ def seccomp_program() -> bytes:
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH[machine]), (ret, 0, 0, kill), (ld, 0, 0, 0)]
     if machine == "x86_64":  # the x32 ABI numbers syscalls from 0x40000000: refuse all of them
         prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]
-    for nr in sorted(denied.values()):
+    for nr in sorted(set(denied.values())):
         prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+
+    def on_argument(nr: int, offset: int, values, hit: int, miss: int) -> list:
+        """If the syscall is `nr`: `hit` when the argument at `offset` (its low 32 bits) is one of `values`,
+        else `miss`. Other syscalls skip the block with the syscall number still loaded."""
+        block = [(ld, 0, 0, offset)] + [(jeq, len(values) - i, 0, v) for i, v in enumerate(values)]
+        block += [(ret, 0, 0, miss), (ret, 0, 0, hit)]
+        return [(jeq, 0, len(block), nr), *block]
+
+    for nr in _SOCKET[machine]:
+        prog += on_argument(nr, 16, sorted(SOCKET_FAMILIES.values()), allow, errno(97))  # EAFNOSUPPORT
+    prog += on_argument(_FCNTL[machine], 24, _FCNTL_DENIED, eperm, allow)
     prog += [(jeq, 0, 1, _CLONE3), (ret, 0, 0, enosys)]
     clone_thread = 0x00010000
     prog += [(jeq, 0, 3, _CLONE[machine]), (ld, 0, 0, 16), (jset, 1, 0, clone_thread), (ret, 0, 0, eperm)]
@@ -395,7 +428,9 @@ class CandidateProcess:
     run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
     rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
-    ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes.
+    ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes and the host
+    state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, socket
+    families but unix/inet/inet6/netlink).
     """
 
     #: status -> meaning. "ok": healthy so far; the others are final.
