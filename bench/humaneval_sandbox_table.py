@@ -4,13 +4,14 @@ the refusal line / unsandboxed opt-in on a host without bubblewrap.
 
     .venv/bin/python bench/humaneval_sandbox_table.py [--timeout 2] [--workers 2]
 
-~40 s on 2 cores (328 checks, 15 attacks, a venv and three fresh interpreters).
+~60 s on 2 cores (328 checks, 29 attacks, a venv and three fresh interpreters).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import socket
 import statistics
@@ -64,6 +65,7 @@ def attack_row(kind: str, timeout_s: float) -> None:
             socket.create_server(("127.0.0.1", 0)) as listener:
         listener.setblocking(False)
         completion = he.attack_completions(escape, listener.getsockname()[1], str(secret))[kind]
+        fds, peak_kb = len(os.listdir("/proc/self/fd")), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             result, raised = he.check_completion(he.load_problems()[0], completion, timeout_s, 256), "none"
         except Exception as exc:  # noqa: BLE001 (the table reports it)
@@ -75,6 +77,8 @@ def attack_row(kind: str, timeout_s: float) -> None:
         except BlockingIOError:
             pass
         files = len(os.listdir(escape))
+        fds = len(os.listdir("/proc/self/fd")) - fds
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kb) / 1024
     leaked = result is not None and secret.read_text() in result.detail + result.output
     secret.unlink()
     if result is None:
@@ -84,7 +88,8 @@ def attack_row(kind: str, timeout_s: float) -> None:
     detail = result.detail[:90].replace("|", "/").replace("\n", " ")
     print(f"| {kind} | `{result.status}` ({result.wall_s:.2f} s): {detail} | {files} files outside, "
           f"{connections} connections, {left} processes left, secret in output: {'YES' if leaked else 'no'}, "
-          f"output {len(result.output)} B, exception in caller: {raised} |")
+          f"output {len(result.output)} B, caller's descriptors {fds:+d}, caller's peak RSS +{grown_mb:.0f} MB, "
+          f"exception in caller: {raised} |")
 
 
 def fresh_python(python: str, code: str, env: dict[str, str]) -> list[str]:

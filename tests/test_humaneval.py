@@ -10,8 +10,11 @@ lm-eval run on a random 1-layer model.
 from __future__ import annotations
 
 import itertools
+import os
+import resource
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -39,9 +42,20 @@ ATTACK_OUTCOMES = {
     "malformed reply: 2 MB line": {"error"},
     "fork-and-exit loop": {"timeout"},
     "infinite loop": {"timeout"},
-    "huge allocation": {"memory_limit"},
+    "huge allocation": {"failed"},  # refused at once: the address space stays far from the limit
+    "fills its address space": {"memory_limit"},  # this side reads its address space at the limit
+    "raises MemoryError itself": {"failed"},
+    "exit status 137 (what the OOM killer's SIGKILL looks like)": {"failed"},
+    "exit status 152 (what the CPU limit's SIGXCPU looks like)": {"failed"},
+    "exit status 139 (what a SIGSEGV looks like)": {"failed"},
+    "answer range(25_000_000) (materialised by a list() in the check)": {"error"},
+    "answer a 400-digit integer (overflows float())": {"error"},
+    "forged reply: a set of 35000 colliding hashes (quadratic to build)": {"error"},
+    "a lone surrogate in what it raises (printing the result raised)": {"failed"},
     "output flood": {"failed"},
     "exit(0) before the tests": {"failed"},
+    "changes the flags of its stdout, stderr, stdin (O_NONBLOCK, O_APPEND, O_DIRECT)": {"failed"},
+    "closes and dup2s its descriptors": {"failed"},  # its reply goes to its stdout: it "exited" unanswered
 }
 
 
@@ -116,15 +130,54 @@ def test_no_attack_passes_or_escapes(kind, tmp_path, listener, secret_file):
     escape_dir = tmp_path / "nothing-may-appear-here"
     escape_dir.mkdir()
     completion = he.attack_completions(str(escape_dir), listener.getsockname()[1], str(secret_file))[kind]
+    fds, peak_rss = len(os.listdir("/proc/self/fd")), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
     result = he.check_completion(he.load_problems()[0], completion, ATTACK_TIMEOUT_S, 256)  # never raises
     assert result.status in ATTACK_OUTCOMES[kind], f"{result.status}: {result.detail}"
-    assert result.wall_s < ATTACK_TIMEOUT_S + 1.5
+    assert result.wall_s < ATTACK_TIMEOUT_S + 1.5 and time.perf_counter() - start < ATTACK_TIMEOUT_S + 1.5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_rss < 100 << 10  # KiB: the caller's peak
+    assert len(os.listdir("/proc/self/fd")) == fds
+    (result.detail + result.output).encode("utf-8")  # printable anywhere: no lone surrogate
     assert list(escape_dir.iterdir()) == []
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing connected
     assert sb.sandbox_processes(result.pid_namespace) == [], "processes of the run outlived it"
     assert secret_file.read_text() not in result.detail + result.output
     assert len(result.output) <= sb.OUTPUT_TAIL_BYTES and len(result.detail) <= 1000
+
+
+DESCRIPTOR_ATTACKS = (
+    "from mergeqa.humaneval import problems as he\n"
+    "import ctypes, json, os\n"
+    "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: whatever a sandbox orphans lands here\n"
+    "p = he.load_problems()[0]\n"
+    "attacks = he.attack_completions('/x', 1, '/y')\n"
+    "kinds = [k for k in attacks if 'flags' in k or 'dup2' in k]\n"
+    "fds = len(os.listdir('/proc/self/fd'))\n"
+    "results = he.check_completions([(p, attacks[k]) for k in kinds] * 25 + [(p, p.canonical_solution)],\n"
+    "                               timeout_s=5, memory_mb=256, workers=2)\n"
+    "children = [c for t in os.listdir('/proc/self/task')\n"
+    "            for c in open(f'/proc/self/task/{t}/children').read().split()]\n"
+    "print(json.dumps({'fds': [fds, len(os.listdir('/proc/self/fd'))], 'children': children,\n"
+    "                  'statuses': [r.status for r in results], 'namespaces': [r.pid_namespace for r in results]}))\n"
+)
+
+
+def test_descriptor_attacks_50_times_leak_nothing_and_lose_no_result():
+    """The caller's descriptors stay as they were, the canonical solution after 50 attacks still passes, and
+    no process is left: the caller is a child subreaper here, so anything a sandbox orphaned would be its child."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", DESCRIPTOR_ATTACKS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["statuses"] == ["failed"] * 50 + ["passed"], seen["statuses"]
+    assert seen["fds"][0] == seen["fds"][1] and seen["children"] == []
+    assert all(sb.sandbox_processes(ns) == [] for ns in seen["namespaces"])
 
 
 def test_the_attack_list_is_the_one_this_test_knows():

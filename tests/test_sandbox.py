@@ -7,6 +7,7 @@ Cost: ~10 s on 2 cores (a few dozen sandbox starts, one venv, three fresh interp
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import signal
@@ -97,6 +98,38 @@ def test_malformed_values_are_a_channel_error_and_nothing_else(text):
         sb.decode_value(text)
 
 
+COLLIDING = ",".join(str(k * (2**61 - 1)) for k in range(1, 35000))  # every one hashes to 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"r": [0, 25000000, 1]}', "a range of more than 100000 items"),
+        ("1" + "0" * 400, "an integer of more than 256 bits"),
+        (f'{{"c": [{2**300}, 1]}}', "an integer of more than 256 bits"),
+        (f'{{"r": [0, {2**300}, 1]}}', "an integer of more than 256 bits"),
+        (f'{{"s": [{COLLIDING}]}}', "more than 8 items of one hash"),
+        (f'{{"d": [{",".join(f"[{k}, 0]" for k in COLLIDING.split(","))}]}}', "more than 8 items of one hash"),
+        (f'{{"f": [{",".join(f"{{{chr(34)}t{chr(34)}: [{k}]}}" for k in COLLIDING.split(",")[:5000])}]}}',
+         "more than 8 items of one hash"),  # tuples of colliding ints collide too
+        ("[" + ",".join(["[]"] * 200_001) + "]", "more than 200000 values"),
+    ],
+    ids=["range", "400 digits", "big complex", "big range", "colliding set", "colliding dict", "colliding tuples",
+         "too many values"],
+)
+def test_the_trusted_side_decodes_within_limits(text, message):
+    start = time.perf_counter()
+    with pytest.raises(sb.ChannelError, match=message):
+        sb.decode_value(text)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_decoding_stops_at_its_deadline_and_equal_items_are_no_collision():
+    with pytest.raises(sb.ChannelError, match="past the run's deadline"):
+        sb.decode_value("[" + ",".join(["0"] * 5000) + "]", deadline=time.monotonic() - 1)
+    assert sb.decode_value('{"s": [' + ",".join(["0"] * 10000) + "]}") == {0}
+
+
 # --------------------------------------------------------------------------- the seccomp filter
 
 
@@ -168,6 +201,74 @@ def test_the_sandbox_refuses(action, refused):
         with pytest.raises(sb.CandidateError, match=refused):
             run.call()
     assert run.status == "ok", run.detail  # the function raised; the sandbox itself is fine
+
+
+HOST_STATE = (
+    "import ctypes, errno, fcntl, os, socket\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "def outcome(call):\n"
+    "    try:\n"
+    "        result = call()\n"
+    "    except OSError as exc:\n"
+    "        return errno.errorcode[exc.errno]\n"
+    "    return errno.errorcode.get(ctypes.get_errno(), 'allowed') if result == -1 else 'allowed'\n"
+    "def shm(mb):  # attach, fill, detach: each segment outlives the mapping, outside RLIMIT_AS\n"
+    "    for _ in range(mb // 32):\n"
+    "        key = libc.shmget(0, 32 << 20, 0o1600)\n"
+    "        if key == -1:\n"
+    "            return -1\n"
+    "        libc.shmat.restype = ctypes.c_void_p\n"
+    "        address = libc.shmat(key, None, 0)\n"
+    "        ctypes.memset(address, 1, 32 << 20)\n"
+    "        libc.shmdt(ctypes.c_void_p(address))\n"
+    "def memfd(mb):\n"
+    "    fd = os.memfd_create('fill')\n"
+    "    for _ in range(mb):\n"
+    "        os.write(fd, b'x' * (1 << 20))\n"
+    "stdlib_file = open(os.__file__)  # stays open (and locked, if it could be) while the sandbox runs\n"
+    "def probe(mb):\n"
+    "    return {\n"
+    "        'SysV shared memory': outcome(lambda: shm(mb)),\n"
+    "        'memfd_create': outcome(lambda: memfd(mb)),\n"
+    "        'AF_VSOCK socket': outcome(lambda: socket.socket(40, socket.SOCK_STREAM)),\n"
+    "        'AF_PACKET socket': outcome(lambda: socket.socket(17, socket.SOCK_RAW)),\n"
+    "        'flock on a stdlib file': outcome(lambda: fcntl.flock(stdlib_file, fcntl.LOCK_EX)),\n"
+    "        'lease on a stdlib file': outcome(lambda: fcntl.fcntl(stdlib_file, 1024, fcntl.F_RDLCK)),\n"
+    "        'fcntl lock': outcome(lambda: fcntl.lockf(open('/tmp/lock', 'w'), fcntl.LOCK_EX)),\n"
+    "        'fallocate in /tmp': outcome(lambda: os.posix_fallocate(os.open('/tmp/f', os.O_RDWR | os.O_CREAT),\n"
+    "                                                                0, 9)),\n"
+    "        'fallocate on stdout': outcome(lambda: os.posix_fallocate(1, 0, 1 << 30)),\n"
+    "        'inotify': outcome(lambda: libc.inotify_init1(0)),\n"
+    "        'sysinfo (host figures)': outcome(lambda: libc.sysinfo(ctypes.create_string_buffer(128))),\n"
+    "        'a unix socket (still allowed)': outcome(lambda: socket.socket(socket.AF_UNIX)),\n"
+    "    }\n"
+)
+
+
+def shared_memory_mb() -> float:
+    """Shmem in /proc/meminfo: host memory in tmpfs, SysV segments and memfds, none of it in any RLIMIT_AS."""
+    line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("Shmem:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_host_memory_and_host_state_the_rlimits_miss_are_refused():
+    """Measured outside while the sandbox still runs: its SysV segments and memfd (300 MB each at a 256 MB
+    address-space limit) would show in the host's Shmem, its flock on the shared stdlib file would block ours."""
+    shmem = shared_memory_mb()
+    with sb.CandidateProcess(HOST_STATE, "probe", timeout_s=10, memory_mb=256) as run:
+        seen = run.call(300)
+        grown = shared_memory_mb() - shmem
+        stdlib_os = Path(sb.sysconfig.get_paths()["stdlib"], "os.py").resolve()
+        with open(stdlib_os) as ours:
+            fcntl.flock(ours, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the sandbox held a lock
+            fcntl.flock(ours, fcntl.LOCK_UN)
+    assert seen == {
+        "SysV shared memory": "EPERM", "memfd_create": "EPERM", "AF_VSOCK socket": "EAFNOSUPPORT",
+        "AF_PACKET socket": "EAFNOSUPPORT", "flock on a stdlib file": "EPERM", "lease on a stdlib file": "EPERM",
+        "fcntl lock": "EPERM", "fallocate in /tmp": "EPERM", "fallocate on stdout": "EPERM", "inotify": "EPERM",
+        "sysinfo (host figures)": "EPERM", "a unix socket (still allowed)": "allowed",
+    }, seen
+    assert grown < 100, f"host Shmem grew {grown:.0f} MB while the sandbox ran"
 
 
 def test_threads_work_and_the_sandbox_keeps_working_files_in_its_tmp():
@@ -264,6 +365,20 @@ def test_the_sandbox_works_from_a_venv_under_tmp(tmp_path):
     result = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": f"{REPO}:{site}"}, timeout=120)
     assert result.stdout.splitlines()[1:] == ["passed bubblewrap " + sb.probe_host().version, "True"], result.stderr
+
+
+@pytest.mark.parametrize("path", ["", ":", ".", "bin", ":/nonexistent"], ids=["empty", "colon", "dot", "relative",
+                                                                             "leading empty"])
+def test_a_bwrap_in_the_working_directory_is_never_run(tmp_path, path):
+    ran = tmp_path / "planted-bwrap-ran"
+    for directory in (tmp_path, tmp_path / "bin"):
+        directory.mkdir(exist_ok=True)
+        (directory / "bwrap").write_text(f"#!/bin/sh\necho planted > {ran}\necho 'bubblewrap 9.9'\n")
+        (directory / "bwrap").chmod(0o755)
+    result = subprocess.run([sys.executable, "-c", CHECK_ONE], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PATH": path}, timeout=120)
+    assert result.stdout.startswith("refused (bubblewrap (bwrap) is not installed)"), result.stdout + result.stderr
+    assert not ran.exists()
 
 
 def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_completion():

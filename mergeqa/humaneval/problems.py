@@ -14,13 +14,14 @@ import gzip
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError
-from mergeqa.humaneval.sandbox import CandidateError, CandidateProcess, require_execution
+from mergeqa.humaneval.sandbox import CandidateError, CandidateProcess, require_execution, safe_text
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 512
@@ -29,10 +30,14 @@ DEFAULT_MEMORY_MB = 512
 STATUSES = {
     "passed": "the problem's check ran to its end in the trusted process: every assertion held",
     "failed": "an assertion failed, or the completion raised, returned a non-plain value or exited",
-    "timeout": "the completion used up the wall-clock or CPU-time limit; its sandbox was killed",
-    "memory_limit": "the completion ran out of its address space",
-    "crashed": "the completion's interpreter died from a signal (e.g. SIGSEGV)",
-    "error": "the channel carried a malformed message, or the sandbox could not start",
+    "timeout": "the wall clock mergeqa keeps ran out, or the CPU time it measured reached the limit; the sandbox "
+               "was killed",
+    "memory_limit": "the completion ran out of memory, as mergeqa saw it: a MemoryError with its address space "
+                    "read at half the limit or more, or a kill while the kernel's out-of-memory killer ran",
+    "crashed": "the completion's interpreter died from a signal mergeqa saw (unsandboxed only: through bubblewrap "
+               "a signal and an exit code look alike, so that is `failed`)",
+    "error": "the channel carried a malformed or oversized reply, the sandbox could not start, or mergeqa's "
+             "side failed",
 }
 
 
@@ -120,10 +125,20 @@ def check_completion(
     The sandboxed interpreter runs prompt + completion and answers `entry_point(*args)` with plain
     values (`mergeqa.humaneval.sandbox`); the problem's `check` runs in this process with that function
     replaced by a proxy (also under its own name: HumanEval/33's check calls `sort_third`). Raises
-    `SandboxUnavailable` (one line, with the fix) where model code may not run.
+    `SandboxUnavailable` (one line, with the fix) where model code may not run, and `MergeQAUsageError`
+    for bad limits; nothing the completion does makes it raise (a failure on this side is `error`).
     """
     _check_limits(timeout_s, memory_mb)
     host = require_execution()
+    start = time.perf_counter()
+    try:
+        return _run_check(problem, completion, timeout_s, memory_mb, host)
+    except Exception as exc:  # noqa: BLE001 (whatever a completion did, this item ends in a result, not a raise)
+        detail = f"mergeqa's side of the check failed: {type(exc).__name__}: {exc}"
+        return CheckResult("error", safe_text(detail, 1000), time.perf_counter() - start)
+
+
+def _run_check(problem: HumanEvalProblem, completion: str, timeout_s: float, memory_mb: int, host) -> CheckResult:
     namespace = {"__name__": "humaneval_check"}
     exec(_trusted_code(problem.prompt, problem.test), namespace)
     calls = 0
@@ -144,14 +159,14 @@ def check_completion(
         except AssertionError as exc:
             failure = f"AssertionError on call {calls}{f': {exc}' if str(exc) else ''}"
         except Exception as exc:  # noqa: BLE001 (the check raising on a plain value: a failed check)
-            failure = f"{type(exc).__name__} in the check on call {calls}: {str(exc)[:300]}"
+            failure = f"{type(exc).__name__} in the check on call {calls}: {safe_text(str(exc), 300)}"
     if run.status in ("timeout", "memory_limit", "crashed", "error"):  # decided by the sandbox's end
         status, detail = run.status, run.detail
     elif failure or run.status != "ok":  # "raised" or "exited" while starting, or a failed check
         status, detail = "failed", failure or f"{run.status}: {run.detail}"
     else:
         status, detail = "passed", ""
-    return CheckResult(status, detail[:1000], run.wall_s, run.output, calls, run.isolation, run.pid_namespace)
+    return CheckResult(status, safe_text(detail, 1000), run.wall_s, run.output, calls, run.isolation, run.pid_namespace)
 
 
 def _check_limits(timeout_s: float, memory_mb: int) -> None:
@@ -273,8 +288,35 @@ def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str
         ),
         "infinite loop": "    while True:\n        pass\n",
         "huge allocation": "    return len(bytearray(10**11)) > 0\n",
+        "fills its address space": "    grown = []\n    while True:\n        grown.append(bytearray(1 << 20))\n",
+        "raises MemoryError itself": "    raise MemoryError('out of memory, it says')\n",
+        "exit status 137 (what the OOM killer's SIGKILL looks like)": "    import os\n    os._exit(137)\n",
+        "exit status 152 (what the CPU limit's SIGXCPU looks like)": "    import os\n    os._exit(152)\n",
+        "exit status 139 (what a SIGSEGV looks like)": "    import os\n    os._exit(139)\n",
+        "answer range(25_000_000) (materialised by a list() in the check)": "    return range(25_000_000)\n",
+        "answer a 400-digit integer (overflows float())": "    return 10 ** 400\n",
+        "forged reply: a set of 35000 colliding hashes (quadratic to build)": (
+            "    import os\n    items = b','.join(b'%d' % (k * (2**61 - 1)) for k in range(1, 35000))\n"
+            "    for fd in range(3, 64):\n        try:\n"
+            "            os.write(fd, b'{\"id\": 1, \"value\": {\"s\": [' + items + b']}}\\n')\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "a lone surrogate in what it raises (printing the result raised)": (
+            "    raise RuntimeError('\\ud800 ' + chr(0xDFFF))\n"
+        ),
         "output flood": "    while True:\n        print('x' * 2**20)\n",
         "exit(0) before the tests": wrong + "import sys\nsys.exit(0)\n",
+        "changes the flags of its stdout, stderr, stdin (O_NONBLOCK, O_APPEND, O_DIRECT)": (
+            "    import fcntl, os\n    for fd in range(64):\n        try:\n"
+            "            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK | os.O_APPEND\n"
+            "                        | getattr(os, 'O_DIRECT', 0) | getattr(os, 'O_ASYNC', 0))\n"
+            "        except OSError:\n            pass\n    return False\n"
+        ),
+        "closes and dup2s its descriptors": (
+            "    import os\n    for fd in range(3, 64):\n        try:\n            os.dup2(1, fd)\n"
+            "        except OSError:\n            pass\n    os.close(0)\n    os.close(1)\n    os.close(2)\n"
+            "    return False\n"
+        ),
     }
 
 

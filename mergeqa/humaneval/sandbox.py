@@ -34,10 +34,16 @@ UNSAFE_EXEC_ENV = "MERGEQA_UNSAFE_EXEC"
 MAX_MESSAGE_BYTES = 1 << 20  # one request or reply on the channel
 MAX_PROGRAM_BYTES = 1 << 20
 OUTPUT_TAIL_BYTES = 4096  # what a result keeps of the program's stdout and stderr
-OUTPUT_FILE_BYTES = 8 << 20  # RLIMIT_FSIZE: the output file, and each file in the private /tmp
+OUTPUT_FILE_BYTES = 8 << 20  # what the caller reads of the output pipe; RLIMIT_FSIZE of each file in /tmp
 TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
 SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
+# what the trusted side decodes of a reply, at most (every limit it finds broken makes the item an `error`)
+MAX_INT_BITS = 256  # |int| < 2**256: an answer's integers (HumanEval's are far smaller); no float overflow
+MAX_VALUES = 200_000  # values in one reply, containers and leaves alike
+MAX_RANGE_LEN = 100_000  # a range answer's length (a check may list() it)
+MAX_SAME_HASH = 8  # distinct items of one set or dict that share a hash (colliding hashes make sets quadratic)
+DECODE_SLACK_S = 0.5  # a reply's decoding may end this long after the run's deadline, never later
 
 OPT_IN = f"or pass --unsafe-exec ({UNSAFE_EXEC_ENV}=1) to run it unsandboxed"
 FIX = (
@@ -106,46 +112,114 @@ def _tag(value, depth: int, loose: bool = False):
     raise ChannelError(f"a {kind.__name__} is not a plain value the channel carries")
 
 
-def decode_value(text: str | bytes):
-    """The plain value `encode_value` wrote; `ChannelError` for anything else (never another exception)."""
+def decode_value(text: str | bytes, deadline: float | None = None):
+    """The plain value `encode_value` wrote, decoded within `DecodeLimits` (by `deadline`, a `time.monotonic()`
+    value; default: one second from now); `ChannelError` for anything else (never another exception)."""
+    limits = DecodeLimits(time.monotonic() + 1.0 if deadline is None else deadline)
     try:
-        return _untag(json.loads(text), 0)
+        if len(text) > MAX_MESSAGE_BYTES:
+            raise ChannelError(f"a value of {len(text)} bytes is over the channel's {MAX_MESSAGE_BYTES}-byte limit")
+        return _untag(limits.parse(text), 0, limits)
     except ChannelError:
         raise
-    except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # bad JSON, unhashable key, ...
-        raise ChannelError(f"malformed value: {type(exc).__name__}: {str(exc)[:200]}") from None
+    except (ValueError, TypeError, RecursionError, MemoryError, OverflowError) as exc:  # bad JSON, unhashable key
+        raise ChannelError(f"malformed value: {type(exc).__name__}: {safe_text(str(exc), 200)}") from None
 
 
-def _untag(raw, depth: int):
+class DecodeLimits:
+    """What the trusted side builds of a reply, at most: JSON text only (never an object constructor), integers
+    under MAX_INT_BITS, MAX_VALUES values, ranges of MAX_RANGE_LEN, MAX_SAME_HASH items per hash in a set or
+    dict, and a deadline checked every 1024 values. Each broken limit is a `ChannelError`."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.left = deadline, MAX_VALUES
+
+    def parse(self, text: str | bytes):
+        """JSON `text` as lists, dicts and scalars; an integer literal too long for MAX_INT_BITS is never built."""
+        return json.loads(text, parse_int=self._integer_literal)
+
+    def _integer_literal(self, digits: str) -> int:
+        if len(digits.lstrip("-")) > len(str(1 << MAX_INT_BITS)):
+            raise ChannelError(f"an integer of more than {MAX_INT_BITS} bits")
+        return self.integer(int(digits))
+
+    def count(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ChannelError(f"a reply of more than {MAX_VALUES} values")
+        if self.left % 1024 == 0 and time.monotonic() > self.deadline:
+            raise ChannelError("a reply that took past the run's deadline to decode")
+
+    def integer(self, value: int) -> int:
+        if abs(value).bit_length() > MAX_INT_BITS:
+            raise ChannelError(f"an integer of more than {MAX_INT_BITS} bits")
+        return value
+
+    def range(self, start: int, stop: int, step: int) -> range:
+        value = range(start, stop, step)
+        try:
+            length = len(value)
+        except OverflowError:
+            length = MAX_RANGE_LEN + 1
+        if length > MAX_RANGE_LEN:
+            raise ChannelError(f"a range of more than {MAX_RANGE_LEN} items")
+        return value
+
+    def hashed(self, items: list) -> list:
+        """`items`, once sure a set or dict of them builds in linear time: no more than MAX_SAME_HASH distinct
+        items per hash (grouped by hash modulo 2**61 - 1, so that the groups themselves cannot collide)."""
+        groups: dict[int, list] = {}
+        for item in items:
+            group = groups.setdefault(hash(item) % ((1 << 61) - 1), [])
+            if not any(item == seen for seen in group):
+                group.append(item)
+                if len(group) > MAX_SAME_HASH:
+                    raise ChannelError(f"a set or dict with more than {MAX_SAME_HASH} items of one hash")
+        return items
+
+
+def _untag(raw, depth: int, limits=None):
+    """The value tagged JSON `raw` stands for. `limits` (a `DecodeLimits`; the trusted side's, for every reply)
+    bounds what it builds; the sandbox's worker decodes the trusted side's arguments without."""
     if depth > _DEPTH_LIMIT:
         raise ChannelError(f"value nested deeper than {_DEPTH_LIMIT}")
-    if raw is None or type(raw) in (bool, int, float, str):
+    if limits is not None:
+        limits.count()
+    if raw is None or type(raw) in (bool, float, str):
         return raw
+    if type(raw) is int:
+        return raw if limits is None else limits.integer(raw)
     if type(raw) is list:
-        return [_untag(v, depth + 1) for v in raw]
+        return [_untag(v, depth + 1, limits) for v in raw]
     if type(raw) is not dict or len(raw) != 1:
         raise ChannelError(f"malformed value: {str(raw)[:100]}")
     ((tag, body),) = raw.items()
-    if tag in ("t", "s", "f", "d", "c") and type(body) is not list:
+    if tag in ("t", "s", "f", "d", "c", "i", "r") and type(body) is not list:
         raise ChannelError(f"malformed {tag!r} value")
+    items = [_untag(v, depth + 1, limits) for v in body] if tag in ("t", "s", "f", "i") else None
+    if tag in ("s", "f") and limits is not None:
+        limits.hashed(items)
     if tag == "t":
-        return tuple(_untag(v, depth + 1) for v in body)
+        return tuple(items)
     if tag == "s":
-        return {_untag(v, depth + 1) for v in body}
+        return set(items)
     if tag == "f":
-        return frozenset(_untag(v, depth + 1) for v in body)
+        return frozenset(items)
     if tag == "d":
         if not all(type(pair) is list and len(pair) == 2 for pair in body):
             raise ChannelError("malformed dict value")
-        return {_untag(k, depth + 1): _untag(v, depth + 1) for k, v in body}
+        pairs = [(_untag(k, depth + 1, limits), _untag(v, depth + 1, limits)) for k, v in body]
+        if limits is not None:
+            limits.hashed([k for k, _ in pairs])
+        return dict(pairs)
     if tag == "b" and type(body) is str:
         return bytes.fromhex(body)
     if tag == "c" and len(body) == 2 and all(type(x) in (int, float) for x in body):
         return complex(*body)
-    if tag == "i" and type(body) is list:  # an iterator answer stays an iterator: `== [...]` is False
-        return iter([_untag(v, depth + 1) for v in body])
-    if tag == "r" and type(body) is list and len(body) == 3 and all(type(x) is int for x in body) and body[2]:
-        return range(*body)
+    if tag == "i":  # an iterator answer stays an iterator: `== [...]` is False
+        return iter(items)
+    if tag == "r" and len(body) == 3 and all(type(x) is int for x in body) and body[2]:
+        return range(*body) if limits is None else limits.range(*(limits.integer(x) for x in body))
     raise ChannelError(f"malformed value with tag {tag!r}")
 
 
@@ -190,8 +264,8 @@ def require_execution() -> Host:
 
 @functools.cache
 def probe_host() -> Host:
-    """Find bwrap and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
-    bwrap = shutil.which("bwrap")
+    """Find bwrap (`find_bwrap`) and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
+    bwrap = find_bwrap()
     if bwrap is None:
         return Host(None, "", "bubblewrap (bwrap) is not installed")
     if _seccomp_table() is None:
@@ -208,6 +282,14 @@ def probe_host() -> Host:
         reason = str(exc)
     first = (reason.strip().splitlines() or ["no output"])[0][:300]
     return Host(None, "", f"bubblewrap {version[0]} could not start a sandbox here ({first})", FIX_NAMESPACES)
+
+
+def find_bwrap() -> str | None:
+    """bwrap's absolute path, looked up in PATH's absolute directories only: an empty element, ".", or any
+    relative one (all of which name the working directory or one under it) is skipped, so a `bwrap` planted
+    where mergeqa happens to run is never the one it trusts; None if there is none."""
+    trusted = [d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
+    return shutil.which("bwrap", path=os.pathsep.join(trusted)) if trusted else None
 
 
 @functools.cache
@@ -238,7 +320,8 @@ def _mount_plan() -> tuple[str, ...]:
 
 
 # Syscalls the sandbox refuses (EPERM): new processes (clone without CLONE_THREAD; fork; vfork),
-# namespaces, mounts, tracing, kernel keyrings, BPF, io_uring, module and kexec loading.
+# namespaces, mounts, tracing, kernel keyrings, BPF, io_uring, module and kexec loading; and memory or
+# host state that rlimits do not count or namespaces do not make private (`_DENIED_HOST_STATE`).
 _DENIED = {
     "x86_64": {"fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "mknod": 133, "personality": 135,
                "acct": 163, "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169,
@@ -257,6 +340,26 @@ _DENIED = {
                 "finit_module": 273, "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294,
                 "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "pidfd_getfd": 438},
 }
+# SysV IPC (shared memory outside RLIMIT_AS), memfd (memory outside it too), fallocate, inotify / fanotify (they
+# watch host files through the read-only binds), flock (on the shared stdlib files), sysinfo (host figures)
+_DENIED_HOST_STATE = {
+    "x86_64": {"shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
+               "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "flock": 73, "sysinfo": 99,
+               "semtimedop": 220, "inotify_init": 253, "fallocate": 285, "inotify_init1": 294, "fanotify_init": 300,
+               "memfd_create": 319, "memfd_secret": 447},
+    "aarch64": {"inotify_init1": 26, "flock": 32, "fallocate": 47, "sysinfo": 179, "msgget": 186, "msgctl": 187,
+                "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191, "semtimedop": 192, "semop": 193,
+                "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197, "fanotify_init": 262, "memfd_create": 279,
+                "memfd_secret": 447},
+}
+for _machine, _names in _DENIED_HOST_STATE.items():
+    _DENIED[_machine].update(_names)
+_SOCKET = {"x86_64": (41, 53), "aarch64": (198, 199)}  # socket, socketpair: their first argument is the family
+SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10, "AF_NETLINK": 16}  # the rest: EAFNOSUPPORT (vsock...)
+_FCNTL = {"x86_64": 72, "aarch64": 25}
+# fcntl commands refused (EPERM): record locks and leases (on the shared binds, seen by every sandbox and the
+# host) and directory notification: F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_NOTIFY
+_FCNTL_DENIED = (6, 7, 37, 38, 1024, 1026)
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435  # its flags live in memory a filter cannot read: ENOSYS makes libc fall back to clone
@@ -268,7 +371,8 @@ def _seccomp_table():
 
 
 def seccomp_program() -> bytes:
-    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`."""
+    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`, `SOCKET_FAMILIES`
+    and `_FCNTL_DENIED`."""
     machine, denied = _seccomp_table()
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
@@ -277,8 +381,19 @@ def seccomp_program() -> bytes:
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH[machine]), (ret, 0, 0, kill), (ld, 0, 0, 0)]
     if machine == "x86_64":  # the x32 ABI numbers syscalls from 0x40000000: refuse all of them
         prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]
-    for nr in sorted(denied.values()):
+    for nr in sorted(set(denied.values())):
         prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+
+    def on_argument(nr: int, offset: int, values, hit: int, miss: int) -> list:
+        """If the syscall is `nr`: `hit` when the argument at `offset` (its low 32 bits) is one of `values`,
+        else `miss`. Other syscalls skip the block with the syscall number still loaded."""
+        block = [(ld, 0, 0, offset)] + [(jeq, len(values) - i, 0, v) for i, v in enumerate(values)]
+        block += [(ret, 0, 0, miss), (ret, 0, 0, hit)]
+        return [(jeq, 0, len(block), nr), *block]
+
+    for nr in _SOCKET[machine]:
+        prog += on_argument(nr, 16, sorted(SOCKET_FAMILIES.values()), allow, errno(97))  # EAFNOSUPPORT
+    prog += on_argument(_FCNTL[machine], 24, _FCNTL_DENIED, eperm, allow)
     prog += [(jeq, 0, 1, _CLONE3), (ret, 0, 0, enosys)]
     clone_thread = 0x00010000
     prog += [(jeq, 0, 3, _CLONE[machine]), (ld, 0, 0, 16), (jset, 1, 0, clone_thread), (ret, 0, 0, eperm)]
@@ -301,25 +416,36 @@ class CandidateProcess:
 
         with CandidateProcess(source, "add", timeout_s=3) as run:
             assert run.call(1, 2) == 3        # the assertion runs here, on a plain int
-        run.status, run.detail, run.output    # "ok" / "raised" / "timeout" / "crashed" / "error" / ...
+        run.status, run.detail, run.output    # "ok" / "raised" / "timeout" / "exited" / "error" / ...
 
     Everything the program can send is data: requests and replies are one line of tagged JSON each,
-    numbered, size-capped and validated (`decode_value`); what it prints goes to a capped output
-    file. The whole run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
+    numbered, size-capped, checked against the four reply shapes and decoded within `DecodeLimits`
+    (no object constructor, bounded integers, containers, ranges and hash collisions, a deadline); a
+    status is what this side saw (its timer, the CPU time and address space it read, the kernel's
+    out-of-memory count), never an exit code the program chose. What it prints goes to a pipe this side
+    drains (its last 4 KiB kept). Every channel, stdin included, is a fresh pipe of its own, never a
+    descriptor of the caller's; `close()` reaps the sandbox and closes every descriptor. The whole
+    run, start-up included, gets `timeout_s` of wall clock; the interpreter gets
     rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
-    ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes.
+    ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes and the host
+    state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, socket
+    families but unix/inet/inet6/netlink).
     """
 
     #: status -> meaning. "ok": healthy so far; the others are final.
     STATUSES = {
         "ok": "the program ran and answered every call with a plain value",
         "raised": "the program or the function raised, or returned a value the channel does not carry",
-        "exited": "the interpreter exited before answering",
-        "timeout": "the wall-clock or CPU-time limit was reached; the sandbox was killed",
-        "memory_limit": "the program ran out of its address space (MemoryError)",
-        "crashed": "the interpreter died from a signal",
-        "error": "the channel carried a malformed message, or the sandbox could not start",
+        "exited": "the interpreter ended before answering (bubblewrap's status 128 + N included: an exit code "
+                  "and a death by signal N look alike through it)",
+        "timeout": "this side's wall clock ran out, or the CPU time it measured reached the limit; the sandbox "
+                   "was killed",
+        "memory_limit": "a MemoryError while this side read the address space at half the limit or more, or a "
+                        "SIGKILL while the kernel's out-of-memory killer ran",
+        "crashed": "the bare interpreter (unsandboxed) died from a signal this side saw",
+        "error": "the channel carried a malformed or oversized message (see `DecodeLimits`), or the sandbox "
+                 "could not start",
     }
 
     def __init__(self, program: str, entry_point: str | None, *, timeout_s: float = 10.0,
@@ -331,14 +457,21 @@ class CandidateProcess:
         self._timeout_s, self._next_id, self._buffer = timeout_s, 1, b""
         self._start = time.perf_counter()
         self.wall_s = 0.0
-        self._proc = self._init_pidfd = self._workdir = self._requests = self._replies = None
-        self._output_file = tempfile.TemporaryFile()
+        self._proc = self._closed = self._workdir = self._rusage = None
+        # every descriptor below is a fresh pipe end (or pidfd) of this run's own, never one the caller uses
+        self._requests = self._replies = self._output = self._info = self._proc_pidfd = self._init_pidfd = None
+        self._tail, self._output_bytes = bytearray(), 0
+        self._memory_mb, self._oom_kills = memory_mb, _oom_kills()
+        self._worker_pid = self._worker_pidfd = None  # the interpreter: bwrap's child (--as-pid-1), or bare
         try:
             self._spawn(memory_mb)
             self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
             self._receive(0)
         except CandidateError:
             pass  # status and detail say what happened; call() raises it again
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def isolation(self) -> str:
@@ -358,25 +491,58 @@ class CandidateProcess:
         return self._receive(request_id)
 
     def close(self) -> None:
-        """Kill the sandbox (its pid namespace goes with it), wait until it is gone, keep its output's tail."""
-        if self._output_file.closed:
+        """Kill the sandbox (its pid namespace goes with it), reap it, close every descriptor, keep the output's
+        tail."""
+        if self._closed:
             return
-        self.wall_s = time.perf_counter() - self._start
-        if self._proc is not None:
+        self._closed = True
+        if not self.wall_s:
+            self.wall_s = time.perf_counter() - self._start
+        try:
+            self._stop()
+            self._drain_output(time.monotonic() + 0.2)
+        finally:
+            for name in ("_requests", "_replies", "_output", "_info", "_proc_pidfd", "_init_pidfd"):
+                fd, _ = getattr(self, name), setattr(self, name, None)
+                if fd is not None:
+                    os.close(fd)
+            if self._workdir:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            self.output = safe_text(bytes(self._tail).decode("utf-8", "replace"), OUTPUT_TAIL_BYTES)
+
+    def _stop(self) -> None:
+        """SIGKILL the interpreter, pid 1 of the sandbox's namespace (`--as-pid-1`: the kernel kills the rest of
+        the namespace, and bwrap, its parent, reaps it and exits: nothing is orphaned to host pid 1; bwrap's own
+        init would be, as bwrap exits without reaping it); then bwrap's process group; reap bwrap."""
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        if self._init_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if _poll_one(self._init_pidfd, select.POLLIN, 5.0):
+                _poll_one(self._proc_pidfd, select.POLLIN, 1.0)  # bwrap reaps it and exits on its own
+        if not _poll_one(self._proc_pidfd, select.POLLIN, 0):
             try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            self._proc.wait()
-        if self._init_pidfd is not None:  # bwrap's init dies by PDEATHSIG, after the rest of its namespace
-            select.select([self._init_pidfd], [], [], 5.0)
-        for fd in (self._requests, self._replies, self._init_pidfd):
-            if fd is not None:
-                os.close(fd)
-        if self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-        self.output = self._output_tail()
-        self._output_file.close()
+        self._reap(None)
+
+    def _reap(self, timeout_s: float | None) -> int | None:
+        """bwrap's (or the bare interpreter's) exit code once it has ended, waiting at most `timeout_s`; None if
+        it has not. Keeps its resource usage, which includes every process of the sandbox it waited for."""
+        if self._proc.returncode is None:
+            if timeout_s is not None and self._proc_pidfd is not None:
+                if not _poll_one(self._proc_pidfd, select.POLLIN, timeout_s):
+                    return None
+            try:
+                _, status, self._rusage = os.wait4(self._proc.pid, 0)
+                self._proc.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:  # reaped elsewhere: no status to report
+                self._proc.returncode = -1
+        return self._proc.returncode
 
     def __enter__(self) -> CandidateProcess:
         return self
@@ -387,47 +553,74 @@ class CandidateProcess:
     # ----------------------------------------------------------------- start
 
     def _spawn(self, memory_mb: int) -> None:
-        req_read, self._requests = os.pipe()
-        self._replies, rep_write = os.pipe()
-        os.set_blocking(self._requests, False)
-        config = {"requests": req_read, "replies": rep_write, "max_message": MAX_MESSAGE_BYTES,
-                  "limits": _rlimits(self._timeout_s, memory_mb)}
-        command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
-        pass_fds = [req_read, rep_write]
-        info_read = None
-        if self.host.sandboxed:
-            seccomp = os.memfd_create("mergeqa-seccomp")
-            os.write(seccomp, seccomp_program())
-            os.lseek(seccomp, 0, os.SEEK_SET)
-            info_read, info_write = os.pipe()
-            pass_fds += [seccomp, info_write]
-            command = [
-                self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
-                "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
-                "--info-fd", str(info_write), "--", *command,
-            ]
-        workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": workdir or "/tmp", "TMPDIR": workdir or "/tmp"}
-        try:
-            self._proc = subprocess.Popen(
-                command, cwd=workdir or "/", env=env, stdin=subprocess.DEVNULL, stdout=self._output_file,
-                stderr=subprocess.STDOUT, pass_fds=pass_fds, start_new_session=True,
-            )
-        except OSError as exc:
-            self._fail("error", f"could not start the sandbox: {exc}")
-        finally:
-            for fd in pass_fds:
-                os.close(fd)
-        self._init_pidfd = self._sandbox_init(info_read) if info_read is not None else None
+        child_fds = []  # the child's ends: closed here once it has them, whatever happens
 
-    def _sandbox_init(self, info_read: int) -> int | None:
-        """A pidfd on bwrap's init inside the sandbox (pid 1 of its namespace), from --info-fd."""
-        with os.fdopen(info_read, "rb") as info:
-            ready, _, _ = select.select([info], [], [], max(0.0, self._deadline - time.monotonic()))
-            raw = info.read(4096) if ready else b""
+        def pipe() -> tuple[int, int]:
+            read, write = os.pipe()
+            child_fds.extend((read, write))
+            return read, write
+
         try:
-            pid = int(json.loads(raw)["child-pid"])
+            stdin, stdin_write = pipe()
+            os.close(stdin_write)  # stdin: an empty pipe of its own
+            child_fds.remove(stdin_write)
+            self._output, output_write = pipe()  # stdout and stderr: a pipe this side drains, capped
+            child_fds.remove(self._output)
+            req_read, self._requests = pipe()
+            child_fds.remove(self._requests)
+            self._replies, rep_write = pipe()
+            child_fds.remove(self._replies)
+            for fd in (self._output, self._requests, self._replies):
+                os.set_blocking(fd, False)
+            config = {"requests": req_read, "replies": rep_write, "max_message": MAX_MESSAGE_BYTES,
+                      "limits": _rlimits(self._timeout_s, memory_mb)}
+            command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
+            pass_fds = [req_read, rep_write]
+            if self.host.sandboxed:
+                seccomp = os.memfd_create("mergeqa-seccomp")
+                child_fds.append(seccomp)
+                os.write(seccomp, seccomp_program())
+                os.lseek(seccomp, 0, os.SEEK_SET)
+                self._info, info_write = pipe()
+                child_fds.remove(self._info)
+                pass_fds += [seccomp, info_write]
+                command = [
+                    self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                    "--as-pid-1",
+                    "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
+                    "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
+                    "--info-fd", str(info_write), "--", *command,
+                ]
+            workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
+            env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": workdir or "/tmp",
+                   "TMPDIR": workdir or "/tmp"}
+            try:
+                self._proc = subprocess.Popen(
+                    command, cwd=workdir or "/", env=env, stdin=stdin, stdout=output_write, stderr=output_write,
+                    pass_fds=pass_fds, start_new_session=True,
+                )
+            except OSError as exc:
+                self._fail("error", f"could not start the sandbox: {exc}")
+            self._proc_pidfd = os.pidfd_open(self._proc.pid)
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        if self._info is not None:
+            self._init_pidfd = self._sandbox_init()
+            self._worker_pidfd = self._init_pidfd
+        else:
+            self._worker_pid, self._worker_pidfd = self._proc.pid, self._proc_pidfd
+
+    def _sandbox_init(self) -> int | None:
+        """A pidfd on the sandboxed interpreter (pid 1 of its namespace), from --info-fd."""
+        raw = b""
+        while b"}" not in raw and len(raw) < 4096 and _poll_one(self._info, select.POLLIN, self._left()):
+            chunk = os.read(self._info, 4096)
+            if not chunk:
+                break
+            raw += chunk
+        try:
+            pid = self._worker_pid = int(json.loads(raw)["child-pid"])
             self.pid_namespace = os.readlink(f"/proc/{pid}/ns/pid")
             return os.pidfd_open(pid)
         except (ValueError, KeyError, TypeError, OSError):
@@ -442,6 +635,8 @@ class CandidateProcess:
                 return
             try:
                 data = data[os.write(self._requests, data):]
+            except BlockingIOError:
+                continue
             except BrokenPipeError:
                 return  # it stopped reading: the reply side says why
 
@@ -451,75 +646,164 @@ class CandidateProcess:
                 self._fail("error", f"a reply longer than {MAX_MESSAGE_BYTES} bytes")
             if not self._wait(self._replies, select.POLLIN):
                 self._fail("timeout", f"no answer within the {self._timeout_s:g} s limit")
-            chunk = os.read(self._replies, 65536)
+            try:
+                chunk = os.read(self._replies, 65536)
+            except BlockingIOError:
+                continue
             if not chunk:
                 self._ended()
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
+        limits = DecodeLimits(max(self._deadline, time.monotonic()) + DECODE_SLACK_S)
         try:
-            reply = json.loads(line)
-            if type(reply) is not dict or reply.get("id") != request_id:
-                raise ChannelError(f"reply {str(reply)[:100]} to request {request_id}")
-            if "raised" in reply:
-                raised = str(reply["raised"])[:500]
-                status = "memory_limit" if raised.startswith("MemoryError") else "raised"
-                if request_id == 0 or status == "memory_limit":
-                    self._fail(status, raised)
-                raise CandidateError(raised)
+            reply = limits.parse(line)
+            kind = _reply_kind(reply, request_id)
+            if kind == "value":
+                return _untag(reply["value"], 0, limits)
+        except (ChannelError, ValueError, TypeError, RecursionError, MemoryError, OverflowError) as exc:
+            self._fail("error", f"malformed reply: {type(exc).__name__}: {safe_text(str(exc), 200)}")
+        if kind == "unencodable":
+            raise CandidateError(f"returned no plain value: {safe_text(reply['unencodable'], 200)}")
+        if kind == "raised":
+            raised = safe_text(reply["raised"], 500)
+            if raised.startswith("MemoryError") and (peak := self._address_space_mb()) >= self._memory_mb / 2:
+                self._fail("memory_limit", f"{raised} (its address space reached {peak:.0f} MB of its "
+                                           f"{self._memory_mb} MB limit)")
             if request_id == 0:
-                if reply.get("ready") is not True:
-                    raise ChannelError(f"malformed first reply {str(reply)[:100]}")
-                return None
-            if "unencodable" in reply:
-                raise CandidateError(f"returned no plain value: {str(reply['unencodable'])[:200]}")
-            return _untag(reply["value"], 0)
-        except (ChannelError, KeyError, ValueError, TypeError, RecursionError, MemoryError) as exc:
-            self._fail("error", f"malformed reply: {type(exc).__name__}: {str(exc)[:200]}")
+                self._fail("raised", raised)
+            raise CandidateError(raised)
+        return None  # "ready"
 
-    def _wait(self, fd: int, event: int) -> bool:
-        poller = select.poll()
-        poller.register(fd, event)
-        left_ms = (self._deadline - time.monotonic()) * 1000
-        return left_ms > 0 and bool(poller.poll(left_ms))
+    def _address_space_mb(self) -> float:
+        """The interpreter's peak address space (VmPeak) as this side reads it in /proc, while it still runs; 0
+        if it is gone. What tells a MemoryError at the limit from one the program raised itself."""
+        try:
+            with open(f"/proc/{self._worker_pid}/status") as status:
+                peak = next((int(line.split()[1]) for line in status if line.startswith("VmPeak:")), 0)
+            return 0.0 if _poll_one(self._worker_pidfd, select.POLLIN, 0) else peak / 1024  # gone: not its figure
+        except (OSError, ValueError, TypeError):
+            return 0.0
+
+    def _left(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _wait(self, fd: int, event: int, deadline: float | None = None) -> bool:
+        """Wait until `fd` is ready for `event` (or the deadline passed: False), draining the output meanwhile."""
+        deadline = self._deadline if deadline is None else deadline
+        while True:
+            poller = select.poll()
+            poller.register(fd, event)
+            if self._output is not None:
+                poller.register(self._output, select.POLLIN)
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0:
+                return False
+            ready = dict(poller.poll(left_ms))
+            if self._output is not None and ready.get(self._output):
+                self._read_output()
+            if ready.get(fd):
+                return True
+
+    def _read_output(self) -> None:
+        """Read what the program printed: keep the last OUTPUT_TAIL_BYTES; past OUTPUT_FILE_BYTES in all,
+        close this end (its next write fails with EPIPE); at end of file, close it."""
+        try:
+            chunk = os.read(self._output, 65536)
+        except BlockingIOError:
+            return
+        self._output_bytes += len(chunk)
+        self._tail += chunk
+        del self._tail[:-OUTPUT_TAIL_BYTES]
+        if not chunk or self._output_bytes > OUTPUT_FILE_BYTES:
+            os.close(self._output)
+            self._output = None
+
+    def _drain_output(self, deadline: float) -> None:
+        """What is left in the output pipe, until its end (every writer gone) or `deadline`."""
+        while self._output is not None and _poll_one(self._output, select.POLLIN, deadline - time.monotonic()):
+            self._read_output()
 
     def _ended(self) -> None:
         """The reply channel closed: the interpreter (or bwrap) ended; say how, and raise."""
-        try:
-            code = self._proc.wait(timeout=max(0.1, self._deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        code = self._reap(self._left())
+        if code is None:
             self._fail("timeout", f"killed after the {self._timeout_s:g} s wall-clock limit")
+        self._drain_output(time.monotonic() + 0.5)
         if self.host.sandboxed and self._init_pidfd is None:
-            tail = self._output_tail().strip().splitlines()[-1:] or [f"exit status {code}"]
-            self._fail("error", f"bubblewrap could not start the sandbox: {tail[0][:300]}")
-        # bwrap exits 128 + N when its command died from signal N; a bare interpreter reports -N
-        sig = -code if code < 0 else code - 128 if self.host.sandboxed and code > 128 else 0
-        if sig == signal.SIGXCPU:
-            self._fail("timeout", "killed by SIGXCPU at the CPU-time limit")
-        if sig == signal.SIGKILL:
-            self._fail("memory_limit", "killed by SIGKILL: likely the kernel's out-of-memory killer")
-        if sig in signal.valid_signals() and sig:
-            self._fail("crashed", f"the interpreter died from {signal.Signals(sig).name}")
-        tail = self._output_tail().strip().splitlines()[-1:] or [""]
-        self._fail("exited", f"the interpreter exited (status {code}) before answering: {tail[0][:200]}")
+            tail = self._output_line() or f"exit status {code}"
+            self._fail("error", f"bubblewrap could not start the sandbox: {tail[:300]}")
+        # what this side saw, not the code the program chose: bwrap exits 128 + N both when its command died from
+        # signal N and when it exited with that status; only a bare interpreter's -N is a signal for sure
+        seen_signal = -code if code < 0 else 0
+        cpu_s, cpu_limit = self._cpu_s(), _rlimits(self._timeout_s, self._memory_mb)["RLIMIT_CPU"][0]
+        if cpu_s >= cpu_limit - 0.1:
+            self._fail("timeout", f"killed at the CPU-time limit ({cpu_s:.1f} s of CPU, {cpu_limit} s allowed)")
+        if code in (-signal.SIGKILL, 128 + signal.SIGKILL) and _oom_kills() > self._oom_kills:
+            self._fail("memory_limit", "killed by SIGKILL while the kernel's out-of-memory killer ran "
+                                       "(oom_kill in /proc/vmstat went up)")
+        if seen_signal in signal.valid_signals():
+            self._fail("crashed", f"the interpreter died from {signal.Signals(seen_signal).name}")
+        lookalike = code - 128 if self.host.sandboxed and code > 128 else 0
+        if lookalike in signal.valid_signals() and lookalike:
+            name = signal.Signals(lookalike).name
+            self._fail("exited", f"the interpreter ended with status {code} before answering: an exit code, or a "
+                                 f"death by {name} (bubblewrap reports both alike); no limit was reached "
+                                 f"({cpu_s:.1f} s of CPU, no out-of-memory kill): {self._output_line()[:200]}")
+        self._fail("exited", f"the interpreter exited (status {code}) before answering: {self._output_line()[:200]}")
 
-    def _output_tail(self) -> str:
-        out = self._output_file
-        end = out.seek(0, os.SEEK_END)
-        out.seek(max(0, end - OUTPUT_TAIL_BYTES))
-        text = out.read().decode("utf-8", "replace")
-        out.seek(end)
-        return text
+    def _cpu_s(self) -> float:
+        """CPU seconds the sandbox used, as the kernel counted them for bwrap and every process it reaped."""
+        usage = self._rusage
+        return 0.0 if usage is None else usage.ru_utime + usage.ru_stime
+
+    def _output_line(self) -> str:
+        """The last line the program printed (surrogate-safe), or ''."""
+        lines = bytes(self._tail).decode("utf-8", "replace").strip().splitlines()
+        return safe_text(lines[-1], 300) if lines else ""
 
     def _fail(self, status: str, detail: str):
         if self.status == "ok":
             self.status, self.detail = status, detail
             self.wall_s = time.perf_counter() - self._start
             if self._proc is not None and status in ("timeout", "error"):
-                try:
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                self._stop()
         raise CandidateError(f"{status}: {detail}")
+
+
+def _reply_kind(reply, request_id: int) -> str:
+    """Which of the four replies the worker may send `reply` is ("ready", "value", "raised", "unencodable"),
+    checked field by field against the request it answers; `ChannelError` for anything else."""
+    if type(reply) is not dict or type(reply.get("id")) is not int or reply["id"] != request_id:
+        raise ChannelError(f"reply {str(reply)[:100]} to request {request_id}")
+    shapes = {"ready": lambda v: v is True and request_id == 0, "raised": lambda v: type(v) is str,
+              "value": lambda v: request_id != 0, "unencodable": lambda v: type(v) is str and request_id != 0}
+    kinds = set(reply) - {"id"}
+    kind = kinds.pop() if len(kinds) == 1 else ""
+    if len(reply) != 2 or kind not in shapes or not shapes[kind](reply[kind]):
+        raise ChannelError(f"malformed reply {str(reply)[:100]} to request {request_id}")
+    return kind
+
+
+def _poll_one(fd: int, event: int, timeout_s: float) -> bool:
+    """Whether `fd` became ready for `event` within `timeout_s` (poll: no FD_SETSIZE limit, unlike select)."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000))
+
+
+def safe_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters and safe to print or encode anywhere: lone surrogates (which JSON can
+    carry) become backslash escapes."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _oom_kills() -> int:
+    """The kernel's count of out-of-memory kills (/proc/vmstat oom_kill; host-wide), -1 where it has none."""
+    try:
+        with open("/proc/vmstat") as vmstat:
+            return next((int(line.split()[1]) for line in vmstat if line.startswith("oom_kill ")), -1)
+    except (OSError, ValueError):
+        return -1
 
 
 def _interpreter() -> str:
@@ -599,6 +883,7 @@ def _worker_main():
             raise TypeError(f"{first['entry_point']} is not callable")
     except BaseException as exc:  # noqa: BLE001 (the program's own failure, reported as data)
         reply({"id": 0, "raised": failure(exc)})
+        requests.read()  # until the trusted side hangs up: it may still read this process's figures in /proc
         os._exit(0)
     reply({"id": 0, "ready": True})
     while line := requests.readline(config["max_message"] + 1):
