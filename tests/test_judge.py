@@ -623,3 +623,25 @@ def test_an_endpoint_judge_grades_every_mt_bench_question_with_fastchats_prompts
         pair_users = [r["body"]["messages"][1]["content"] for r in server.requests]
     assert ab.judged == 8 and ab.unjudged == 0 and ab.count("tie") == 8
     assert "<|The Start of Assistant B's Conversation with User|>" in pair_users[0]
+
+
+@pytest.mark.slow
+def test_a_local_model_judge_grades_or_counts_every_turn(family, cache_dir):
+    """A family model standing in for a local judge (--judge PATH) on the 8 MT-Bench-format
+    questions: every turn is either rated or counted as a reply without a tag (a tiny model
+    rarely writes one), and too many such replies make judge.score an error, never a drop."""
+    from mergeqa.evaluate.generation import GenerationSettings
+    from mergeqa.judge.judges import LocalJudge
+    from mergeqa.models.refs import ModelRef
+
+    judge = LocalJudge(ModelRef("lists", family.parents["lists"], "judge"),
+                       GenerationSettings(max_new_tokens=16, device="cpu", dtype="float32"), cache_dir)
+    right = [["a poem", "again"], ["mail", "short"], ["second", "unsure"],
+             *([f"{i + 30}", f"{i + 40}"] for i in range(5))]
+    setup, refs = _judged_on(MT_BENCH_LIKE, {"m": right, "p": right, "q": right}, judge=judge)
+    scores = {n: setup.scores(r) for n, r in refs.items()}
+    assert all(s.judged + s.parse_errors == 16 and s.unjudged == 0 for s in scores.values())
+    v = score_verdict(setup, scores["m"], {"p": scores["p"], "q": scores["q"]})
+    if scores["m"].parse_errors / 16 > setup.max_parse_errors:
+        assert v.outcome == "error" and "gave no [[rating]]" in v.reason
+    assert v.figures["judge"].startswith("local:lists:") and v.figures["prompts"] == "builtin"
