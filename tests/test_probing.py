@@ -222,7 +222,8 @@ def test_gate_passes_equal_models_and_fails_a_clear_drop():
     parent = _result(0.95, 1)
     same = compare_with_parents(parent, {"p1": parent, "p2": _result(0.97, 2)}, tolerance=0.03)
     assert [v.data["which"] for v in same] == ["best", "last"] and all(v.outcome == "pass" for v in same)
-    assert all(v.figures["reference"] == "p1" for v in same)  # min(parents)
+    assert all(v.figures["reference"] == "p1" for v in same)  # the parent closest to showing it
+    assert all(v.figures["references"] == 2 for v in same)  # against each parent at alpha / 2
     worse = _result(0.6, 1)
     drop = compare_with_parents(worse, {"p1": parent, "p2": parent}, tolerance=0.03, merge="ties",
                                 dataset=builtin_dataset("agreement"), plot=Path("probing-agreement.png"))

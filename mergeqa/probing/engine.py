@@ -180,10 +180,11 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
                          plot: Path | None = None) -> list:
     """Verdicts `probing.<phenomenon>.best` and `.last`: the merge's test accuracy at its best
     (val-chosen) and last layer vs min(parents) at their own layer choice, paired over test
-    items (correctness averaged over seeds), margin = tolerance; the two p-values are adjusted
+    items (correctness averaged over seeds), margin = tolerance, against each parent at alpha / k
+    (significance.against_each: never against the parent that looks weakest on the same items); the two p-values are adjusted
     together (`correction`). Each verdict's data carries every model's accuracy at that layer
     choice and its per-item test scores (the divergence report reads them)."""
-    from mergeqa.decision.significance import adjust_comparisons, compare_paired
+    from mergeqa.decision.significance import adjust_comparisons, against_each, compare_paired
     from mergeqa.decision.verdict import Verdict
 
     if not parents:
@@ -194,10 +195,14 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
         def layer(r: ProbeResult) -> int:
             return r.best_layer if which == "best" else r.last_layer
 
-        ref = min(parents, key=lambda n: parents[n].item_scores(layer(parents[n])).mean())
-        a, b = merged.item_scores(layer(merged)), parents[ref].item_scores(layer(parents[ref]))
-        rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()),
-                     compare_paired(a, b, margin=tolerance, alpha=alpha, power=power)))
+        # against each parent at alpha / k, not the one that looks weakest on these items
+        # (significance.against_each: pass when within the margin of some parent)
+        a = merged.item_scores(layer(merged))
+        each = {n: compare_paired(a, p.item_scores(layer(p)), margin=tolerance, alpha=alpha / len(parents),
+                                  power=power) for n, p in parents.items()}
+        ref, combined = against_each(each, alpha)
+        b = parents[ref].item_scores(layer(parents[ref]))
+        rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()), combined))
     # best and last can be the same layers: then they test one hypothesis, counted once
     adjusted = adjust_comparisons([r[-1] for r in rows], correction, keys=[(r[1], r[3], r[4]) for r in rows])
     verdicts = []
