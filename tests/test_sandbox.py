@@ -226,6 +226,10 @@ HOST_STATE = (
     "    for _ in range(mb):\n"
     "        os.write(fd, b'x' * (1 << 20))\n"
     "stdlib_file = open(os.__file__)  # stays open (and locked, if it could be) while the sandbox runs\n"
+    "def residency():  # which pages of a shared stdlib file are cached: what another sample has read\n"
+    "    libc.mmap.restype = ctypes.c_void_p\n"
+    "    address = libc.mmap(None, 4096, 1, 1, stdlib_file.fileno(), 0)  # PROT_READ, MAP_SHARED\n"
+    "    return libc.mincore(ctypes.c_void_p(address), 4096, ctypes.create_string_buffer(8))\n"
     "def probe(mb):\n"
     "    return {\n"
     "        'SysV shared memory': outcome(lambda: shm(mb)),\n"
@@ -240,6 +244,7 @@ HOST_STATE = (
     "        'fallocate on stdout': outcome(lambda: os.posix_fallocate(1, 0, 1 << 30)),\n"
     "        'inotify': outcome(lambda: libc.inotify_init1(0)),\n"
     "        'sysinfo (host figures)': outcome(lambda: libc.sysinfo(ctypes.create_string_buffer(128))),\n"
+    "        'mincore (page-cache residency)': outcome(residency),\n"
     "        'a unix socket (still allowed)': outcome(lambda: socket.socket(socket.AF_UNIX)),\n"
     "    }\n"
 )
@@ -266,7 +271,8 @@ def test_host_memory_and_host_state_the_rlimits_miss_are_refused():
         "SysV shared memory": "EPERM", "memfd_create": "EPERM", "AF_VSOCK socket": "EAFNOSUPPORT",
         "AF_PACKET socket": "EAFNOSUPPORT", "flock on a stdlib file": "EPERM", "lease on a stdlib file": "EPERM",
         "fcntl lock": "EPERM", "fallocate in /tmp": "EPERM", "fallocate on stdout": "EPERM", "inotify": "EPERM",
-        "sysinfo (host figures)": "EPERM", "a unix socket (still allowed)": "allowed",
+        "sysinfo (host figures)": "EPERM", "mincore (page-cache residency)": "EPERM",
+        "a unix socket (still allowed)": "allowed",
     }, seen
     assert grown < 100, f"host Shmem grew {grown:.0f} MB while the sandbox ran"
 

@@ -341,16 +341,17 @@ _DENIED = {
                 "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "pidfd_getfd": 438},
 }
 # SysV IPC (shared memory outside RLIMIT_AS), memfd (memory outside it too), fallocate, inotify / fanotify (they
-# watch host files through the read-only binds), flock (on the shared stdlib files), sysinfo (host figures)
+# watch host files through the read-only binds), flock (on the shared stdlib files), sysinfo (host figures),
+# mincore / cachestat (which pages of the shared files are in the page cache: what another sample read)
 _DENIED_HOST_STATE = {
     "x86_64": {"shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
                "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "flock": 73, "sysinfo": 99,
                "semtimedop": 220, "inotify_init": 253, "fallocate": 285, "inotify_init1": 294, "fanotify_init": 300,
-               "memfd_create": 319, "memfd_secret": 447},
+               "memfd_create": 319, "memfd_secret": 447, "mincore": 27, "cachestat": 451},
     "aarch64": {"inotify_init1": 26, "flock": 32, "fallocate": 47, "sysinfo": 179, "msgget": 186, "msgctl": 187,
                 "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191, "semtimedop": 192, "semop": 193,
                 "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197, "fanotify_init": 262, "memfd_create": 279,
-                "memfd_secret": 447},
+                "memfd_secret": 447, "mincore": 232, "cachestat": 451},
 }
 for _machine, _names in _DENIED_HOST_STATE.items():
     _DENIED[_machine].update(_names)
