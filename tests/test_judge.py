@@ -201,6 +201,31 @@ def test_a_stalled_endpoint_spends_its_budget_telling_each_stall_then_fails_fast
     assert "budget_s" in verdict.fix
 
 
+def test_the_budget_is_the_runs_not_each_workers(tmp_path):
+    """Two judges as two xdist workers of one run share the budget file (their testrunuid): once
+    one has spent the budget on a stalled endpoint, the other fails at once without a request."""
+    import openai  # noqa: F401
+
+    from mergeqa.judge.evaluation import budget_file
+
+    shared = budget_file(f"test-{tmp_path.name}")
+    shared.unlink(missing_ok=True)
+    try:
+        with FakeEndpoint(["stall"]) as server:
+            first = _judge(server.url, tmp_path / "w0", timeout=0.4, retries=3, budget_s=1.0, budget_file=shared)
+            second = _judge(server.url, tmp_path / "w1", timeout=0.4, retries=3, budget_s=1.0, budget_file=shared)
+            with pytest.raises(JudgeUnavailable, match="budget of 1 s spent"):
+                first.rate([ITEM])
+            tried = len(server.requests)
+            started = time.perf_counter()
+            with pytest.raises(JudgeUnavailable, match="budget of 1 s spent"):
+                second.rate([ITEM])
+            assert time.perf_counter() - started < 0.1 and len(server.requests) == tried
+        assert second.lost_s >= 1.0 and float(shared.read_text()) >= 1.0
+    finally:
+        shared.unlink(missing_ok=True)
+
+
 def test_a_server_that_is_down_is_judge_unavailable_naming_the_url(tmp_path):
     import socket
 

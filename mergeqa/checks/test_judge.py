@@ -25,9 +25,13 @@ def judge_setup(pytestconfig, mergeqa_session, thresholds):
     opt = pytestconfig.option
     if not_measured(thresholds, embedded=mergeqa_session.embedded, questions=opt.questions):
         return None  # the checks say why, as not_applicable
+    import os
+
+    # one budget for the run: xdist's workers share its testrunuid; a single process has its own id
+    run_id = getattr(pytestconfig, "workerinput", {}).get("testrunuid") or f"{os.getpid()}-{id(pytestconfig)}"
     return JudgeSetup.from_thresholds(thresholds, mergeqa_session.cache_dir, resolve_device(mergeqa_session.device),
                                       mergeqa_session.dtype, questions=opt.questions, judge=opt.judge,
-                                      judge_url=opt.judge_url, judge_model=opt.judge_model)
+                                      judge_url=opt.judge_url, judge_model=opt.judge_model, run_id=run_id)
 
 
 def _not_run(check: str, merged_model, request):

@@ -196,6 +196,14 @@ class JudgeInputs:
                    judge_path, prompts, references)
 
 
+def budget_file(run_id: str) -> Path:
+    """Where the processes of one run (pytest-xdist's workers share its testrunuid) add up what the
+    endpoint cost them, so [judge] budget_s bounds the whole run, not each worker."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"mergeqa-judge-budget-{run_id}"
+
+
 def not_measured(thresholds, *, embedded: bool, questions: str | None) -> str:
     """Why the judged checks would measure nothing about this run's models ("" when they measure):
     a model that is not the embedded family, without questions of the user's, would be judged on
@@ -290,7 +298,7 @@ class JudgeSetup:
     @classmethod
     def from_thresholds(cls, thresholds, cache_dir: Path, device: str, dtype: str, *, questions: str | None = None,
                         judge: str | None = None, judge_url: str | None = None,
-                        judge_model: str | None = None) -> JudgeSetup:
+                        judge_model: str | None = None, run_id: str | None = None) -> JudgeSetup:
         """Options win over [judge]; relative paths in the thresholds file are relative to it."""
         from .judges import EndpointJudge, LocalJudge, ReferenceJudge
         from .prompts import PromptSet
@@ -305,7 +313,7 @@ class JudgeSetup:
             the_judge = EndpointJudge(inputs.url, inputs.model, cache_dir, key_env=get("api_key_env"),
                                       timeout=get("timeout"), retries=int(get("retries")),
                                       max_tokens=int(get("judge_new_tokens")), budget_s=get("budget_s"),
-                                      prompts=prompts)
+                                      prompts=prompts, budget_file=budget_file(run_id) if run_id else None)
         elif inputs.judge_path is None:
             the_judge = ReferenceJudge()
         else:

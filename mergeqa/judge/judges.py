@@ -239,7 +239,7 @@ class EndpointJudge(PromptJudge):
 
     def __init__(self, url: str, model: str, cache_dir: Path, *, key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retries: int = 3, max_tokens: int = 96, budget_s: float = 600.0,
-                 prompts: PromptSet | None = None):
+                 prompts: PromptSet | None = None, budget_file: Path | None = None):
         if not model:
             from mergeqa.core.errors import MergeQAUsageError
 
@@ -248,7 +248,9 @@ class EndpointJudge(PromptJudge):
         self.url, self.model, self.cache_dir, self.prompts = url.rstrip("/"), model, Path(cache_dir), prompts
         self.key_env, self.timeout, self.retries, self.max_tokens = key_env, float(timeout), int(retries), max_tokens
         self.budget_s = float(budget_s)
-        self.lost_s = 0.0  # seconds of the budget spent: tries without an answer, waits before a retry
+        # seconds of the budget spent (tries without an answer, waits before a retry): in this process,
+        # or in `budget_file`, which every process of one run (xdist workers) shares
+        self._lost_here, self.budget_file = 0.0, Path(budget_file) if budget_file is not None else None
         self.failed_tries, self._told_spent = 0, False
         self.identity = f"endpoint:{self.url}:{model}"
         self._client = None
@@ -293,6 +295,34 @@ class EndpointJudge(PromptJudge):
         return JudgeUnavailable(f"judge unavailable: budget of {self.budget_s:g} s spent waiting on {self.url} "
                                 f"({self.failed_tries} tries without an answer). Fix: {self._fix()}")
 
+    @property
+    def lost_s(self) -> float:
+        if self.budget_file is None:
+            return self._lost_here
+        try:
+            return float(self.budget_file.read_text() or 0)
+        except (OSError, ValueError):
+            return 0.0
+
+    def _charge(self, seconds: float) -> None:
+        """Add `seconds` to the budget spent, under a lock when the run's processes share it."""
+        if self.budget_file is None:
+            self._lost_here += seconds
+            return
+        import fcntl
+
+        self.budget_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.budget_file, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            try:
+                spent = float(f.read() or 0)
+            except ValueError:
+                spent = 0.0
+            f.seek(0)
+            f.truncate()
+            f.write(repr(spent + seconds))
+
     def request(self, messages: list[dict]) -> str:
         """One chat completion (temperature 0); every way it can fail is a JudgeUnavailable."""
         import openai
@@ -307,7 +337,7 @@ class EndpointJudge(PromptJudge):
                 response = client.chat.completions.create(
                     model=self.model, messages=messages, temperature=0, max_tokens=self.max_tokens, timeout=timeout)
             except (openai.APIConnectionError, openai.APIStatusError) as exc:  # a timeout is a connection error
-                self.lost_s += time.perf_counter() - started
+                self._charge(time.perf_counter() - started)
                 self.failed_tries += 1
                 what, retry, wait = self._failure(exc, attempt, timeout)
                 told = f"judge: {self.url} {what} (try {attempt}/{tries}, {progress.duration(time.perf_counter() - began)})"
@@ -321,7 +351,7 @@ class EndpointJudge(PromptJudge):
                 wait = min(wait, self.budget_s - self.lost_s)
                 progress.say(f"{told}; retrying in {progress.duration(wait)}; {spent}")
                 time.sleep(wait)
-                self.lost_s += wait
+                self._charge(wait)
                 continue
             choices = getattr(response, "choices", None) or []
             content = choices[0].message.content if choices and choices[0].message else None
