@@ -142,3 +142,20 @@ def test_the_defaults_and_the_repository_thresholds_pass_the_preflight(tmp_path)
         gate = GateSession(cache_dir=tmp_path, embedded=embedded)
         preflight(SimpleNamespace(option=opt), load_thresholds(path, embedded=embedded), gate)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("case", ["capability_not_in_suite", "eval_limit_zero", "perplexity_task_misspelt_family",
+                                  "judge_url_key_without_model", "pairs_key_missing"])
+def test_mergeqa_plan_refuses_what_the_gate_refuses(tmp_path, monkeypatch, capsys, case):
+    """`mergeqa plan` runs the same preflight: one line, exit 4 (it printed a plan for a run that
+    would stop, or a traceback for --eval-limit 0)."""
+    from mergeqa.cli.main import main
+
+    files, args, says, names, _ = CASES[case]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "--cache", str(tmp_path / "cache"), *args]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and err[0].startswith("mergeqa plan: "), err

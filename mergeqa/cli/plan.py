@@ -137,6 +137,24 @@ def _blocking(n: int, thresholds) -> str:
             f"retention margin {100 * margin:.1f} pts at an owner score of {ASSUMED_SCORE:g}{sequential})")
 
 
+def _preflight(args, thresholds, gate) -> None:
+    """What the gate refuses at configure time, refused here too (one line, exit 4), before
+    anything is counted: a plan of a run that would stop is no plan."""
+    from types import SimpleNamespace
+
+    from mergeqa.pytest_plugin import preflight as pf
+
+    pf.check_eval_limit(args.eval_limit)
+    if thresholds.path is not None or gate.embedded:
+        thresholds.check_parents(gate.parent_names())
+    if thresholds.get("retention", "suite"):
+        thresholds.suite(thresholds.get("retention", "suite"))
+    pf.check_retention_names(thresholds, embedded=gate.embedded)
+    pf.check_judge_inputs(thresholds, SimpleNamespace(questions=None, judge=None, judge_url=None, judge_model=None))
+    pf.check_conflict_pairs(thresholds, None)
+    pf.check_perplexity_task(thresholds, args.tasks_path)
+
+
 def plan(args) -> str:
     """The plan as text, from the same options as the gate (argparse namespace from mergeqa.cli.main)."""
     from mergeqa.core.cache import default_cache_dir
@@ -150,6 +168,7 @@ def plan(args) -> str:
                                     device=args.device, dtype=args.dtype, seed=0)
     path = args.thresholds or ("thresholds.toml" if Path("thresholds.toml").is_file() else None)
     thresholds = load_thresholds(path, embedded=gate.embedded)
+    _preflight(args, thresholds, gate)
     suite_name = thresholds.get("retention", "suite")
     tasks = thresholds.suite(suite_name)["tasks"] if suite_name else []
     wants_family = gate.embedded or (gate.parent_paths is None and not gate.merge_configs) or any(
