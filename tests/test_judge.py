@@ -368,10 +368,31 @@ def test_score_gate_uses_the_paired_test_over_questions():
     good = score_verdict(setup, _scores("m", [10] * 40), parents)
     bad = score_verdict(setup, _scores("m", [1] * 40), parents)
     assert (good.outcome, bad.outcome) == ("pass", "fail")
-    assert good.figures["reference"] == 5.5 and good.figures["method"] == "permutation"
+    assert good.figures["reference"] == 5.5 and good.figures["method"] == "betting"
     assert good.data["scores"]["m"]["score"] == 10.0 and good.data["scores"]["a"]["bleu"] == 10.0
     garbled = score_verdict(setup, _scores("m", [10] * 40, parse_errors=20), parents)
     assert garbled.outcome == "error" and "no [[rating]] in 20 of 100" in garbled.reason
+
+
+def test_a_judged_skill_lost_on_a_few_questions_is_not_passed_by_the_default_test():
+    """The merge equals its parents' mean except on 1 question in 18, where it loses 9 points (the
+    mean drop is exactly the 0.5 margin): the shifted sign-flip passed such merges 0.31 of the time
+    at 20 questions (issue 26); the default betting test holds alpha (bench/simulate_skewed.py)."""
+    import numpy as np
+
+    from mergeqa.decision.significance import compare_paired
+
+    rng = np.random.default_rng(0)
+    parents_mean = [10.0] * 36
+    passed = {"betting": 0, "permutation": 0}
+    for _ in range(200):
+        lost = rng.random(36) < 1 / 18  # the skill lost: 10 -> 1 on these, a mean drop of 9 / 18 = 0.5
+        merged = [1.0 if x else 10.0 for x in lost]
+        for test in passed:
+            c = compare_paired(merged, parents_mean, margin=0.5, alpha=0.05, method=test, bounds=(1.0, 10.0))
+            passed[test] += c.verdict == "pass"
+    assert passed["betting"] / 200 <= 0.05, passed
+    assert passed["permutation"] / 200 > 0.075, passed  # the old default: every draw without a loss, (17/18)^36 = 0.13
 
 
 # -- through the gate on the family ------------------------------------------------------------------

@@ -36,13 +36,14 @@ from mergeqa.stats._base import (
     paired_arrays,
 )
 
-METHODS = ("auto", "mcnemar", "mcnemar-midp", "permutation", "ttest")
+METHODS = ("auto", "mcnemar", "mcnemar-midp", "permutation", "ttest", "betting")
 VERDICTS = ("pass", "fail", "inconclusive")
 _TEST_NAMES = {
     "mcnemar": "exact McNemar",
     "mcnemar-midp": "mid-p McNemar",
     "permutation": "sign-flip",
     "ttest": "paired t",
+    "betting": "betting (bounded)",
 }
 _HEADLINES = {
     "pass": "non-inferior (drop within the margin shown)",
@@ -200,7 +201,7 @@ def _shift_mde(d: np.ndarray, alpha: float, power: float) -> float:
     return minimum_detectable_shift(d.size, float(d.std(ddof=1)), alpha=alpha, power=power)
 
 
-def _signflip_evidence(merged, reference, *, margin, alpha, power, n_resamples, seed) -> _Evidence:
+def _signflip_evidence(merged, reference, *, margin, alpha, power, n_resamples, seed, **_) -> _Evidence:
     """One set of sign flips for both tests and the interval, so they always agree."""
     d = merged - reference
     null = SignFlipNull(d, n_resamples=n_resamples, seed=seed)
@@ -227,7 +228,31 @@ def _ttest_evidence(merged, reference, *, margin, alpha, power, **_) -> _Evidenc
     )
 
 
+def _betting_evidence(merged, reference, *, margin, alpha, power, bounds, **_) -> _Evidence:
+    """Non-inferiority by betting (Waudby-Smith & Ramdas; mergeqa.stats.betting): valid for any
+    distribution of the per-item differences on their known range, skewed ones included (a skill
+    lost on a few items), where the shifted sign-flip assumes symmetry. The interval is the
+    betting test inverted, so pass <=> ci[0] > -margin and fail <=> ci[1] < 0 (a regression
+    shown by the same betting, on the reversed differences)."""
+    from mergeqa.stats.betting import betting_bounds, betting_pvalue, pvalue_at
+
+    if bounds is None:
+        raise ValueError("method='betting' needs bounds=(lowest, highest) of a per-item score")
+    width = float(bounds[1]) - float(bounds[0])
+    d = merged - reference
+    if not margin < width:
+        raise ValueError(f"margin={margin:g} must be below the scores' range {width:g}")
+    return _Evidence(
+        effect=float(d.mean()),
+        ci=betting_bounds(d, low=-width, high=width, confidence=1 - 2 * alpha),
+        p_regression=pvalue_at(-d, 0.0, -width, width),  # H0: mean(d) >= 0
+        p_noninferiority=float(betting_pvalue(d, margin, low=-width, high=width)),
+        mde=_shift_mde(d, alpha, power),
+    )
+
+
 _EVIDENCE = {
+    "betting": _betting_evidence,
     "mcnemar": partial(_mcnemar_evidence, mid_p=False),
     "mcnemar-midp": partial(_mcnemar_evidence, mid_p=True),
     "permutation": _signflip_evidence,
@@ -245,6 +270,7 @@ def compare_paired(
     method: str = "auto",
     n_resamples: int = 10_000,
     seed: int = 0,
+    bounds: tuple[float, float] | None = None,
 ) -> PairedComparison:
     """Compare per-item scores of the merged model and a reference on the same items.
 
@@ -252,7 +278,9 @@ def compare_paired(
     method 'auto' is 'mcnemar' when both arrays are 0/1 (exact McNemar; Tango's score test and
     interval for non-inferiority; deterministic) and 'permutation' otherwise (sign-flip test and
     its inverted interval; `n_resamples` seeded flips, exact enumeration when that is smaller).
-    'mcnemar-midp' and 'ttest' are the alternatives. No items gives an inconclusive verdict.
+    'mcnemar-midp' and 'ttest' are the alternatives; 'betting' (with `bounds`, the lowest and
+    highest score an item can get) holds its size for any distribution of the differences,
+    skewed ones included. No items gives an inconclusive verdict.
     """
     margin, alpha = check_margin(margin), check_alpha(alpha)
     power = check_open_interval("power", power, 0.0, 1.0, ", e.g. 0.8")
@@ -273,7 +301,7 @@ def compare_paired(
         return PairedComparison("inconclusive", math.nan, (-math.inf, math.inf), 1.0, 1.0,
                                 math.inf, 0, resolved, margin, alpha, power)
     evidence = _EVIDENCE[resolved](merged, reference, margin=margin, alpha=alpha, power=power,
-                                   n_resamples=n_resamples, seed=seed)
+                                   n_resamples=n_resamples, seed=seed, bounds=bounds)
     verdict = decide(evidence.p_regression, evidence.p_noninferiority, alpha)
     spread = float((merged - reference).std(ddof=1)) if merged.size > 1 else math.nan
     return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power, spread=spread)

@@ -48,7 +48,7 @@ DEFAULTS: dict[str, dict] = {
                  "owners": {"arithmetic": "arithmetic", "lists": "lists"}},
     "judge": {"questions": "", "prompts": "", "references": "", "judge": "reference", "url": "", "model": "", "api_key_env": "OPENAI_API_KEY",
               "timeout": 60.0, "retries": 3, "budget_s": 600.0, "new_tokens": 24, "judge_new_tokens": 96, "min_win_rate": 0.45,
-              "score_margin": 0.5, "score_test": "permutation", "max_swap_disagreement": 0.35,
+              "score_margin": 0.5, "score_test": "betting", "max_swap_disagreement": 0.35,
               "max_parse_errors": 0.1, "max_ungradable": 0.1},
     "cost": {"max_size_ratio": 1.05, "max_memory_ratio": 1.25, "min_speed_ratio": 0.5,
              "max_latency_ratio": 2.0, "new_tokens": 16, "repeats": 3},
@@ -94,7 +94,7 @@ CHOICES = {
     ("statistics", "correction"): ("holm", "bh"),
     ("statistics", "inconclusive"): ("fail", "warn"),
     ("statistics", "decision"): ("non_inferiority", "significant_drop"),
-    ("judge", "score_test"): ("permutation", "ttest"),
+    ("judge", "score_test"): ("betting", "permutation", "ttest"),
 }
 # (section, key) -> (low, high, low inclusive, high inclusive); every number is also finite.
 RANGES = {

@@ -227,7 +227,7 @@ class JudgeSetup:
     source: str = "embedded"
     min_win_rate: float = 0.45
     score_margin: float = 0.5
-    score_test: str = "permutation"
+    score_test: str = "betting"
     max_swap_disagreement: float = 0.35
     max_parse_errors: float = 0.1
     alpha: float = 0.05
@@ -390,7 +390,8 @@ def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, Mod
                        fix="give questions with references to the reference judge, or name an LLM judge (--judge/--judge-url)")
     ours = [m for m, _ in rows]
     mean_parents = [sum(ps) / len(ps) for _, ps in rows]
-    c = compare_paired(ours, mean_parents, margin=setup.score_margin, alpha=setup.alpha, method=setup.score_test)
+    c = compare_paired(ours, mean_parents, margin=setup.score_margin, alpha=setup.alpha, method=setup.score_test,
+                       bounds=(1.0, 10.0))  # a rating's scale: what the betting test's size rests on
     obtained, reference = sum(ours) / len(ours), sum(mean_parents) / len(mean_parents)
     v = Verdict("judge.score", merged.model, c.verdict,
                 {"obtained": round(obtained, 4), "reference": round(reference, 4), "threshold": round(reference, 4),

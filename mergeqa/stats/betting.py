@@ -60,3 +60,32 @@ def items_to_show(margin: float, alpha: float, *, low: float) -> int:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if largest_evalue(mid, margin, low=low) < 1 / alpha else (lo, mid)
     return hi
+
+
+def pvalue_at(d: np.ndarray, c: float, low: float, high: float, bets: np.ndarray = BETS) -> float:
+    """p-value of H0: mean(d) <= c for d in [low, high] (low < c < high), by the same betting."""
+    x = (d - c)[:, None] / (c - low)  # >= -1: a bet of fraction u never loses more than u
+    log_wealth = np.log1p(bets * x).sum(axis=0)
+    top = log_wealth.max()
+    return float(min(1.0, math.exp(-(top + math.log(np.exp(log_wealth - top).mean())))))
+
+
+def betting_bounds(d, *, low: float, high: float, confidence: float, tol: float = 1e-6) -> tuple[float, float]:
+    """The interval of the betting test, inverted: (L, U) with L the largest c whose H0: mean(d) <= c
+    is rejected at 1 - confidence over two sides (each side (1 - confidence) / 2), U likewise for
+    H0: mean(d) >= c. Non-inferiority at margin m is shown exactly when L > -m (up to `tol`)."""
+    d = np.asarray(d, dtype=float)
+    side = (1 - confidence) / 2
+
+    def lower(x: np.ndarray, lo: float, hi: float) -> float:
+        if x.size == 0 or pvalue_at(x, lo + tol, lo, hi) > side:
+            return lo
+        a, b = lo + tol, float(x.mean())
+        if pvalue_at(x, b, lo, hi) <= side:  # cannot happen for a mean: the wealth does not grow at c = mean
+            return b
+        while b - a > tol:
+            mid = (a + b) / 2
+            a, b = (mid, b) if pvalue_at(x, mid, lo, hi) <= side else (a, mid)
+        return a
+
+    return lower(d, low, high), -lower(-d, -high, -low)
