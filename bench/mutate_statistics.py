@@ -36,6 +36,16 @@ class Mutant:
 
 
 MUTANTS = [
+    Mutant("judge-score-signflip", "mergeqa/judge/evaluation.py",
+           'score_test: str = "betting"', 'score_test: str = "permutation"',
+           ("tests/test_judge.py",),
+           "judge.score back on the shifted sign-flip (false passes for a skill lost on a few questions)"),
+    Mutant("betting-half-range", "mergeqa/decision/significance.py",
+           "p_noninferiority=float(betting_pvalue(d, margin, low=-width, high=width)),",
+           "p_noninferiority=float(betting_pvalue(np.clip(d, -width / 2, width / 2), margin, low=-width / 2, "
+           "high=width / 2)),",
+           ("tests/test_judge.py",),
+           "the betting test told half the differences' range (its size rests on the range)"),
     Mutant("sequential-full-alpha", "mergeqa/retention/early_stop.py",
            "self.alpha, self.comparisons = alpha / comparisons, comparisons",
            "self.alpha, self.comparisons = alpha, comparisons",
