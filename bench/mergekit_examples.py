@@ -140,9 +140,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-limit", type=int, default=100)
     args = parser.parse_args()
-    from mergeqa.models.session import build_family_reporting
+    from mergeqa.models.shipped_family import shipped_family
 
-    family = build_family_reporting()
+    family = shipped_family()  # what the gate uses: the weights that ship with mergeqa
     paths = {"base": family.base, **family.parents}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
