@@ -15,15 +15,13 @@ class HypothesisProfiles:
     def pytest_configure(self, config: pytest.Config) -> None:
         profile = config.getoption("hypothesis_profile", None)
         if isinstance(profile, str) and profile.startswith("mergeqa-"):
-            from mergeqa.core.errors import MergeQAUsageError
+            from mergeqa.core.errors import did_you_mean
             from mergeqa.operators import PROFILES, register_profiles
 
-            register_profiles(load=None)  # hypothesis loads it next
             if profile not in PROFILES:  # one line, not hypothesis's INTERNALERROR traceback
-                try:
-                    register_profiles(load=profile)
-                except MergeQAUsageError as exc:
-                    raise pytest.UsageError(f"--hypothesis-profile={profile}: {exc}") from None
+                raise pytest.UsageError(f"--hypothesis-profile={profile}: no such mergeqa profile."
+                                        + did_you_mean(profile, PROFILES))
+            register_profiles(load=None)  # hypothesis loads it next
 
 
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:

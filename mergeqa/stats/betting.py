@@ -5,8 +5,10 @@ loses a skill on a few items), where the shifted sign-flip test assumes symmetry
 Per item x = d + margin, H0: E[x] <= 0. For each bet u of a fixed grid the wealth
 prod_i (1 + u x_i / |low + margin|) is a nonnegative supermartingale under H0 (a loss of the whole
 range costs at most fraction u); their mean is an e-value, and p = min(1, 1 / e) (Markov; Ville's
-inequality makes it valid at every n). Not yet used by the gate: bench/simulate_skewed.py
-compares it with the sign-flip test; its power depends on the range (see there).
+inequality makes it valid at every n). The gate decides judge.score with it
+(`compare_paired(method="betting", bounds=...)`, whose interval is `betting_bounds`);
+bench/simulate_skewed.py compares it with the sign-flip test; its power depends on the range
+(see there): too little for probing's 0.03 margin on [-1, 1] at its sizes.
 """
 
 from __future__ import annotations
