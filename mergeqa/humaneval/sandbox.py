@@ -36,7 +36,7 @@ MAX_PROGRAM_BYTES = 1 << 20
 OUTPUT_TAIL_BYTES = 4096  # what a result keeps of the program's stdout and stderr
 OUTPUT_FILE_BYTES = 8 << 20  # what the caller reads of the output pipe; RLIMIT_FSIZE of each file in /tmp
 TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
-SANDBOX_UID = 65534  # "nobody", inside the sandbox's own user namespace
+SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host too when the caller is root
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
 # what the trusted side decodes of a reply, at most (every limit it finds broken makes the item an `error`)
 MAX_INT_BITS = 256  # |int| < 2**256: an answer's integers (HumanEval's are far smaller); no float overflow
@@ -305,8 +305,15 @@ def _mount_plan() -> tuple[str, ...]:
         files.update({path, os.path.realpath(path)})
     if os.path.isfile("/etc/ld.so.cache"):
         files.add("/etc/ld.so.cache")  # where the loader finds libraries outside the default directories
-    # the private /tmp first: an interpreter that lives under /tmp is bound on top of it, not hidden
-    plan = ["--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--ro-bind", stdlib, stdlib]
+    # the private /tmp first (world-writable: the sandbox may run as nobody): an interpreter that lives
+    # under /tmp is bound on top of it, not hidden
+    plan = ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    # the directories above the interpreter, traversable: run as nobody (caller root), it must still reach
+    # its stdlib under, e.g., /root (mode 700 on the host); they hold nothing but the binds below
+    above = {a for p in (stdlib, *files) for a in Path(p).parents if str(a) not in ("/", "/tmp")}
+    for directory in sorted(str(a) for a in above if not str(a).startswith("/tmp/")):
+        plan += ["--perms", "0755", "--dir", directory]
+    plan += ["--ro-bind", stdlib, stdlib]
     site = os.path.join(stdlib, "site-packages")
     if os.path.isdir(site):  # the stdlib only (the worker runs with -I -S): hide whatever is installed
         plan += ["--tmpfs", site, "--remount-ro", site]
@@ -461,6 +468,7 @@ class CandidateProcess:
         self._proc = self._closed = self._workdir = self._rusage = None
         # every descriptor below is a fresh pipe end (or pidfd) of this run's own, never one the caller uses
         self._requests = self._replies = self._output = self._info = self._proc_pidfd = self._init_pidfd = None
+        self._lifeline = None  # caller root: a pipe whose end-of-file tells the sandbox its caller is gone
         self._tail, self._output_bytes = bytearray(), 0
         self._memory_mb, self._oom_kills = memory_mb, _oom_kills()
         self._worker_pid = self._worker_pidfd = None  # the interpreter: bwrap's child (--as-pid-1), or bare
@@ -503,7 +511,7 @@ class CandidateProcess:
             self._stop()
             self._drain_output(time.monotonic() + 0.2)
         finally:
-            for name in ("_requests", "_replies", "_output", "_info", "_proc_pidfd", "_init_pidfd"):
+            for name in ("_requests", "_replies", "_output", "_info", "_proc_pidfd", "_init_pidfd", "_lifeline"):
                 fd, _ = getattr(self, name), setattr(self, name, None)
                 if fd is not None:
                     os.close(fd)
@@ -585,16 +593,32 @@ class CandidateProcess:
                 self._info, info_write = pipe()
                 child_fds.remove(self._info)
                 pass_fds += [seccomp, info_write]
+                if os.geteuid() == 0:
+                    # Root: no user namespace (it would map the sandbox user to host root); the
+                    # interpreter starts with CAP_SETUID / CAP_SETGID only and its first act is to
+                    # become host uid / gid 65534 for good (config "drop_to"), which clears them.
+                    who = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                           "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+                    # and the kernel's parent-death signal does not outlive that change of credentials, so
+                    # a lifeline pipe (its write end only here) tells the sandbox when its caller is gone
+                    life_read, self._lifeline = pipe()
+                    child_fds.remove(self._lifeline)
+                    pass_fds.append(life_read)
+                    config.update(drop_to=SANDBOX_UID, lifeline=life_read)
+                    command[-1] = json.dumps(config)
+                else:  # unprivileged: a user namespace of its own, the caller's uid mapped to 65534
+                    who = ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID),
+                           "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
                 command = [
-                    self.host.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                    "--as-pid-1",
-                    "--new-session", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox",
-                    "--cap-drop", "ALL", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
+                    self.host.bwrap, *who, "--die-with-parent", "--as-pid-1", "--new-session", "--hostname",
+                    "sandbox", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
                     "--info-fd", str(info_write), "--", *command,
                 ]
             workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
             env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": workdir or "/tmp",
                    "TMPDIR": workdir or "/tmp"}
+            if "lifeline" in config:  # its thread would reserve a 64 MB malloc arena: address space the
+                env["MALLOC_ARENA_MAX"] = "1"  # memory_limit reading counts against the program
             try:
                 self._proc = subprocess.Popen(
                     command, cwd=workdir or "/", env=env, stdin=stdin, stdout=output_write, stderr=output_write,
@@ -861,6 +885,22 @@ def _worker_main():
     import sys
 
     config = json.loads(sys.argv[1])
+    if config.get("drop_to") is not None:  # started as host root (CAP_SETUID / CAP_SETGID only): become nobody
+        uid = config["drop_to"]
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # all uids non-zero: the kernel clears every capability
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
+            os._exit(70)
+        import threading  # bwrap's --die-with-parent does not survive that: end when the caller's lifeline does
+
+        def lifeline():
+            while os.read(config["lifeline"], 1):
+                pass
+            os._exit(0)
+
+        threading.stack_size(1 << 16)  # its stack counts against RLIMIT_AS
+        threading.Thread(target=lifeline, daemon=True).start()
     requests = os.fdopen(config["requests"], "rb")
     replies = config["replies"]
 
