@@ -30,7 +30,7 @@ from mergeqa.judge import (
     read_questions,
 )
 from mergeqa.judge.evaluation import ModelScores, Pairwise, ab_verdict, combine_orders, score_verdict
-from mergeqa.judge.prompts import pair_messages, parse_pair, parse_rating, single_messages
+from mergeqa.judge.prompts import builtin, parse_pair, parse_rating
 
 # -- a local OpenAI-compatible server ---------------------------------------------------------------
 STALL_S = 1.5  # how long the stalling server sleeps (each stalled request; the client gives up at 0.5 s)
@@ -266,11 +266,9 @@ def test_parse_pair(reply, value):
 
 
 def test_prompts_show_no_model_names_and_put_the_reference_first():
-    from mergeqa.judge.prompts import builtin
-
     name, single = builtin().single(["23 + 14 =", "37 + 5 ="], ["37", "42"], ["37", "42"], "math")
     assert name == "single-math-v1-multi-turn" and single[1]["content"].startswith("<|The Start of Reference Answer|>") and "### Reference answer:\n42" in single[1]["content"]
-    pair = pair_messages(["q"], ["x"], ["y"], [None])
+    _, pair = builtin().pair(["q"], ["x"], ["y"], [None])
     text = pair[0]["content"] + pair[1]["content"]
     assert "Reference" not in pair[1]["content"] and "Assistant A" in text and "Assistant B" in text
     assert "order" in pair[0]["content"] and "length" in pair[0]["content"]

@@ -138,18 +138,6 @@ def builtin() -> PromptSet:
     return PromptSet.load()
 
 
-def single_messages(turns: list[str], answers: list[str], reference: str | None, category: str = "") -> list[dict]:
-    """The built-in set's messages rating the answer to the last of `turns`, whose reference is `reference`."""
-    refs = [None] * (len(turns) - 1) + [reference]
-    return builtin().single(turns, answers, refs, category or ("math" if reference else ""))[1]
-
-
-def pair_messages(turns: list[str], answers_a: list[str], answers_b: list[str],
-                  references: list[str | None], category: str = "") -> list[dict]:
-    """The built-in set's messages comparing two assistants on the last of `turns`."""
-    return builtin().pair(turns, answers_a, answers_b, references, category or ("math" if any(references) else ""))[1]
-
-
 PROMPTS_HASH = builtin().hash
 
 RATING_RE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")

@@ -105,3 +105,13 @@ def check_margin(margin: float) -> float:
             "model, a positive number in metric units (0.01 = one accuracy point)"
         )
     return float(margin)
+
+
+def check_counts(successes, n) -> tuple[np.ndarray, np.ndarray]:
+    """Binomial counts as arrays: integers with 0 <= successes <= n and n >= 1 (vectorised)."""
+    successes, n = np.asarray(successes), np.asarray(n)
+    if successes.dtype.kind not in "iu" or n.dtype.kind not in "iu":
+        raise ValueError(f"successes and n must be integer counts; got {successes!r}, {n!r}")
+    if np.any(n < 1) or np.any(successes < 0) or np.any(successes > n):
+        raise ValueError(f"need 0 <= successes <= n and n >= 1; got successes={successes}, n={n}")
+    return successes, n

@@ -35,8 +35,13 @@ def betting_pvalue(d, margin: float, *, low: float, high: float, bets: np.ndarra
     d = np.asarray(d, dtype=float)
     if np.any(d < low - 1e-12) or np.any(d > high + 1e-12):
         raise ValueError(f"differences outside their stated range [{low}, {high}]")
-    scale = -(low + margin)  # the largest loss per item, after the shift
-    x = (d + margin)[..., None] / scale  # in [-1, (high + margin) / scale]
+    return _pvalue(d, -margin, low, bets)
+
+
+def _pvalue(d: np.ndarray, c: float, low: float, bets: np.ndarray) -> np.ndarray:
+    """p of H0: mean(d) <= c (low < c), the mixture of the bets' wealths; vectorised over d's
+    leading axes."""
+    x = (d - c)[..., None] / (c - low)  # >= -1: a bet of fraction u never loses more than u
     log_wealth = np.log1p(bets * x).sum(axis=-2)  # (..., bets)
     top = log_wealth.max(axis=-1, keepdims=True)
     log_e = top[..., 0] + np.log(np.exp(log_wealth - top).mean(axis=-1))
@@ -66,10 +71,7 @@ def items_to_show(margin: float, alpha: float, *, low: float) -> int:
 
 def pvalue_at(d: np.ndarray, c: float, low: float, high: float, bets: np.ndarray = BETS) -> float:
     """p-value of H0: mean(d) <= c for d in [low, high] (low < c < high), by the same betting."""
-    x = (d - c)[:, None] / (c - low)  # >= -1: a bet of fraction u never loses more than u
-    log_wealth = np.log1p(bets * x).sum(axis=0)
-    top = log_wealth.max()
-    return float(min(1.0, math.exp(-(top + math.log(np.exp(log_wealth - top).mean())))))
+    return float(_pvalue(np.asarray(d, dtype=float), c, low, bets))
 
 
 def betting_bounds(d, *, low: float, high: float, confidence: float, tol: float = 1e-6) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mergeqa.stats._base import check_confidence
+from mergeqa.stats._base import check_confidence, check_counts
 
 
 def clopper_pearson_interval(successes, n, *, confidence: float = 0.95):
@@ -24,11 +24,7 @@ def clopper_pearson_interval(successes, n, *, confidence: float = 0.95):
     from scipy.stats import beta
 
     check_confidence(confidence)
-    successes, n = np.asarray(successes), np.asarray(n)
-    if successes.dtype.kind not in "iu" or n.dtype.kind not in "iu":
-        raise ValueError(f"successes and n must be integer counts; got {successes!r}, {n!r}")
-    if np.any(n < 1) or np.any(successes < 0) or np.any(successes > n):
-        raise ValueError(f"need 0 <= successes <= n and n >= 1; got successes={successes}, n={n}")
+    successes, n = check_counts(successes, n)
     tail = (1 - confidence) / 2
     with np.errstate(invalid="ignore"):  # Beta(0, .) and Beta(., 0) at the ends, replaced below
         low = np.where(successes == 0, 0.0, beta.ppf(tail, np.maximum(successes, 1), n - successes + 1))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mergeqa.stats._base import check_confidence
+from mergeqa.stats._base import check_confidence, check_counts
 
 
 def wilson_interval(successes, n, *, confidence: float = 0.95):
@@ -18,11 +18,7 @@ def wilson_interval(successes, n, *, confidence: float = 0.95):
     from scipy.special import ndtri
 
     check_confidence(confidence)
-    successes, n = np.asarray(successes), np.asarray(n)
-    if successes.dtype.kind not in "iu" or n.dtype.kind not in "iu":
-        raise ValueError(f"successes and n must be integer counts; got {successes!r}, {n!r}")
-    if np.any(n < 1) or np.any(successes < 0) or np.any(successes > n):
-        raise ValueError(f"need 0 <= successes <= n and n >= 1; got successes={successes}, n={n}")
+    successes, n = check_counts(successes, n)
     z = ndtri(0.5 + confidence / 2)
     share = successes / n
     shrink = 1 + z**2 / n
