@@ -171,11 +171,42 @@ def test_a_task_no_parent_owns_is_decided_against_the_parents_per_item_mean():
     mean_copy = [(x + y) / 2 for x, y in zip(a, b)]
     v = assess("m", _result({"g": mean_copy}), {"a": _result({"g": a}), "b": _result({"g": b})}, ["g"], t)
     ret = v[("g", "retention")]
-    assert ret.figures["reference"] == "parents' mean" and ret.figures["method"] == "permutation"
+    # acc lies in [0, 1]: the betting test rests on that range (the sign-flip assumes symmetry)
+    assert ret.figures["reference"] == "parents' mean" and ret.figures["method"] == "betting"
     assert ret.outcome == "pass" and ret.figures["n"] == 400
     chance = assess("m", _result({"g": _binary(0.25, 400, 9)}), {"a": _result({"g": a}), "b": _result({"g": b})},
                     ["g"], t)[("g", "retention")]
     assert chance.outcome == "fail"
+
+
+def test_graded_items_rest_on_the_metrics_range_where_it_has_one():
+    """f1 in [0, 1]: the betting test, valid for a skill lost on a few items; a metric with no
+    range by definition (or values outside it): the sign-flip test, which assumes symmetry."""
+    t = _thresholds(retention={"capabilities": {"g": "a"}})
+    rng = np.random.default_rng(11)
+    parent = list(np.round(rng.random(300), 2))
+    for metric, values, method in (("f1", parent, "betting"), ("score", parent, "permutation"),
+                                   ("f1", [2 * v for v in parent], "permutation")):
+        v = assess("m", _result({"g": values}, metric=metric), {"a": _result({"g": values}, metric=metric)}, ["g"], t)
+        assert v[("g", "retention")].figures["method"] == method, (metric, method)
+
+
+def test_the_comparison_is_on_the_configured_metric():
+    """[retention.metrics] names the gated metric: the paired test runs on it, not on the task's
+    first metric."""
+    t = _thresholds(retention={"capabilities": {"g": "a"}, "metrics": {"g": "acc_norm"}})
+
+    def two(acc, acc_norm):
+        r = _result({"g": acc})
+        items = [ItemRecord(doc_id=i, doc_hash=f"h{i}", metrics={"acc": float(x), "acc_norm": float(y)}, choice=None)
+                 for i, (x, y) in enumerate(zip(acc, acc_norm))]
+        r.tasks["g"] = TaskResult("g", {"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm))}, items,
+                                  "cfg", higher_is_better={"acc": True, "acc_norm": True})
+        return r
+
+    good, bad = [1.0] * 300, [1.0] * 150 + [0.0] * 150
+    v = assess("m", two(good, bad), {"a": two(good, good)}, ["g"], t)[("g", "retention")]
+    assert v.figures["metric"] == "acc_norm" and v.outcome == "fail" and v.figures["effect"] == pytest.approx(-0.5)
 
 
 def test_perplexity_is_gated_lower_is_better_in_log_units():

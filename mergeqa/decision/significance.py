@@ -276,11 +276,14 @@ def compare_paired(
 
     `margin` is the tolerated drop in metric units (0.01 = one accuracy point for 0/1 outcomes).
     method 'auto' is 'mcnemar' when both arrays are 0/1 (exact McNemar; Tango's score test and
-    interval for non-inferiority; deterministic) and 'permutation' otherwise (sign-flip test and
-    its inverted interval; `n_resamples` seeded flips, exact enumeration when that is smaller).
-    'mcnemar-midp' and 'ttest' are the alternatives; 'betting' (with `bounds`, the lowest and
-    highest score an item can get) holds its size for any distribution of the differences,
-    skewed ones included. No items gives an inconclusive verdict.
+    interval for non-inferiority; deterministic), else 'betting' when `bounds` (the lowest and
+    highest score an item can get) are known: it holds its size for any distribution of the
+    differences on that range, skewed ones included (a skill lost on a few items), and else
+    'permutation' (sign-flip test and its inverted interval; `n_resamples` seeded flips, exact
+    enumeration when that is smaller), which assumes the differences symmetric about the margin:
+    for scores with no known range (log-likelihoods), where no test can hold its size for every
+    distribution. 'mcnemar-midp' and 'ttest' are the alternatives. No items gives an inconclusive
+    verdict.
     """
     margin, alpha = check_margin(margin), check_alpha(alpha)
     power = check_open_interval("power", power, 0.0, 1.0, ", e.g. 0.8")
@@ -289,7 +292,7 @@ def compare_paired(
     check_count("seed", seed, minimum=0)
     merged, reference = paired_arrays(merged, reference)
     binary = is_binary(merged, reference)
-    resolved = ("mcnemar" if binary else "permutation") if method == "auto" else method
+    resolved = ("mcnemar" if binary else "betting" if bounds is not None else "permutation") if method == "auto" else method
     if resolved.startswith("mcnemar"):
         if not binary:
             raise ValueError(f"method={method!r} needs 0/1 outcomes in both arrays; "
@@ -382,14 +385,22 @@ def decide_significant_drop(c: PairedComparison) -> str:
     return "fail" if c.ci[1] < -c.margin else "pass"
 
 
-def smallest_decidable_n(margin: float, alpha: float, *, binary: bool) -> int:
+def smallest_decidable_n(margin: float, alpha: float, *, binary: bool, width: float | None = None) -> int:
     """The fewest items on which *any* outcome decides the comparison: below it no data, not
     even a merge right on every item the reference got wrong (or wrong on every item it got
     right), gives pass or fail, so the check is an error rather than inconclusive. 0/1 items:
-    exact McNemar (smallest p 2^-n) or Tango with every item a win; graded items: the exact
-    sign-flip test (smallest p 2^-n)."""
+    exact McNemar (smallest p 2^-n) or Tango with every item a win; graded items on a range of
+    `width`: the betting test with every item the largest loss; graded items with no known
+    range: the exact sign-flip test (smallest p 2^-n)."""
     check_alpha(alpha)
     flips = max(1, math.ceil(math.log2(1 / alpha)))
+    if not binary and width is not None:
+        from mergeqa.stats.betting import pvalue_at
+
+        n = 1
+        while pvalue_at(np.ones(n) * width, 0.0, -width, width) > alpha:  # -d: every item a loss of `width`
+            n += 1
+        return n
     if not binary:
         return flips
     n = np.arange(1, flips + 1)

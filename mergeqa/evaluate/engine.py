@@ -64,6 +64,13 @@ class ItemRecord:
 
 # lm-eval aggregations whose per-item values are (loglikelihood, weight) pairs
 WEIGHTED = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+# Per-item metrics whose values lie in [0, 1] by definition (lm-eval's names): a paired test on
+# them can rest on that range (the betting test; significance.compare_paired). Others (BLEU-like
+# corpus metrics, log-likelihoods, perplexities) have no range a test could rest on.
+UNIT_RANGE = frozenset({"acc", "acc_norm", "exact_match", "em", "f1", "mc1", "mc2", "contains", "accuracy",
+                        "pass@1", "pass_at_1", "prompt_level_strict_acc", "inst_level_strict_acc",
+                        "prompt_level_loose_acc", "inst_level_loose_acc", "rouge1_acc", "rouge2_acc", "rougeL_acc",
+                        "bleu_acc"})
 # The metric each Open LLM Leaderboard task is read on (its v1 table); others: the task's first.
 LEADERBOARD_METRICS = {"arc_challenge": "acc_norm", "hellaswag": "acc_norm", "truthfulqa_mc2": "acc",
                        "winogrande": "acc", "gsm8k": "exact_match,strict-match", "mmlu": "acc"}
@@ -147,6 +154,16 @@ class TaskResult:
                                         f"{r.filter!r} in one model's results; clear its cache entry and re-run")
             out[doc] = sign * scale * r.metrics[metric]
         return out
+
+    def value_range(self, key: str) -> tuple[float, float] | None:
+        """The range of `gated_values(key)` a paired test can rest on: [0, 1] (or [-1, 0] when
+        lower is better) for a metric of UNIT_RANGE whose logged values all lie in it; None else."""
+        metric = split_key(key)[0]
+        if metric not in UNIT_RANGE or metric in WEIGHTED:
+            return None
+        if not all(0.0 <= r.metrics[metric] <= 1.0 for r in self.records(key)):
+            return None
+        return (0.0, 1.0) if self.higher_is_better_for(key) else (-1.0, 0.0)
 
     def scores(self, metric: str | None = None) -> list[float]:
         """Per-item values of `metric` (a metric key) in doc_id order, as lm-eval logged them."""

@@ -198,8 +198,10 @@ def compare_with_parents(merged: ProbeResult, parents: Mapping[str, ProbeResult]
         # against each parent at alpha / k, not the one that looks weakest on these items
         # (significance.against_each: pass when within the margin of some parent)
         a = merged.item_scores(layer(merged))
+        # item scores are correctness averaged over seeds, in [0, 1]: the betting test rests on that
+        # range (valid for a skill lost on a few items, where the sign-flip is not)
         each = {n: compare_paired(a, p.item_scores(layer(p)), margin=tolerance, alpha=alpha / len(parents),
-                                  power=power) for n, p in parents.items()}
+                                  power=power, bounds=(0.0, 1.0)) for n, p in parents.items()}
         ref, combined = against_each(each, alpha)
         b = parents[ref].item_scores(layer(parents[ref]))
         rows.append((which, layer(merged), float(a.mean()), ref, layer(parents[ref]), float(b.mean()), combined))

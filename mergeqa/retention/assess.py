@@ -128,14 +128,14 @@ def assess(merge: str, merged: EvalResult, parents: dict[str, EvalResult], tasks
                                                 f"{early.fixed_n.get(task, 'decided fixed-n')}")
                 if kind == "regression":
                     margins = {n: _rule(kind, sc, limit, hib, weighted)[1] for n, sc in scores.items()}
-                    compared = _compare_each(task, merged, parents, margins, stat, merge)
+                    compared = _compare_each(task, key, merged, parents, margins, stat, merge)
                     if not isinstance(compared, str):
                         v.data["compared_with"], compared = compared
                     # below every parent: with one parent the hypothesis its retention check tests too
                     pending.append(((task, kind), compared, (task, next(iter(parents)) if len(parents) == 1
                                                              else "every parent")))
                 else:
-                    pending.append(((task, kind), _compare(task, merged, parents, ref, margin, stat, merge),
+                    pending.append(((task, kind), _compare(task, key, merged, parents, ref, margin, stat, merge),
                                     (task, ref_name)))
     if pending:
         usable = [(k, c, h) for k, c, h in pending if not isinstance(c, str)]
@@ -185,7 +185,7 @@ def _sequential(v: Verdict, decision, n_scored: int) -> None:
     v.data.update(effect=c.effect, n=c.n, items_used=c.n, items_total=c.n_max, items_scored=n_scored)
 
 
-def _compare_each(task, merged, parents, margins, stat, merge):
+def _compare_each(task, key, merged, parents, margins, stat, merge):
     """Regression against each parent at alpha / k, combined by `significance.against_each`:
     (the parent the figures are against, the comparison), or a string as `_compare`."""
     from mergeqa.decision.significance import against_each
@@ -193,21 +193,20 @@ def _compare_each(task, merged, parents, margins, stat, merge):
     alpha, k = stat("alpha"), len(parents)
     each = {}
     for name in parents:
-        c = _compare(task, merged, parents, name, margins[name], stat, merge, alpha=alpha / k)
+        c = _compare(task, key, merged, parents, name, margins[name], stat, merge, alpha=alpha / k)
         if isinstance(c, str):
             return c
         each[name] = c
     return against_each(each, alpha)
 
 
-def _compare(task, merged, parents, ref, margin, stat, merge, *, alpha=None):
-    """The paired comparison (at `alpha`, default the configured one), or a string saying why
+def _compare(task, key, merged, parents, ref, margin, stat, merge, *, alpha=None):
+    """The paired comparison on the gated metric `key` (at `alpha`, default the configured one), or a string saying why
     none can be decided (an error verdict)."""
     import numpy as np
 
     from mergeqa.decision.significance import compare_paired, smallest_decidable_n
 
-    key = None
     if ref is not None:
         a, b, _ = paired_values(task, merged, parents[ref], key, names=(merge, ref))
     else:  # no owner: against the per-item mean of the parents, on the documents all share
@@ -217,11 +216,25 @@ def _compare(task, merged, parents, ref, margin, stat, merge, *, alpha=None):
         return f"{task}: no items were scored (n=0); check the task's data and --eval-limit"
     alpha = stat("alpha") if alpha is None else alpha
     binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
-    needed = smallest_decidable_n(margin, alpha, binary=binary)
+    bounds = value_range(task, key, merged, [parents[ref]] if ref is not None else list(parents.values()))
+    width = None if bounds is None else bounds[1] - bounds[0]
+    needed = smallest_decidable_n(margin, alpha, binary=binary, width=width)
     if a.size < needed:
         return (f"{task}: {a.size} items, but no outcome on fewer than {needed} items can decide a paired "
                 f"test at alpha={alpha:g} (margin {margin:.4g})")
-    return compare_paired(a, b, margin=margin, alpha=alpha, power=stat("power"))
+    return compare_paired(a, b, margin=margin, alpha=alpha, power=stat("power"), bounds=bounds)
+
+
+def value_range(task, key, merged, references) -> tuple[float, float] | None:
+    """The range every model's gated per-item values of `task` lie in by the metric's definition
+    (`TaskResult.value_range` of each leaf, all the same), or None: then graded items are decided
+    by the sign-flip test, which assumes symmetric differences (docs/statistics.md)."""
+    ranges = set()
+    for result in (merged, *references):
+        for leaf in result.groups.get(task, [task]):
+            t = result.tasks[leaf]
+            ranges.add(t.value_range(key))
+    return ranges.pop() if len(ranges) == 1 else None
 
 
 def _explain(v: Verdict) -> None:
