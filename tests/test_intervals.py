@@ -17,7 +17,7 @@ import pytest
 from mergeqa.conflict.consistency import ConflictRun, ConsistencyPair, PairOutcome, owner_verdict, rate_interval, rate_verdict
 from mergeqa.evaluate.agreement import Agreement, Match
 from mergeqa.judge import JudgeSetup, ReferenceJudge
-from mergeqa.judge.evaluation import Pairwise, ab_verdict, win_interval
+from mergeqa.judge.evaluation import Pairwise, ab_pvalues, ab_verdict, win_interval
 from mergeqa.stats import clopper_pearson_interval
 
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}
@@ -118,44 +118,69 @@ def _ab(wins: int, ties: int, losses: int) -> Pairwise:
     return Pairwise("m", "p", ["win"] * wins + ["tie"] * ties + ["loss"] * losses, 0, 0)
 
 
-def test_ab_size_at_the_floor_is_within_alpha_at_every_n():
-    """Without ties, a merge that wins exactly 45 % passes at most alpha of the time (Wilson ran
-    to 0.071 at n = 30): exact, for every n up to 300."""
-    low = lambda k, m: clopper_pearson_interval(k, m, confidence=0.9)[0]  # noqa: E731
-    sizes = [_exact_size(n, 0.45, lambda k, m: low(k, m) >= 0.45) for n in range(1, 301)]
-    assert max(sizes) <= 0.05
-    np.testing.assert_allclose(win_interval(_ab(44, 0, 36), 0.05), clopper_pearson_interval(44, 80, confidence=0.9),
-                               **TIGHT)
+def _ab_size(n: int, floor: float = 0.45, alpha: float = 0.05) -> float:
+    """The largest pass rate over tie rates of a merge whose win rate (ties as half) is exactly
+    `floor`: every (wins, losses) table summed exactly through the gate's own decision."""
+    from scipy.special import gammaln
+
+    w, l = (x.ravel() for x in np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij"))
+    keep = w + l <= n
+    w, l = w[keep], l[keep]
+    t = n - w - l
+    # ab_verdict passes exactly when p(above the floor) <= alpha (its interval is only shown)
+    passed = np.array([ab_pvalues(_ab(a, n - a - b, b), floor)[0] <= alpha for a, b in zip(w, l)])
+    worst, effect0 = 0.0, 2 * floor - 1
+    for p_loss in np.linspace(-effect0, (1 - effect0) / 2, 41):
+        p_win, p_tie = p_loss + effect0, 1 - 2 * p_loss - effect0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_pmf = (gammaln(n + 1) - gammaln(w + 1) - gammaln(l + 1) - gammaln(t + 1)
+                       + np.where(w > 0, w * np.log(p_win), 0) + np.where(l > 0, l * np.log(p_loss), 0)
+                       + np.where(t > 0, t * np.log(max(p_tie, 1e-300)), 0))
+        worst = max(worst, float(np.exp(np.nan_to_num(log_pmf, nan=-np.inf))[passed].sum()))
+    return worst
 
 
-def test_ab_is_decided_at_1_minus_2_alpha():
-    """44 wins of 80: the 90 % lower bound 0.452 clears 0.45 (pass); a 95 % one (0.435) would not."""
+@pytest.mark.parametrize("n", [12, 25, 40])
+def test_ab_size_at_the_floor_is_within_alpha_for_any_tie_rate(n):
+    """A merge whose win rate with ties as half is exactly 0.45 passes at most alpha of the time,
+    whatever share of the questions are ties: exact, over every table (Tango's asymptotic test
+    reaches 0.058 at 20 questions and 0.071 at 30; bench/simulate_checks.py for larger n)."""
+    assert _ab_size(n) <= 0.05
+
+
+def test_ab_is_decided_at_alpha_and_its_interval_agrees():
+    """44 wins of 80, no ties: p(above 0.45) = 0.046, pass; the 90 % interval (the exact tests
+    inverted) is Clopper-Pearson's there, 0.452..0.645. 43 wins: p 0.072, inconclusive."""
     v = ab_verdict(_setup(), _ab(44, 0, 36))
-    assert v.outcome == "pass" and "90% Clopper-Pearson 0.452..0.645" in v.summary
+    assert v.outcome == "pass" and "90% exact interval 0.452..0.645" in v.summary
+    assert v.figures["p_noninferiority"] == pytest.approx(0.0463, abs=5e-4)
+    np.testing.assert_allclose(win_interval(_ab(44, 0, 36), 0.05), clopper_pearson_interval(44, 80, confidence=0.9),
+                               atol=2e-3)
+    assert ab_verdict(_setup(), _ab(43, 0, 37)).outcome == "inconclusive"
+    assert ab_verdict(_setup(), _ab(20, 0, 60)).outcome == "fail"
 
 
-def test_ab_half_a_win_does_not_count_towards_the_lower_bound():
-    """43 wins, 1 tie, 36 losses (win rate 0.544): the lower bound is that of 43 wins (0.440 < 0.45,
-    inconclusive); counting the tie's half win as a whole one (44 wins, 0.452) would pass it."""
-    low, high = win_interval(_ab(43, 1, 36), 0.05)
-    np.testing.assert_allclose(low, clopper_pearson_interval(43, 80, confidence=0.9)[0], **TIGHT)
-    np.testing.assert_allclose(high, clopper_pearson_interval(44, 80, confidence=0.9)[1], **TIGHT)
-    assert ab_verdict(_setup(), _ab(43, 1, 36)).outcome == "inconclusive"
-    assert ab_verdict(_setup(), _ab(43, 2, 35)).outcome == "pass"  # two ties: one whole win
+def test_ab_ties_count_as_half_a_win_with_their_smaller_variance():
+    """15 wins, 55 ties, 10 losses (win rate 0.531): shown above 0.45 (p 0.006). Rounded to a
+    win count (42 of 80) its Clopper-Pearson lower bound, 0.43, would not pass it: a tie is not a
+    coin flip between a win and a loss."""
+    v = ab_verdict(_setup(), _ab(15, 55, 10))
+    assert v.outcome == "pass" and v.figures["p_noninferiority"] < 0.01
+    assert clopper_pearson_interval(42, 80, confidence=0.9)[0] < 0.45
+    low, high = win_interval(_ab(15, 55, 10), 0.05)
+    assert 0.45 < low < 0.531 < high
 
 
 def test_the_ab_pass_rate_and_the_questions_a_pass_needs():
-    """lower_bound_pass_rate is the exact sum over the counts whose lower bound reaches the floor;
-    a merge tied with its parent rarely passes at MT-Bench's 80 questions."""
-    from scipy.stats import binom
+    """The plan's figures (normal approximation) against a simulation through the gate's own
+    decision (p(above the floor) <= alpha): a merge tied with its parent at 80 questions, half of
+    them ties."""
+    from mergeqa.stats.exact_paired import items_to_pass, pass_rate
 
-    from mergeqa.stats.binomial import items_to_pass, lower_bound_pass_rate
-
-    for n in (7, 40, 80, 271):
-        k = np.arange(n + 1)
-        low = clopper_pearson_interval(k, np.full(k.shape, n), confidence=0.9)[0]
-        assert lower_bound_pass_rate(n, 0.52, 0.45) == pytest.approx(binom.pmf(k, n, 0.52)[low >= 0.45].sum(), abs=1e-12)
-    assert lower_bound_pass_rate(80, 0.5, 0.45) < 0.25
-    needed = items_to_pass(0.55, 0.45)
-    assert lower_bound_pass_rate(needed, 0.55, 0.45) >= 0.8 > max(lower_bound_pass_rate(np.arange(1, needed), 0.55, 0.45))
-    assert items_to_pass(0.45, 0.45) is None
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(80, [0.25, 0.5, 0.25], size=300)
+    simulated = np.mean([ab_pvalues(_ab(w, t, l), 0.45)[0] <= 0.05 for w, t, l in counts])
+    assert abs(simulated - float(pass_rate(80, 0.0, 0.5, -0.1))) < 0.1
+    needed = items_to_pass(0.0, 0.5, -0.1)
+    assert 250 < needed < 350 and pass_rate(needed, 0.0, 0.5, -0.1) >= 0.8
+    assert items_to_pass(-0.1, 0.5, -0.1) is None

@@ -300,21 +300,23 @@ class Planner:
 
     def judge_lines(self) -> list[str]:
         """The A/B rule at the configured number of questions: how often a merge tied with its
-        parent passes, and how many questions a pass needs."""
+        parent passes, with no ties and with half the questions tied, and how many questions a
+        pass needs."""
         from mergeqa.judge.questions import default_questions_path, read_questions
-        from mergeqa.stats.binomial import items_to_pass, lower_bound_pass_rate
+        from mergeqa.stats.exact_paired import items_to_pass, pass_rate
 
         path = self.thresholds.file("judge", "questions", fix="name an MT-Bench question.jsonl, or leave it out "
                                     "for the embedded questions")
         n = len(read_questions(path or default_questions_path()))
-        floor, confidence = self.thresholds.get("judge", "min_win_rate"), 1 - 2 * self.alpha
-        tied = float(lower_bound_pass_rate(n, 0.5, floor, confidence=confidence))
-        needs = {rate: items_to_pass(rate, floor, confidence=confidence, power=self.power) for rate in (0.5, 0.55)}
-        told = lambda k: f"about {k}" if k else "more than 5000"  # noqa: E731
-        return ["", f"judge A/B ({n} questions, both orders, a tie half a win): pass against a parent when the "
-                f"{100 * confidence:g}% Clopper-Pearson lower bound of the win rate reaches {floor:g}. A merge tied "
-                f"with its parent (win rate 0.5, no ties) passes {tied:.2f} of the time at n={n}; power "
-                f"{self.power:g} needs {told(needs[0.5])} questions at 0.5, {told(needs[0.55])} at a 0.55 win rate"]
+        floor = self.thresholds.get("judge", "min_win_rate")
+        effect0 = 2 * floor - 1  # win rate with ties as half = 0.5 + (P(win) - P(loss)) / 2
+        tied = {d: float(pass_rate(n, 0.0, d, effect0, alpha=self.alpha)) for d in (1.0, 0.5)}
+        needs = {d: items_to_pass(0.0, d, effect0, alpha=self.alpha, power=self.power) for d in (1.0, 0.5)}
+        return ["", f"judge A/B ({n} questions, both orders, a tie half a win): pass against a parent when an exact "
+                f"test at alpha {self.alpha:g} shows the win rate above {floor:g}. A merge tied with its parent (win "
+                f"rate 0.5) passes about {tied[1.0]:.2f} of the time at n={n} with no ties, {tied[0.5]:.2f} with half "
+                f"the questions tied; power {self.power:g} needs about {needs[1.0]} questions with no ties, "
+                f"{needs[0.5]} with half tied (ties carry less variance than a win or a loss)"]
 
     def model_lines(self) -> list[str]:
         return ["", "models:"] + [m.line(len(self.suite["tasks"]), self.n_probes) for m in self.models]

@@ -410,21 +410,30 @@ def score_verdict(setup: JudgeSetup, merged: ModelScores, parents: dict[str, Mod
 
 
 def win_interval(ab: Pairwise, alpha: float) -> tuple[float, float]:
-    """Clopper-Pearson interval at 1 - 2 alpha for the win rate with ties as half (each side an
-    exact one-sided binomial test at alpha). Half a win is not a count, so with an odd number of
-    ties the lower bound is that of the count rounded down and the upper that of the count
-    rounded up: the interval spans both, and neither side claims the half win."""
-    from ..stats import clopper_pearson_interval
+    """The (1 - 2 alpha) interval of the win rate with ties as half a win: 0.5 + effect / 2 with
+    effect = P(win) - P(loss), each side the exact unconditional test of `ab_pvalues` inverted
+    (ties are neither, so many ties narrow it as they should)."""
+    from ..stats.exact_paired import exact_tango_interval
 
-    n, doubled = ab.judged, 2 * ab.count("win") + ab.count("tie")
-    low, _ = clopper_pearson_interval(doubled // 2, n, confidence=1 - 2 * alpha)
-    _, high = clopper_pearson_interval((doubled + 1) // 2, n, confidence=1 - 2 * alpha)
-    return float(low), float(high)
+    low, high = exact_tango_interval(ab.count("win"), ab.count("loss"), ab.judged, confidence=1 - 2 * alpha)
+    return 0.5 + low / 2, 0.5 + high / 2
+
+
+def ab_pvalues(ab: Pairwise, floor: float) -> tuple[float, float]:
+    """(p of "win rate above floor", p of "win rate below floor"), ties as half a win: exact
+    unconditional tests (Chan 1998, Tango-ordered; `mergeqa.stats.exact_paired`) of the paired
+    effect P(win) - P(loss) against 2 floor - 1, exact for any tie rate."""
+    from ..stats.exact_paired import exact_tango_pvalue
+
+    wins, losses, n, effect0 = ab.count("win"), ab.count("loss"), ab.judged, 2 * floor - 1
+    return (exact_tango_pvalue(wins, losses, n, effect0=effect0, alternative="greater"),
+            exact_tango_pvalue(wins, losses, n, effect0=effect0, alternative="less"))
 
 
 def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
     """ab.<parent>: win rate (ties as half) of the merge against the parent >= min_win_rate: pass
-    when the (1 - 2 alpha) Clopper-Pearson interval lies at or above it, fail when below, else inconclusive; error when
+    when the exact test shows it above (p <= alpha), fail when shown below, else inconclusive
+    (the (1 - 2 alpha) interval shown is those tests inverted); error when
     the swap-disagreement or parse-error rate passes its ceiling (the judge is not to be trusted)."""
     check = f"ab.{ab.parent}"
     fig = {**setup.figures(), "wins": ab.count("win"), "ties": ab.count("tie"), "losses": ab.count("loss"),
@@ -451,16 +460,18 @@ def ab_verdict(setup: JudgeSetup, ab: Pairwise) -> Verdict:
                                f"on {ab.flips} of {ab.judged} questions ({ab.swap_disagreement:.0%} > "
                                f"max_swap_disagreement {setup.max_swap_disagreement:g}): position bias"),
                        fix="use a stronger judge, or raise [judge] max_swap_disagreement knowingly")
-    low, high = win_interval(ab, setup.alpha)
     rate, floor = ab.win_rate, setup.min_win_rate
-    outcome = interval_outcome(low, high, floor=floor)
+    p_above, p_below = ab_pvalues(ab, floor)
+    outcome = "pass" if p_above <= setup.alpha else "fail" if p_below <= setup.alpha else "inconclusive"
+    low, high = win_interval(ab, setup.alpha)
     level = f"{100 * (1 - 2 * setup.alpha):g}%"
     data.update(ci_low=round(low, 4), ci_high=round(high, 4))
     v = Verdict(check, ab.merged, outcome,
                 {"obtained": round(rate, 4), "threshold": floor, "ci_low": round(low, 4), "ci_high": round(high, 4),
+                 "p_noninferiority": p_above, "p_regression": p_below, "method": "exact unconditional (Tango-ordered)",
                  **fig},
                 summary=(f"A/B win rate against {ab.parent} (ties as half) on {ab.judged} questions, both orders "
-                         f"({level} Clopper-Pearson {low:.3f}..{high:.3f})"),
+                         f"({level} exact interval {low:.3f}..{high:.3f}; p(above {floor:g}) = {p_above:.2g})"),
                 expected=f">= {floor:g} (the whole {level} interval)", delta=round(rate - floor, 4),
                 details=[f"wins {ab.count('win')}, ties {ab.count('tie')} ({ab.flips} from flips), losses "
                          f"{ab.count('loss')}; swap disagreement {ab.swap_disagreement:.0%}"], data=data)

@@ -30,27 +30,3 @@ def clopper_pearson_interval(successes, n, *, confidence: float = 0.95):
         low = np.where(successes == 0, 0.0, beta.ppf(tail, np.maximum(successes, 1), n - successes + 1))
         high = np.where(successes == n, 1.0, beta.ppf(1 - tail, successes + 1, np.maximum(n - successes, 1)))
     return low, high
-
-
-def lower_bound_pass_rate(n, rate: float, floor: float, *, confidence: float = 0.9):
-    """P(the Clopper-Pearson lower bound of K / n reaches `floor`) for K ~ Binomial(n, rate): how
-    often a rule "pass when the whole interval is at or above the floor" passes a true `rate`.
-    Exact: the lower bound reaches the floor exactly when P(Binomial(n, floor) >= K) <= the tail,
-    i.e. from the count binom.ppf(1 - tail, n, floor) + 1 on. Vectorised over `n`."""
-    from scipy.stats import binom
-
-    check_confidence(confidence)
-    n = np.asarray(n)
-    k_min = binom.ppf(1 - (1 - confidence) / 2, n, floor) + 1
-    return binom.sf(k_min - 1, n, rate)
-
-
-def items_to_pass(rate: float, floor: float, *, confidence: float = 0.9, power: float = 0.8,
-                  n_max: int = 5000) -> int | None:
-    """The fewest items at which a true `rate` passes the lower-bound rule with probability at least
-    `power` (the first such n: discreteness makes the pass rate saw-toothed in n); None up to n_max."""
-    if rate <= floor:
-        return None
-    n = np.arange(1, n_max + 1)
-    ok = lower_bound_pass_rate(n, rate, floor, confidence=confidence) >= power
-    return int(n[np.argmax(ok)]) if ok.any() else None
