@@ -231,6 +231,10 @@ HOST_STATE = (
     "    libc.mmap.restype = ctypes.c_void_p\n"
     "    address = libc.mmap(None, 4096, 1, 1, stdlib_file.fileno(), 0)  # PROT_READ, MAP_SHARED\n"
     "    return libc.mincore(ctypes.c_void_p(address), 4096, ctypes.create_string_buffer(8))\n"
+    "def pageout(advice):  # evict a shared file's pages: what makes each stdlib file a rewritable bit\n"
+    "    libc.mmap.restype = ctypes.c_void_p\n"
+    "    address = libc.mmap(None, 4096, 1, 1, stdlib_file.fileno(), 0)\n"
+    "    return libc.madvise(ctypes.c_void_p(address), 4096, advice)\n"
     "def probe(mb):\n"
     "    return {\n"
     "        'SysV shared memory': outcome(lambda: shm(mb)),\n"
@@ -247,6 +251,10 @@ HOST_STATE = (
     "        'sysinfo (host figures)': outcome(lambda: libc.sysinfo(ctypes.create_string_buffer(128))),\n"
     "        'mincore (page-cache residency)': outcome(residency),\n"
     "        'a unix socket (still allowed)': outcome(lambda: socket.socket(socket.AF_UNIX)),\n"
+    "        'fadvise DONTNEED on a stdlib file': outcome(lambda: os.posix_fadvise(stdlib_file.fileno(), 0, 0,\n"
+    "                                                                            os.POSIX_FADV_DONTNEED)),\n"
+    "        'madvise PAGEOUT on a stdlib mapping': outcome(lambda: pageout(21)),\n"
+    "        'madvise DONTNEED (what malloc uses, still allowed)': outcome(lambda: pageout(4)),\n"
     "    }\n"
 )
 
@@ -273,7 +281,8 @@ def test_host_memory_and_host_state_the_rlimits_miss_are_refused():
         "AF_PACKET socket": "EAFNOSUPPORT", "flock on a stdlib file": "EPERM", "lease on a stdlib file": "EPERM",
         "fcntl lock": "EPERM", "fallocate in /tmp": "EPERM", "fallocate on stdout": "EPERM", "inotify": "EPERM",
         "sysinfo (host figures)": "EPERM", "mincore (page-cache residency)": "EPERM",
-        "a unix socket (still allowed)": "allowed",
+        "a unix socket (still allowed)": "allowed", "fadvise DONTNEED on a stdlib file": "EPERM",
+        "madvise PAGEOUT on a stdlib mapping": "EPERM", "madvise DONTNEED (what malloc uses, still allowed)": "allowed",
     }, seen
     assert grown < 100, f"host Shmem grew {grown:.0f} MB while the sandbox ran"
 

@@ -349,16 +349,20 @@ _DENIED = {
 }
 # SysV IPC (shared memory outside RLIMIT_AS), memfd (memory outside it too), fallocate, inotify / fanotify (they
 # watch host files through the read-only binds), flock (on the shared stdlib files), sysinfo (host figures),
-# mincore / cachestat (which pages of the shared files are in the page cache: what another sample read)
+# mincore / cachestat (which pages of the shared files are in the page cache: what another sample read),
+# fadvise64 and process_madvise (POSIX_FADV_DONTNEED evicts a shared file's pages: with a read that warms them,
+# each stdlib file was a rewritable bit for the next sample, read back by timing a read: ~100 us cold, ~2 us warm)
 _DENIED_HOST_STATE = {
     "x86_64": {"shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
                "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "flock": 73, "sysinfo": 99,
                "semtimedop": 220, "inotify_init": 253, "fallocate": 285, "inotify_init1": 294, "fanotify_init": 300,
-               "memfd_create": 319, "memfd_secret": 447, "mincore": 27, "cachestat": 451},
+               "memfd_create": 319, "memfd_secret": 447, "mincore": 27, "cachestat": 451, "fadvise64": 221,
+               "process_madvise": 440},
     "aarch64": {"inotify_init1": 26, "flock": 32, "fallocate": 47, "sysinfo": 179, "msgget": 186, "msgctl": 187,
                 "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191, "semtimedop": 192, "semop": 193,
                 "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197, "fanotify_init": 262, "memfd_create": 279,
-                "memfd_secret": 447, "mincore": 232, "cachestat": 451},
+                "memfd_secret": 447, "mincore": 232, "cachestat": 451, "fadvise64_64": 223,
+                "process_madvise": 440},
 }
 for _machine, _names in _DENIED_HOST_STATE.items():
     _DENIED[_machine].update(_names)
@@ -368,6 +372,10 @@ _FCNTL = {"x86_64": 72, "aarch64": 25}
 # fcntl commands refused (EPERM): record locks and leases (on the shared binds, seen by every sandbox and the
 # host) and directory notification: F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_NOTIFY
 _FCNTL_DENIED = (6, 7, 37, 38, 1024, 1026)
+_MADVISE = {"x86_64": 28, "aarch64": 233}
+# madvise advice refused (EPERM): MADV_COLD, MADV_PAGEOUT (evict a mapped file's pages where the sandbox's uid owns
+# the file: an unprivileged caller's own interpreter); the rest (MADV_DONTNEED...) is what malloc uses
+_MADVISE_DENIED = (20, 21)
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435  # its flags live in memory a filter cannot read: ENOSYS makes libc fall back to clone
@@ -379,8 +387,8 @@ def _seccomp_table():
 
 
 def seccomp_program() -> bytes:
-    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`, `SOCKET_FAMILIES`
-    and `_FCNTL_DENIED`."""
+    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`, `SOCKET_FAMILIES`,
+    `_FCNTL_DENIED` and `_MADVISE_DENIED`."""
     machine, denied = _seccomp_table()
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
@@ -402,6 +410,7 @@ def seccomp_program() -> bytes:
     for nr in _SOCKET[machine]:
         prog += on_argument(nr, 16, sorted(SOCKET_FAMILIES.values()), allow, errno(97))  # EAFNOSUPPORT
     prog += on_argument(_FCNTL[machine], 24, _FCNTL_DENIED, eperm, allow)
+    prog += on_argument(_MADVISE[machine], 32, _MADVISE_DENIED, eperm, allow)
     prog += [(jeq, 0, 1, _CLONE3), (ret, 0, 0, enosys)]
     clone_thread = 0x00010000
     prog += [(jeq, 0, 3, _CLONE[machine]), (ld, 0, 0, 16), (jset, 1, 0, clone_thread), (ret, 0, 0, eperm)]
