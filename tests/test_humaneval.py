@@ -180,6 +180,26 @@ def test_descriptor_attacks_50_times_leak_nothing_and_lose_no_result():
     assert all(sb.sandbox_processes(ns) == [] for ns in seen["namespaces"])
 
 
+def test_cooperating_samples_learn_nothing_from_each_other():
+    """8 samples of one input-blind completion that learns the check's answers from earlier samples through any
+    state they share (files in /tmp, /dev/shm, /var/tmp, home; page-cache bits on stdlib files): each one fails
+    at the same call, as the first did. Control: the same 8 samples unsandboxed, sharing the host's /tmp (files
+    only: the page-cache bits it would set on the host would be read by the next run), forge passes from the 4th
+    on. What is left, the one-shot timing channels, is measured in `bench/humaneval_sample_channels.py`."""
+    problem, token = he.load_problems()[0], secrets.token_hex(6)
+    completion = he.cooperating_completion(token)
+    results = he.check_completions([(problem, completion)] * 8, timeout_s=5, memory_mb=256, workers=1)
+    assert [(r.status, r.detail) for r in results] == [("failed", "AssertionError on call 2")] * 8
+    unsandboxed = sb.Host(None, "", "the control: samples sharing the host's /tmp")
+    files_only = he.cooperating_completion(token, page_cache=False)
+    try:
+        control = [he._run_check(problem, files_only, 5, 256, unsandboxed).status for _ in range(8)]
+    finally:
+        for directory in ("/tmp", "/dev/shm", "/var/tmp"):
+            Path(directory, f".mergeqa-coop-{token}").unlink(missing_ok=True)
+    assert control == ["failed"] * 3 + ["passed"] * 5
+
+
 def test_the_attack_list_is_the_one_this_test_knows():
     assert set(he.attack_completions("/x", 1, "/y")) == set(ATTACK_OUTCOMES)
 

@@ -320,6 +320,90 @@ def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str
     }
 
 
+def cooperating_completion(token: str, page_cache: bool = True) -> str:
+    """A completion of HumanEval/0 that never reads its input: run as several samples of the problem, it learns
+    the check's answers from earlier samples through whatever state they share, and passes once it knows them.
+
+    Each sample answers what earlier ones learnt and guesses True for the first call it knows nothing about,
+    marking it "pending": asked the next question, the guess was right ("yes"); a later sample that finds it
+    still pending knows the sample was stopped there ("no"). Through shared files the 4th sample passes
+    (HumanEval/0's answers are True, False, True, False, True, True, False). Stores: files named after `token`
+    in /tmp, /dev/shm, /var/tmp and the home directory; else 2 bits per call on stdlib files' page-cache state
+    (warm: read; cold: POSIX_FADV_DONTNEED; read back by timing a 1-byte read, over 20 us = cold) behind an
+    8-bit header (`page_cache=False`: files only, for an unsandboxed control that must not leave page-cache
+    state for the next run to read). Its tests and `bench/humaneval_sandbox_table.py` run it.
+    """
+    return "    return _answer()\n\n\n" + f"_TOKEN, _PAGE_CACHE = {token!r}, {page_cache!r}\n" + _COOPERATING
+
+
+_COOPERATING = """
+import glob, json, os, sys, time
+_FILES = [d + '/.mergeqa-coop-' + _TOKEN for d in ('/tmp', '/dev/shm', '/var/tmp', os.path.expanduser('~'))]
+_loaded = {getattr(m, '__file__', None) for m in list(sys.modules.values())}
+_CELLS = [p for p in sorted(glob.glob(os.path.dirname(os.__file__) + '/*.py')) if p not in _loaded][:24 * _PAGE_CACHE]
+_HEADER = [1, 0, 1, 1, 0, 0, 1, 0]
+_STATES = ['unknown', 'pending', 'no', 'yes']  # 2 bits per call
+_calls = 0
+
+
+def _cell(path, bit=None):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if bit == 0:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return 0
+        start = time.perf_counter_ns()
+        os.pread(fd, 1, 0)
+        return int(time.perf_counter_ns() - start < 20_000)
+    except OSError:
+        return 1
+    finally:
+        os.close(fd)
+
+
+def _load():
+    for path in _FILES:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+    bits = [_cell(c) for c in _CELLS]
+    if not _PAGE_CACHE or bits[:8] != _HEADER:
+        return {}
+    return {str(k): _STATES[2 * bits[8 + 2 * k] + bits[9 + 2 * k]] for k in range(8)}
+
+
+def _save(known):
+    for path in _FILES:
+        try:
+            with open(path, 'w') as f:
+                json.dump(known, f)
+        except OSError:
+            pass
+    bits = list(_HEADER)
+    for k in range(8):
+        state = _STATES.index(known.get(str(k), 'unknown'))
+        bits += [state >> 1, state & 1]
+    for cell, bit in zip(_CELLS, bits):
+        _cell(cell, bit)
+
+
+def _answer():
+    global _calls
+    k, _calls = _calls, _calls + 1
+    known = _load()
+    if k and known.get(str(k - 1)) == 'pending':
+        known[str(k - 1)] = 'yes'  # asked the next question: this sample's guess was right
+    state = known.get(str(k), 'unknown')
+    if state == 'pending':  # an earlier sample guessed True here and was not asked again
+        state = 'no'
+    known[str(k)] = 'pending' if state == 'unknown' else state
+    _save(known)
+    return state != 'no'
+"""
+
+
 # --------------------------------------------------------------------------- pass@k
 
 
