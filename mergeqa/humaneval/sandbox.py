@@ -36,6 +36,7 @@ MAX_PROGRAM_BYTES = 1 << 20
 OUTPUT_TAIL_BYTES = 4096  # what a result keeps of the program's stdout and stderr
 OUTPUT_FILE_BYTES = 8 << 20  # what the caller reads of the output pipe; RLIMIT_FSIZE of each file in /tmp
 TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
+TMPFS_INODES = 4096  # files and directories in it (root caller: each costs ~1 KB of host kernel memory, uncounted)
 SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host too when the caller is root
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
 # what the trusted side decodes of a reply, at most (every limit it finds broken makes the item an `error`)
@@ -305,12 +306,11 @@ def _mount_plan() -> tuple[str, ...]:
         files.update({path, os.path.realpath(path)})
     if os.path.isfile("/etc/ld.so.cache"):
         files.add("/etc/ld.so.cache")  # where the loader finds libraries outside the default directories
-    # the private /tmp first (world-writable: the sandbox may run as nobody): an interpreter that lives
-    # under /tmp is bound on top of it, not hidden
-    plan = ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    # (the private /tmp comes first, `PrivateTmp.bwrap_arguments`: an interpreter under /tmp is bound on top of it)
     # the directories above the interpreter, traversable: run as nobody (caller root), it must still reach
     # its stdlib under, e.g., /root (mode 700 on the host); they hold nothing but the binds below
     above = {a for p in (stdlib, *files) for a in Path(p).parents if str(a) not in ("/", "/tmp")}
+    plan = []
     for directory in sorted(str(a) for a in above if not str(a).startswith("/tmp/")):
         plan += ["--perms", "0755", "--dir", directory]
     plan += ["--ro-bind", stdlib, stdlib]
@@ -321,6 +321,46 @@ def _mount_plan() -> tuple[str, ...]:
         if not path.startswith(stdlib + os.sep):
             plan += ["--ro-bind", path, path]
     return (*plan, "--dev", "/dev", "--remount-ro", "/dev", "--remount-ro", "/")
+
+
+class PrivateTmp:
+    """The sandbox's /tmp: TMPFS_BYTES, world-writable (it may run as nobody), its own per run. A root caller
+    mounts it on the host (`size` and `nr_inodes`: bwrap 0.8's --tmpfs has no inode limit, and 2.3 million
+    empty files cost 2.3 GB of host kernel memory in 20 s), binds it, and detaches it from the host as soon as
+    the sandbox has it (`detach`), so it lives as long as the sandbox; an unprivileged caller gets bwrap's
+    --size'd --tmpfs (no inode limit: see docs/sandbox.md)."""
+
+    _MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+
+    def __init__(self):
+        self.mountpoint = None
+        if os.geteuid() != 0:
+            return
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        mountpoint = tempfile.mkdtemp(prefix="mergeqa-sandbox-tmp-")
+        options = f"size={TMPFS_BYTES},nr_inodes={TMPFS_INODES},mode=1777".encode()
+        if self._libc.mount(b"tmpfs", mountpoint.encode(), b"tmpfs", self._MS_NOSUID | self._MS_NODEV, options):
+            os.rmdir(mountpoint)  # no mount here after all (a container without CAP_SYS_ADMIN): bwrap's tmpfs
+        else:
+            self.mountpoint = mountpoint
+
+    @property
+    def inode_limit(self) -> int | None:
+        return TMPFS_INODES if self.mountpoint else None
+
+    def bwrap_arguments(self) -> list[str]:
+        if self.mountpoint:
+            return ["--bind", self.mountpoint, "/tmp"]
+        return ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+
+    def detach(self) -> None:
+        """Take the mount off the host (the sandbox's bind of it stays until the sandbox ends); idempotent."""
+        if self.mountpoint:
+            mountpoint, self.mountpoint = self.mountpoint, None
+            self._libc.umount2(mountpoint.encode(), self._MNT_DETACH)
+            os.rmdir(mountpoint)
 
 
 # --------------------------------------------------------------------------- seccomp
@@ -474,7 +514,7 @@ class CandidateProcess:
         self._timeout_s, self._next_id, self._buffer = timeout_s, 1, b""
         self._start = time.perf_counter()
         self.wall_s = 0.0
-        self._proc = self._closed = self._workdir = self._rusage = None
+        self._proc = self._closed = self._workdir = self._rusage = self._tmp = None
         # every descriptor below is a fresh pipe end (or pidfd) of this run's own, never one the caller uses
         self._requests = self._replies = self._output = self._info = self._proc_pidfd = self._init_pidfd = None
         self._lifeline = None  # caller root: a pipe whose end-of-file tells the sandbox its caller is gone
@@ -484,12 +524,15 @@ class CandidateProcess:
         try:
             self._spawn(memory_mb)
             self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
-            self._receive(0)
+            self._receive(0)  # an answer comes from inside the sandbox: it has its /tmp, the host need not
         except CandidateError:
             pass  # status and detail say what happened; call() raises it again
         except BaseException:
             self.close()
             raise
+        finally:
+            if self._tmp is not None:
+                self._tmp.detach()
 
     @property
     def isolation(self) -> str:
@@ -524,6 +567,8 @@ class CandidateProcess:
                 fd, _ = getattr(self, name), setattr(self, name, None)
                 if fd is not None:
                     os.close(fd)
+            if self._tmp is not None:
+                self._tmp.detach()
             if self._workdir:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self.output = safe_text(bytes(self._tail).decode("utf-8", "replace"), OUTPUT_TAIL_BYTES)
@@ -595,6 +640,7 @@ class CandidateProcess:
             command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
             pass_fds = [req_read, rep_write]
             if self.host.sandboxed:
+                self._tmp = PrivateTmp()
                 seccomp = os.memfd_create("mergeqa-seccomp")
                 child_fds.append(seccomp)
                 os.write(seccomp, seccomp_program())
@@ -620,7 +666,7 @@ class CandidateProcess:
                            "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
                 command = [
                     self.host.bwrap, *who, "--die-with-parent", "--as-pid-1", "--new-session", "--hostname",
-                    "sandbox", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
+                    "sandbox", *self._tmp.bwrap_arguments(), *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
                     "--info-fd", str(info_write), "--", *command,
                 ]
             workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
