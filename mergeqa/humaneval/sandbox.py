@@ -486,8 +486,8 @@ class CandidateProcess:
     rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
     ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes and the host
-    state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, socket
-    families but unix/inet/inet6/netlink).
+    state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, page-cache queries
+    and eviction, socket families but unix/inet/inet6/netlink); its /tmp is a `PrivateTmp`.
     """
 
     #: status -> meaning. "ok": healthy so far; the others are final.
