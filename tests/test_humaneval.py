@@ -55,6 +55,16 @@ ATTACK_OUTCOMES = {
     "output flood": {"failed"},
     "exit(0) before the tests": {"failed"},
     "changes the flags of its stdout, stderr, stdin (O_NONBLOCK, O_APPEND, O_DIRECT)": {"failed"},
+    "SysV shared memory and memfd, 300 MB each (memory outside RLIMIT_AS)": {"failed"},
+    "fallocate of 1 GB on stdout and in /tmp": {"failed"},
+    "sockets: AF_VSOCK bind, AF_PACKET, netlink, abstract unix, TCP/UDP/IPv6 to the host": {"failed"},
+    "locks, a lease and inotify on the shared stdlib files; sysinfo": {"failed"},
+    "what the host is: environment, /proc, home, the repository, inherited descriptors": {"failed"},
+    # the i386 call is a seccomp kill (SIGSYS): bubblewrap's 128 + 31, "exited", a failed check
+    "syscalls: clone3, vfork, unshare, ptrace, io_uring, bpf, mount, kill(-1), x32, then i386 (int 0x80)": {"failed"},
+    "empty files in /tmp until it fails (231k cost +289 MB of host kernel memory)": {"failed"},
+    "fills /tmp, then answers 2 MB": {"error"},  # over the channel's 1 MB
+    "reads the check (gc, frames, the dataset, the caller's files)": {"failed"},
     "closes and dup2s its descriptors": {"failed"},  # its reply goes to its stdout: it "exited" unanswered
 }
 
@@ -178,6 +188,26 @@ def test_descriptor_attacks_50_times_leak_nothing_and_lose_no_result():
     assert seen["statuses"] == ["failed"] * 50 + ["passed"], seen["statuses"]
     assert seen["fds"][0] == seen["fds"][1] and seen["children"] == []
     assert all(sb.sandbox_processes(ns) == [] for ns in seen["namespaces"])
+
+
+def test_cooperating_samples_learn_nothing_from_each_other():
+    """8 samples of one input-blind completion that learns the check's answers from earlier samples through any
+    state they share (files in /tmp, /dev/shm, /var/tmp, home; page-cache bits on stdlib files): each one fails
+    at the same call, as the first did. Control: the same 8 samples unsandboxed, sharing the host's /tmp (files
+    only: the page-cache bits it would set on the host would be read by the next run), forge passes from the 4th
+    on. What is left, the one-shot timing channels, is measured in `bench/humaneval_sample_channels.py`."""
+    problem, token = he.load_problems()[0], secrets.token_hex(6)
+    completion = he.cooperating_completion(token)
+    results = he.check_completions([(problem, completion)] * 8, timeout_s=5, memory_mb=256, workers=1)
+    assert [(r.status, r.detail) for r in results] == [("failed", "AssertionError on call 2")] * 8
+    unsandboxed = sb.Host(None, "", "the control: samples sharing the host's /tmp")
+    files_only = he.cooperating_completion(token, page_cache=False)
+    try:
+        control = [he._run_check(problem, files_only, 5, 256, unsandboxed).status for _ in range(8)]
+    finally:
+        for directory in ("/tmp", "/dev/shm", "/var/tmp"):
+            Path(directory, f".mergeqa-coop-{token}").unlink(missing_ok=True)
+    assert control == ["failed"] * 3 + ["passed"] * 5
 
 
 def test_the_attack_list_is_the_one_this_test_knows():

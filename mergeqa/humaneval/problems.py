@@ -312,12 +312,160 @@ def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str
             "                        | getattr(os, 'O_DIRECT', 0) | getattr(os, 'O_ASYNC', 0))\n"
             "        except OSError:\n            pass\n    return False\n"
         ),
+        "SysV shared memory and memfd, 300 MB each (memory outside RLIMIT_AS)": wrong + (
+            "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.shmat.restype = ctypes.c_void_p\n"
+            "for _ in range(10):\n    key = libc.shmget(0, 32 << 20, 0o1600)\n    if key != -1:\n"
+            "        address = libc.shmat(key, None, 0)\n        ctypes.memset(address, 1, 32 << 20)\n"
+            "try:\n    fd = os.memfd_create('fill')\n    [os.write(fd, b'x' * (1 << 20)) for _ in range(300)]\n"
+            "except OSError as exc:\n    print(repr(exc))\n"
+        ),
+        "fallocate of 1 GB on stdout and in /tmp": wrong + (
+            "import os\nfor fd in (1, os.open('/tmp/big', os.O_RDWR | os.O_CREAT)):\n    try:\n"
+            "        os.posix_fallocate(fd, 0, 1 << 30)\n    except OSError as exc:\n        print(repr(exc))\n"
+        ),
+        "sockets: AF_VSOCK bind, AF_PACKET, netlink, abstract unix, TCP/UDP/IPv6 to the host": wrong + (
+            "import socket\n"
+            "for family, kind, address in ((40, socket.SOCK_STREAM, (0xFFFFFFFF, 1234)), (17, socket.SOCK_RAW, None),\n"
+            "                              (socket.AF_UNIX, socket.SOCK_STREAM, '\\0mergeqa-coop'),\n"
+            f"                              (socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', {port})),\n"
+            f"                              (socket.AF_INET6, socket.SOCK_STREAM, ('::1', {port})),\n"
+            "                              (socket.AF_INET, socket.SOCK_DGRAM, ('10.0.2.2', 53))):\n"
+            "    try:\n        s = socket.socket(family, kind)\n"
+            "        if address is not None:\n            (s.bind if family in (40, 1) else s.connect)(address)\n"
+            "        if kind == socket.SOCK_DGRAM:\n            s.send(b'x')\n"
+            "    except OSError as exc:\n        print(family, repr(exc))\n"
+            "try:\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).bind((0, 0))\n"
+            "except OSError as exc:\n    print(repr(exc))\n"
+        ),
+        "locks, a lease and inotify on the shared stdlib files; sysinfo": wrong + (
+            "import ctypes, fcntl, os\nlibc = ctypes.CDLL(None, use_errno=True)\nf = open(os.__file__)\n"
+            "for attempt in (lambda: fcntl.flock(f, fcntl.LOCK_SH), lambda: fcntl.fcntl(f, 1024, fcntl.F_RDLCK),\n"
+            "                lambda: fcntl.lockf(f, fcntl.LOCK_SH), lambda: os.posix_fadvise(f.fileno(), 0, 0, 4)):\n"
+            "    try:\n        attempt()\n    except OSError as exc:\n        print(repr(exc))\n"
+            "print(libc.inotify_init1(0), libc.sysinfo(ctypes.create_string_buffer(128)), ctypes.get_errno())\n"
+        ),
+        "what the host is: environment, /proc, home, the repository, inherited descriptors": wrong + (
+            "import os\nprint(dict(os.environ))\n"
+            f"for path in ('/proc', {os.path.expanduser('~')!r}, {os.getcwd()!r}, '/etc', '/sys'):\n"
+            "    try:\n        print(path, os.listdir(path)[:20])\n    except OSError as exc:\n        print(repr(exc))\n"
+            "for fd in range(3, 1024):\n    try:\n        print(fd, os.fstat(fd))\n"
+            "    except OSError:\n        pass\n"
+        ),
+        "syscalls: clone3, vfork, unshare, ptrace, io_uring, bpf, mount, kill(-1), x32, then i386 (int 0x80)": wrong + (
+            "import ctypes, mmap\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall.restype = ctypes.c_long\n"
+            "calls = {'clone3': (435, 0, 0), 'vfork': (58,), 'unshare': (272, 0x10000000), 'ptrace': (101, 16, 1),\n"
+            "         'io_uring_setup': (425, 1, 0), 'bpf': (321, 0, 0, 0), 'mount': (165, 0, 0, 0, 0, 0),\n"
+            "         'kill(-1)': (62, -1, 9), 'x32 getpid': (0x40000000 | 39,)}\n"
+            "for name, args in calls.items():\n    print(name, libc.syscall(*args), ctypes.get_errno())\n"
+            "code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+            "code.write(b'\\xb8\\x14\\x00\\x00\\x00\\xcd\\x80\\xc3')  # mov eax, 20 (i386 getpid); int 0x80; ret\n"
+            "address = ctypes.addressof(ctypes.c_char.from_buffer(code))\n"
+            "print('i386 getpid', ctypes.CFUNCTYPE(ctypes.c_int)(address)())  # seccomp kills the process here\n"
+        ),
+        "empty files in /tmp until it fails (231k cost +289 MB of host kernel memory)": wrong + (
+            "import os\nn = 0\ntry:\n    while n < 300_000:\n"
+            "        os.close(os.open(f'/tmp/{n}', os.O_CREAT | os.O_WRONLY)); n += 1\n"
+            "except OSError as exc:\n    print(n, repr(exc))\n"
+        ),
+        "fills /tmp, then answers 2 MB": (
+            "    try:\n        with open('/tmp/fill', 'wb') as f:\n            while True:\n"
+            "                f.write(b'x' * (1 << 20))\n    except OSError:\n        pass\n    return 'x' * (2 << 20)\n"
+        ),
+        "reads the check (gc, frames, the dataset, the caller's files)": wrong + (
+            "import gc, glob, sys\n"
+            "print([o for o in gc.get_objects() if getattr(o, '__name__', '') == 'check'])\n"
+            "print(sys._getframe().f_back, glob.glob('/**/HumanEval*', recursive=True)[:5])\n"
+        ),
         "closes and dup2s its descriptors": (
             "    import os\n    for fd in range(3, 64):\n        try:\n            os.dup2(1, fd)\n"
             "        except OSError:\n            pass\n    os.close(0)\n    os.close(1)\n    os.close(2)\n"
             "    return False\n"
         ),
     }
+
+
+def cooperating_completion(token: str, page_cache: bool = True) -> str:
+    """A completion of HumanEval/0 that never reads its input: run as several samples of the problem, it learns
+    the check's answers from earlier samples through whatever state they share, and passes once it knows them.
+
+    Each sample answers what earlier ones learnt and guesses True for the first call it knows nothing about,
+    marking it "pending": asked the next question, the guess was right ("yes"); a later sample that finds it
+    still pending knows the sample was stopped there ("no"). Through shared files the 4th sample passes
+    (HumanEval/0's answers are True, False, True, False, True, True, False). Stores: files named after `token`
+    in /tmp, /dev/shm, /var/tmp and the home directory; else 2 bits per call on stdlib files' page-cache state
+    (warm: read; cold: POSIX_FADV_DONTNEED; read back by timing a 1-byte read, over 20 us = cold) behind an
+    8-bit header (`page_cache=False`: files only, for an unsandboxed control that must not leave page-cache
+    state for the next run to read). Its tests and `bench/humaneval_sandbox_table.py` run it.
+    """
+    return "    return _answer()\n\n\n" + f"_TOKEN, _PAGE_CACHE = {token!r}, {page_cache!r}\n" + _COOPERATING
+
+
+_COOPERATING = """
+import glob, json, os, sys, time
+_FILES = [d + '/.mergeqa-coop-' + _TOKEN for d in ('/tmp', '/dev/shm', '/var/tmp', os.path.expanduser('~'))]
+_loaded = {getattr(m, '__file__', None) for m in list(sys.modules.values())}
+_CELLS = [p for p in sorted(glob.glob(os.path.dirname(os.__file__) + '/*.py')) if p not in _loaded][:24 * _PAGE_CACHE]
+_HEADER = [1, 0, 1, 1, 0, 0, 1, 0]
+_STATES = ['unknown', 'pending', 'no', 'yes']  # 2 bits per call
+_calls = 0
+
+
+def _cell(path, bit=None):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if bit == 0:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return 0
+        start = time.perf_counter_ns()
+        os.pread(fd, 1, 0)
+        return int(time.perf_counter_ns() - start < 20_000)
+    except OSError:
+        return 1
+    finally:
+        os.close(fd)
+
+
+def _load():
+    for path in _FILES:
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            pass
+    bits = [_cell(c) for c in _CELLS]
+    if not _PAGE_CACHE or bits[:8] != _HEADER:
+        return {}
+    return {str(k): _STATES[2 * bits[8 + 2 * k] + bits[9 + 2 * k]] for k in range(8)}
+
+
+def _save(known):
+    for path in _FILES:
+        try:
+            with open(path, 'w') as f:
+                json.dump(known, f)
+        except OSError:
+            pass
+    bits = list(_HEADER)
+    for k in range(8):
+        state = _STATES.index(known.get(str(k), 'unknown'))
+        bits += [state >> 1, state & 1]
+    for cell, bit in zip(_CELLS, bits):
+        _cell(cell, bit)
+
+
+def _answer():
+    global _calls
+    k, _calls = _calls, _calls + 1
+    known = _load()
+    if k and known.get(str(k - 1)) == 'pending':
+        known[str(k - 1)] = 'yes'  # asked the next question: this sample's guess was right
+    state = known.get(str(k), 'unknown')
+    if state == 'pending':  # an earlier sample guessed True here and was not asked again
+        state = 'no'
+    known[str(k)] = 'pending' if state == 'unknown' else state
+    _save(known)
+    return state != 'no'
+"""
 
 
 # --------------------------------------------------------------------------- pass@k

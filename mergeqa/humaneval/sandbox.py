@@ -36,6 +36,7 @@ MAX_PROGRAM_BYTES = 1 << 20
 OUTPUT_TAIL_BYTES = 4096  # what a result keeps of the program's stdout and stderr
 OUTPUT_FILE_BYTES = 8 << 20  # what the caller reads of the output pipe; RLIMIT_FSIZE of each file in /tmp
 TMPFS_BYTES = 64 << 20  # the sandbox's only writable place: /tmp, its working directory
+TMPFS_INODES = 4096  # files and directories in it (root caller: each costs ~1 KB of host kernel memory, uncounted)
 SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host too when the caller is root
 _DEPTH_LIMIT = 100  # nesting of a value on the channel
 # what the trusted side decodes of a reply, at most (every limit it finds broken makes the item an `error`)
@@ -305,12 +306,11 @@ def _mount_plan() -> tuple[str, ...]:
         files.update({path, os.path.realpath(path)})
     if os.path.isfile("/etc/ld.so.cache"):
         files.add("/etc/ld.so.cache")  # where the loader finds libraries outside the default directories
-    # the private /tmp first (world-writable: the sandbox may run as nobody): an interpreter that lives
-    # under /tmp is bound on top of it, not hidden
-    plan = ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    # (the private /tmp comes first, `PrivateTmp.bwrap_arguments`: an interpreter under /tmp is bound on top of it)
     # the directories above the interpreter, traversable: run as nobody (caller root), it must still reach
     # its stdlib under, e.g., /root (mode 700 on the host); they hold nothing but the binds below
     above = {a for p in (stdlib, *files) for a in Path(p).parents if str(a) not in ("/", "/tmp")}
+    plan = []
     for directory in sorted(str(a) for a in above if not str(a).startswith("/tmp/")):
         plan += ["--perms", "0755", "--dir", directory]
     plan += ["--ro-bind", stdlib, stdlib]
@@ -321,6 +321,46 @@ def _mount_plan() -> tuple[str, ...]:
         if not path.startswith(stdlib + os.sep):
             plan += ["--ro-bind", path, path]
     return (*plan, "--dev", "/dev", "--remount-ro", "/dev", "--remount-ro", "/")
+
+
+class PrivateTmp:
+    """The sandbox's /tmp: TMPFS_BYTES, world-writable (it may run as nobody), its own per run. A root caller
+    mounts it on the host (`size` and `nr_inodes`: bwrap 0.8's --tmpfs has no inode limit, and 2.3 million
+    empty files cost 2.3 GB of host kernel memory in 20 s), binds it, and detaches it from the host as soon as
+    the sandbox has it (`detach`), so it lives as long as the sandbox; an unprivileged caller gets bwrap's
+    --size'd --tmpfs (no inode limit: see docs/sandbox.md)."""
+
+    _MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+
+    def __init__(self):
+        self.mountpoint = None
+        if os.geteuid() != 0:
+            return
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        mountpoint = tempfile.mkdtemp(prefix="mergeqa-sandbox-tmp-")
+        options = f"size={TMPFS_BYTES},nr_inodes={TMPFS_INODES},mode=1777".encode()
+        if self._libc.mount(b"tmpfs", mountpoint.encode(), b"tmpfs", self._MS_NOSUID | self._MS_NODEV, options):
+            os.rmdir(mountpoint)  # no mount here after all (a container without CAP_SYS_ADMIN): bwrap's tmpfs
+        else:
+            self.mountpoint = mountpoint
+
+    @property
+    def inode_limit(self) -> int | None:
+        return TMPFS_INODES if self.mountpoint else None
+
+    def bwrap_arguments(self) -> list[str]:
+        if self.mountpoint:
+            return ["--bind", self.mountpoint, "/tmp"]
+        return ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+
+    def detach(self) -> None:
+        """Take the mount off the host (the sandbox's bind of it stays until the sandbox ends); idempotent."""
+        if self.mountpoint:
+            mountpoint, self.mountpoint = self.mountpoint, None
+            self._libc.umount2(mountpoint.encode(), self._MNT_DETACH)
+            os.rmdir(mountpoint)
 
 
 # --------------------------------------------------------------------------- seccomp
@@ -349,16 +389,20 @@ _DENIED = {
 }
 # SysV IPC (shared memory outside RLIMIT_AS), memfd (memory outside it too), fallocate, inotify / fanotify (they
 # watch host files through the read-only binds), flock (on the shared stdlib files), sysinfo (host figures),
-# mincore / cachestat (which pages of the shared files are in the page cache: what another sample read)
+# mincore / cachestat (which pages of the shared files are in the page cache: what another sample read),
+# fadvise64 and process_madvise (POSIX_FADV_DONTNEED evicts a shared file's pages: with a read that warms them,
+# each stdlib file was a rewritable bit for the next sample, read back by timing a read: ~100 us cold, ~2 us warm)
 _DENIED_HOST_STATE = {
     "x86_64": {"shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
                "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "flock": 73, "sysinfo": 99,
                "semtimedop": 220, "inotify_init": 253, "fallocate": 285, "inotify_init1": 294, "fanotify_init": 300,
-               "memfd_create": 319, "memfd_secret": 447, "mincore": 27, "cachestat": 451},
+               "memfd_create": 319, "memfd_secret": 447, "mincore": 27, "cachestat": 451, "fadvise64": 221,
+               "process_madvise": 440},
     "aarch64": {"inotify_init1": 26, "flock": 32, "fallocate": 47, "sysinfo": 179, "msgget": 186, "msgctl": 187,
                 "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191, "semtimedop": 192, "semop": 193,
                 "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197, "fanotify_init": 262, "memfd_create": 279,
-                "memfd_secret": 447, "mincore": 232, "cachestat": 451},
+                "memfd_secret": 447, "mincore": 232, "cachestat": 451, "fadvise64_64": 223,
+                "process_madvise": 440},
 }
 for _machine, _names in _DENIED_HOST_STATE.items():
     _DENIED[_machine].update(_names)
@@ -368,6 +412,10 @@ _FCNTL = {"x86_64": 72, "aarch64": 25}
 # fcntl commands refused (EPERM): record locks and leases (on the shared binds, seen by every sandbox and the
 # host) and directory notification: F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_NOTIFY
 _FCNTL_DENIED = (6, 7, 37, 38, 1024, 1026)
+_MADVISE = {"x86_64": 28, "aarch64": 233}
+# madvise advice refused (EPERM): MADV_COLD, MADV_PAGEOUT (evict a mapped file's pages where the sandbox's uid owns
+# the file: an unprivileged caller's own interpreter); the rest (MADV_DONTNEED...) is what malloc uses
+_MADVISE_DENIED = (20, 21)
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435  # its flags live in memory a filter cannot read: ENOSYS makes libc fall back to clone
@@ -379,8 +427,8 @@ def _seccomp_table():
 
 
 def seccomp_program() -> bytes:
-    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`, `SOCKET_FAMILIES`
-    and `_FCNTL_DENIED`."""
+    """A classic-BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp: see `_DENIED`, `SOCKET_FAMILIES`,
+    `_FCNTL_DENIED` and `_MADVISE_DENIED`."""
     machine, denied = _seccomp_table()
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
@@ -402,6 +450,7 @@ def seccomp_program() -> bytes:
     for nr in _SOCKET[machine]:
         prog += on_argument(nr, 16, sorted(SOCKET_FAMILIES.values()), allow, errno(97))  # EAFNOSUPPORT
     prog += on_argument(_FCNTL[machine], 24, _FCNTL_DENIED, eperm, allow)
+    prog += on_argument(_MADVISE[machine], 32, _MADVISE_DENIED, eperm, allow)
     prog += [(jeq, 0, 1, _CLONE3), (ret, 0, 0, enosys)]
     clone_thread = 0x00010000
     prog += [(jeq, 0, 3, _CLONE[machine]), (ld, 0, 0, 16), (jset, 1, 0, clone_thread), (ret, 0, 0, eperm)]
@@ -437,8 +486,8 @@ class CandidateProcess:
     rlimits (address space `memory_mb`, CPU, file size, open files) and, sandboxed, no network, no
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
     ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes and the host
-    state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, socket
-    families but unix/inet/inet6/netlink).
+    state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, page-cache queries
+    and eviction, socket families but unix/inet/inet6/netlink); its /tmp is a `PrivateTmp`.
     """
 
     #: status -> meaning. "ok": healthy so far; the others are final.
@@ -465,7 +514,7 @@ class CandidateProcess:
         self._timeout_s, self._next_id, self._buffer = timeout_s, 1, b""
         self._start = time.perf_counter()
         self.wall_s = 0.0
-        self._proc = self._closed = self._workdir = self._rusage = None
+        self._proc = self._closed = self._workdir = self._rusage = self._tmp = None
         # every descriptor below is a fresh pipe end (or pidfd) of this run's own, never one the caller uses
         self._requests = self._replies = self._output = self._info = self._proc_pidfd = self._init_pidfd = None
         self._lifeline = None  # caller root: a pipe whose end-of-file tells the sandbox its caller is gone
@@ -475,12 +524,15 @@ class CandidateProcess:
         try:
             self._spawn(memory_mb)
             self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
-            self._receive(0)
+            self._receive(0)  # an answer comes from inside the sandbox: it has its /tmp, the host need not
         except CandidateError:
             pass  # status and detail say what happened; call() raises it again
         except BaseException:
             self.close()
             raise
+        finally:
+            if self._tmp is not None:
+                self._tmp.detach()
 
     @property
     def isolation(self) -> str:
@@ -515,6 +567,8 @@ class CandidateProcess:
                 fd, _ = getattr(self, name), setattr(self, name, None)
                 if fd is not None:
                     os.close(fd)
+            if self._tmp is not None:
+                self._tmp.detach()
             if self._workdir:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self.output = safe_text(bytes(self._tail).decode("utf-8", "replace"), OUTPUT_TAIL_BYTES)
@@ -586,6 +640,7 @@ class CandidateProcess:
             command = [_interpreter(), "-I", "-S", "-B", "-u", "-c", _worker_source(), json.dumps(config)]
             pass_fds = [req_read, rep_write]
             if self.host.sandboxed:
+                self._tmp = PrivateTmp()
                 seccomp = os.memfd_create("mergeqa-seccomp")
                 child_fds.append(seccomp)
                 os.write(seccomp, seccomp_program())
@@ -611,7 +666,7 @@ class CandidateProcess:
                            "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
                 command = [
                     self.host.bwrap, *who, "--die-with-parent", "--as-pid-1", "--new-session", "--hostname",
-                    "sandbox", *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
+                    "sandbox", *self._tmp.bwrap_arguments(), *_mount_plan(), "--chdir", "/tmp", "--seccomp", str(seccomp),
                     "--info-fd", str(info_write), "--", *command,
                 ]
             workdir = self._workdir = None if self.host.sandboxed else tempfile.mkdtemp(prefix="mergeqa-unsandboxed-")
