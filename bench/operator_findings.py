@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for number, root in enumerate(ROOT_CAUSES, 1):
         verified = "-" if root.at_scale is None else ("not run" if args.no_replay else replay(root))
-        print(f"| {number} | {root.key} ({root.label}) | {root.cause} | {root.trigger} | {root.behaviour} | "
-              f"{len(cells(root.key))} | {verified} |", flush=True)
+        row = [root.key + f" ({root.label})", root.cause, root.trigger, root.behaviour, str(len(cells(root.key))),
+               verified]
+        print(f"| {number} | " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |", flush=True)
     labels = [r.label for r in ROOT_CAUSES]
     print(f"\n{len(ROOT_CAUSES)} findings (root causes): {labels.count('realistic')} realistic, "
           f"{labels.count('degenerate')} degenerate; {time.perf_counter() - start:.0f} s.")
