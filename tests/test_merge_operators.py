@@ -167,3 +167,64 @@ def test_a_replayed_finding_takes_only_its_own_violation(monkeypatch) -> None:
     with pytest.raises(PropertyViolation, match="raised RuntimeError"):
         with only_its_own(della):
             get_property(della.property).check(OPERATORS["della"], **della.example)
+
+
+# ----------------------------------------------------------------------------- root causes
+
+
+def test_each_cell_names_a_root_cause_and_each_realistic_one_has_its_trigger() -> None:
+    from mergeqa.operators.findings import ROOT_CAUSES, ROOTS, cells
+
+    keys = [r.key for r in ROOT_CAUSES]
+    assert len(keys) == len(set(keys)), "two root causes share a key"
+    for known in KNOWN:
+        assert known.root in ROOTS, f"{known.id}: root {known.root!r} is not in ROOT_CAUSES"
+    for root in ROOT_CAUSES:
+        assert root.label in REGIMES, root.key
+        assert cells(root.key) or root.at_scale, f"{root.key}: no cell in KNOWN and no trigger at scale"
+        if root.label == "realistic":
+            assert root.at_scale is not None, f"{root.key}: a realistic finding replays its trigger at size"
+    labels = [r.label for r in ROOT_CAUSES]
+    assert labels == sorted(labels, key=REGIMES.index), "ROOT_CAUSES lists realistic findings first"
+
+
+def test_root_causes_and_labels_of_issue_31() -> None:
+    """The causes and labels measured against mergekit 0.1.5's source (bench/operator_findings.py)."""
+    from mergeqa.operators.findings import ROOTS, cells
+
+    sce = next(k for k in KNOWN if k.id == "sce-low_precision_agrees-realistic")
+    assert sce.root == "sce_mask fp16 variance underflow"
+    assert ROOTS[sce.root].cause.startswith("sce_mask") and "sce_weight is not the cause" in ROOTS[sce.root].cause
+    assert ROOTS["sce_weight absolute fallback"].label == "realistic"
+    assert {k.root for k in KNOWN if k.method == "sce" and k.property == "scale_equivariant"} == {
+        "sce_weight absolute fallback"}
+    nearswap = {k.root for k in KNOWN if k.method == "nearswap"}
+    assert nearswap == {"nearswap fp16 reciprocal"}, "nearswap has one root cause: one finding"
+    assert ROOTS["nearswap fp16 reciprocal"].label == "degenerate"  # t = 0 only
+    assert "t = 0" in ROOTS["nearswap fp16 reciprocal"].trigger
+    # The showcase stand-ins (deltas 10x the weight std) are degenerate cells; their roots are
+    # realistic only through the trigger replayed at real size.
+    for cell in ("ties-fp16_finite-degenerate-l1-sum", "model_stock-fp16_finite-degenerate-norm-product"):
+        known = next(k for k in KNOWN if k.id == cell)
+        assert known.example["inputs"].source.count("delta=0.2") == 1, cell
+    realistic_cells = [k for k in KNOWN if k.regime == "realistic" and "RealisticInputs(" in (k.example["inputs"].source or "")]
+    for known in realistic_cells:
+        assert "delta=0.2" not in known.example["inputs"].source, f"{known.id}: delta 10x the weights is not realistic"
+    assert ROOTS["model_stock fp16 product underflow"].label == "degenerate"
+    della = ROOTS["DELLA L1 rescale"].behaviour
+    assert "paper" in della and "1/p_i" in della and "L1" in della and "which it meets exactly" in della
+    assert len(cells("nearswap fp16 reciprocal")) == 10  # ten cells, one finding
+
+
+@pytest.mark.parametrize("root", [
+    pytest.param(r, id=r.key.replace(" ", "_")) for r in __import__(
+        "mergeqa.operators.findings", fromlist=["ROOT_CAUSES"]).ROOT_CAUSES if r.at_scale is not None
+])
+def test_realistic_trigger_at_real_size(root: Any) -> None:
+    """Each realistic trigger replayed at its real size (up to 131M entries): only under
+    ``--hypothesis-profile=mergeqa-large`` (minutes on a CPU; bench/operator_findings.py prints it)."""
+    if settings.get_current_profile_name() != "mergeqa-large":
+        pytest.skip("real-size triggers run under --hypothesis-profile=mergeqa-large")
+    at = root.at_scale
+    with pytest.raises(PropertyViolation):
+        get_property(at.property).check(OPERATORS[at.method], **at.example())

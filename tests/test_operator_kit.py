@@ -74,10 +74,11 @@ def _shrunk_below_float32(models: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _gated_by_fp16_squares(models: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
-    """Keeps the task vector only if its sum of squares, taken in the input dtype, is non-zero:
-    fine in float32, the base in fp16 when fine-tuning deltas (~2e-6) square to 0."""
+    """Keeps the task vector only if its sum of squares times 2**-10, taken in the input dtype, is
+    non-zero: fine in float32, the base in fp16 when SFT deltas (5e-4..2e-3) give products under
+    fp16's smallest subnormal (6e-8)."""
     delta = models[0] - base
-    return base + delta * (delta * delta).sum().clamp(max=1).ceil()
+    return base + delta * (delta * delta * 2**-10).sum().clamp(max=1).ceil()
 
 
 def _mean(models: list[torch.Tensor]) -> torch.Tensor:
@@ -270,7 +271,8 @@ def test_register_profiles_registers_both_without_loading() -> None:
     default, thorough = settings.get_profile("mergeqa-default"), settings.get_profile("mergeqa-thorough")
     assert default.deadline is None and thorough.deadline is None
     assert default.derandomize and default.max_examples < thorough.max_examples
-    assert set(PROFILES) == {"mergeqa-default", "mergeqa-thorough"}
+    assert set(PROFILES) == {"mergeqa-default", "mergeqa-thorough", "mergeqa-large"}
+    assert settings.get_profile("mergeqa-large").max_examples <= default.max_examples
     with pytest.raises(MergeQAUsageError, match="Did you mean 'mergeqa-default'"):
         register_profiles(load="mergeqa-defualt")
 
@@ -287,7 +289,7 @@ def test_realistic_counterexample_is_a_one_line_recipe(operator_settings: settin
     assert "dtype='float16'" in message  # bf16 keeps float32's exponent range: no underflow there
     with pytest.raises(PropertyViolation):  # the recipe replays the failure
         get_property("low_precision_agrees").check(operator, **caught.value.example)
-    # Degenerate inputs (entries of 2**-10 and up) never underflow: only realistic ones catch it.
+    # Degenerate inputs (task vectors of 2**-6 and up) never underflow: only realistic ones catch it.
     run_property("low_precision_agrees", operator, "degenerate", operator_settings)
 
 
@@ -383,7 +385,7 @@ def _run_reproduction(code: str) -> str:
 
 
 @pytest.mark.parametrize(("finding", "shows"), [
-    ("model_stock-low_precision_agrees-realistic", "task vector, low precision / float32: 0.0"),
+    ("model_stock-low_precision_agrees-degenerate", "task vector, low precision / float32: 0.0"),
     ("nearswap-fp16_finite-realistic", "finite: False float32 finite: True"),
     ("karcher-order_invariant-degenerate", "max |difference|: 0.12499"),
     ("ramplus_tl-dtype_preserved-realistic", "torch.bfloat16 -> torch.float32"),
@@ -424,3 +426,38 @@ def test_the_docs_example_works_as_written_in_a_fresh_directory() -> None:
     assert rc == 0 and "1 test collected" in out, out[-2000:]
     rc, out, _ = bench.run_example(source, "mergeqa-thoro", "--collect-only")
     assert rc == 4 and "Traceback" not in out and "Did you mean 'mergeqa-thorough'?" in out, out[-2000:]
+
+
+def test_large_profile_draws_real_shapes_whole_or_as_row_blocks() -> None:
+    from hypothesis import given, settings as hsettings
+
+    from mergeqa.operators.inputs import BLOCK_ENTRIES, REAL_SHAPES, real_shape, realistic_inputs
+    from mergeqa.operators.mergekit_adapter import mergekit_operator
+
+    assert real_shape((14336, 4096), "tensor") == ((14336, 4096), ())
+    assert real_shape((14336, 4096), "entry") == ((BLOCK_ENTRIES // 4096, 4096), (14336, 4096))
+    assert mergekit_operator("ties").locality == "tensor" and mergekit_operator("linear").locality == "entry"
+    seen = []
+
+    @hsettings(max_examples=3, derandomize=True, deadline=None, database=None)
+    @given(realistic_inputs(mergekit_operator("linear"), max_entries=6 * 10**7))
+    def draw(inputs):
+        seen.append(inputs)
+
+    draw()
+    for inputs in seen:
+        assert "block_of=" in inputs.source
+        assert tuple(inputs.models[0].shape)[1:] in {s[1:] for s in REAL_SHAPES}
+        assert inputs.models[0].numel() <= BLOCK_ENTRIES
+
+
+def test_realistic_bands_are_the_measured_delta_scales() -> None:
+    from mergeqa.operators.inputs import DELTA_BANDS, RealisticInputs
+
+    stds = sorted(0.02 * band for band in DELTA_BANDS)
+    assert stds[0] >= 5e-4 - 1e-12 and stds[-2] <= 2e-3 + 1e-12 and stds[-1] == pytest.approx(3e-2)
+    two = RealisticInputs(shape=(4096,), models=2, deltas=(5e-4, 1e-4)).build()
+    measured = [float((m - two.base).std()) for m in two.models]
+    assert measured == pytest.approx([5e-4, 1e-4], rel=0.05)
+    with pytest.raises(Exception, match="one per model"):
+        RealisticInputs(shape=(4,), models=3, deltas=(1e-3,))

@@ -48,12 +48,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     # Local hunting: many random examples, failures remembered in .hypothesis/; realistic tensors
     # of up to 2**21 entries, where fp16 reductions overflow.
     "mergeqa-thorough": {"max_examples": 200, "derandomize": False},
+    # Real sizes: the size-sensitive properties (fp16_finite, low_precision_agrees) merge real
+    # Llama/Mistral/Qwen2 matrices of 1e7..6e7 entries (inputs.REAL_SHAPES; row blocks for local
+    # operators), the others tensors of up to 2**21 entries; 2 derandomized examples per cell.
+    "mergeqa-large": {"max_examples": 2, "derandomize": True},
 }
 
 
 def register_profiles(load: str | None = "mergeqa-default") -> None:
-    """Register the hypothesis profiles "mergeqa-default" (fast, derandomized: CI) and
-    "mergeqa-thorough" (200 random examples per property), then load ``load`` (``None``: keep the
+    """Register the hypothesis profiles "mergeqa-default" (fast, derandomized: CI),
+    "mergeqa-thorough" (200 random examples per property) and "mergeqa-large" (real matrix sizes
+    for the fp16 properties, minutes per method on a CPU), then load ``load`` (``None``: keep the
     current profile). Deadlines are off in both: CPU timings of tensor code jitter. Call it once
     from the root conftest.py; ``pytest --hypothesis-profile=mergeqa-thorough`` then switches.
     """

@@ -141,13 +141,16 @@ class MergeProperty(ABC):
     ``PropertyViolation`` when the promise is broken; ``runner.run_property`` searches with
     hypothesis and raises the shrunk violation. ``requirement(op)`` says why a property does not
     apply. ``cost`` divides the profile's example count (a property that merges hundreds of times
-    per example runs fewer examples).
+    per example runs fewer examples). ``size_sensitive`` properties can fail only past some tensor
+    size (reductions overflowing or losing precision): the mergeqa-large profile gives them real
+    matrix sizes.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     regimes: ClassVar[tuple[Regime, ...]] = REGIMES
     cost: ClassVar[int] = 1
+    size_sensitive: ClassVar[bool] = False
 
     def requirement(self, operator: MergeOperator) -> str | None:
         """Why the property does not apply to ``operator`` (``None``: it applies)."""
@@ -593,6 +596,7 @@ class Fp16Finite(MergeProperty):
 
     name: ClassVar[str] = "fp16_finite"
     summary: ClassVar[str] = "no Inf/NaN from fp16 inputs whose merge fits in fp16"
+    size_sensitive: ClassVar[bool] = True
 
     def requirement(self, operator: MergeOperator) -> str | None:
         return None if "float16" in operator.dtypes else "does not take float16"
@@ -646,6 +650,7 @@ class LowPrecisionAgrees(MergeProperty):
 
     name: ClassVar[str] = "low_precision_agrees"
     summary: ClassVar[str] = "fp16/bf16 merges agree with the float32 merge"
+    size_sensitive: ClassVar[bool] = True
     rtol: float = 0.02
     z_bound: float = 6.0
     factor: float = 8.0

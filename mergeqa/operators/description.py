@@ -95,7 +95,10 @@ class MergeOperator:
     named, is drawn by the properties themselves within ``weight_range``. ``stochastic``
     operators draw from torch's global RNG, so every call is seeded (and the RNG restored
     afterwards). ``not_applicable`` maps property names to why the method does not promise them (checked
-    against the properties run, by ``runner.evaluate``).
+    against the properties run, by ``runner.evaluate``). ``locality`` says what one output entry
+    depends on: ``"entry"`` (the same entry of each input), ``"row"`` (its row) or ``"tensor"``
+    (tensor-wide reductions: norms, top-k, L1 rescaling; the safe default). The ``mergeqa-large``
+    profile merges whole real matrices for ``"tensor"`` and row blocks of them otherwise.
     """
 
     fn: Callable[..., torch.Tensor]
@@ -113,6 +116,7 @@ class MergeOperator:
     dtypes: tuple[str, ...] = mst.DTYPE_NAMES
     merge_state_dicts: Callable[..., Mapping[str, torch.Tensor]] | None = None
     not_applicable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    locality: Literal["entry", "row", "tensor"] = "tensor"
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -129,6 +133,8 @@ class MergeOperator:
         where = f"merge operator {self.name!r}"
         if self.base not in ("required", "optional", "none"):
             raise MergeQAUsageError(f"{where}: base={self.base!r}; use 'required', 'optional' or 'none'")
+        if self.locality not in ("entry", "row", "tensor"):
+            raise MergeQAUsageError(f"{where}: locality={self.locality!r}; use 'entry', 'row' or 'tensor'")
         if self.min_models < 1:
             raise MergeQAUsageError(f"{where}: min_models={self.min_models} must be at least 1")
         if self.max_models is not None and self.max_models < self.min_models:

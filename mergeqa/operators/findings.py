@@ -1,11 +1,12 @@
-"""What mergekit 0.1.5 violates: each finding with its regime, shrunk example, cause and a
-reproduction that calls mergekit directly.
+"""What mergekit 0.1.5 violates: one ``RootCause`` per finding (its mechanism, whether a real
+merge meets its trigger, mergekit's behaviour against its documented contract), and the cells
+(method, property, regime) where each shows, with a recorded example (``KNOWN``).
 
-The test suite replays every finding as a strict xfail (so a fix in mergekit shows up as an
-XPASS naming the entry to delete) and ``bench/operator_table.py`` prints them as a table. Only
-findings that do not depend on the random stream are listed: deterministic ones, and statistical
-ones whose effect is many standard errors past the bound (see ``catalogue.estimate_bias``).
-Not for: searching (``runner``), which finds these and more.
+The test suite replays every cell as a strict xfail (so a fix in mergekit shows up as an XPASS
+naming the entry to delete); ``bench/operator_findings.py`` prints one row per root cause and
+replays each realistic trigger at its real size. Only cells that do not depend on the random
+stream are listed: deterministic ones, and statistical ones whose effect is many standard errors
+past the bound (see ``catalogue.estimate_bias``). Not for: searching (``runner``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,49 @@ from mergeqa.operators.inputs import MergeInputs, RealisticInputs, Regime, _lite
 
 
 @dataclasses.dataclass(frozen=True)
-class KnownViolation:
-    """A violation of mergekit 0.1.5 and why it happens.
+class AtScale:
+    """A realistic trigger at its real size: ``method`` violates ``property`` on ``recipe``'s
+    tensors (plus ``extra`` example arguments). Too heavy for CI: the bench and the mergeqa-large
+    test replay it."""
 
-    ``example`` replays it (``get_property(property).check(operator, **example)``); ``root``
-    names the cause shared by findings copied across methods; ``upstream`` says why it is worth
+    method: str
+    property: str
+    recipe: RealisticInputs
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def example(self) -> dict[str, Any]:
+        return {"inputs": self.recipe.build(), **self.extra}
+
+
+@dataclasses.dataclass(frozen=True)
+class RootCause:
+    """One finding: a mechanism in mergekit, however many cells it shows in.
+
+    ``label`` is "realistic" when inputs real merges meet trigger it (task vectors at the measured
+    fine-tuning scales on real matrix shapes, parameters real configs use; ``trigger`` says which,
+    ``at_scale`` replays it) and "degenerate" otherwise (``trigger`` says what it takes). ``cause``
+    names the mergekit function at fault; ``behaviour`` sets what mergekit does against what it
+    documents (and against the paper where the two differ).
+    """
+
+    key: str
+    label: Regime
+    cause: str
+    trigger: str
+    behaviour: str
+    at_scale: AtScale | None = None
+    upstream: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownViolation:
+    """A cell where a root cause of mergekit 0.1.5 shows: method, property, input regime.
+
+    ``regime`` is the regime whose inputs the example belongs to (the realistic regime draws
+    task vectors at the measured scales only, so a stand-in at 10x the weight std is
+    "degenerate"); whether the finding is realistic is its root cause's ``label``. ``example``
+    replays it (``get_property(property).check(operator, **example)``); ``root`` is the key of its
+    ``RootCause`` in ``ROOT_CAUSES``; ``upstream`` says why it is worth
     reporting to mergekit ("" when it is not: documented behaviour, or inputs no merge meets).
     ``stream_dependent`` says why the finding shows on some random draws only (``reseeded``
     examples: other data of the same recipe); "" means it is robust. Every finding's recorded
@@ -61,8 +100,11 @@ _L1_RESCALE = ("rescales by the L1 norm ratio, not 1/p per kept entry: on two en
                "256 entries")
 _DELLA_BIAS = ("MagPrune keeps an entry with probability p_i rising with its magnitude rank (density +- "
                "epsilon) but rescales every kept entry by one L1 ratio instead of 1/p_i: in expectation the "
-               "smallest quarter of the entries comes out 0.73x and the largest 1.11x, at any size")
-_DELLA_UPSTREAM = "DELLA's paper rescales each kept entry by 1/p_i; the merge shrinks small deltas by ~27%"
+               "smallest quarter of the entries comes out 0.73x and the largest 1.11x, at any size. Biased "
+               "against the paper (1/p_i rescaling is unbiased per entry); mergekit documents only that it "
+               "rescales 'to match the original tensor norm' (L1), which it meets exactly")
+_DELLA_UPSTREAM = ("a documentation gap, not a broken promise: DELLA's paper rescales each kept entry by 1/p_i, "
+                   "mergekit matches the L1 norm, which shrinks small deltas by ~27%")
 
 #: Degenerate inputs of a DARE/DELLA call: two equal entries, density 0.5.
 _TWO_ENTRIES = dict(inputs=MergeInputs.of(models=[[1.0, 1.0]], base=[0.0, 0.0], dtype="float32",
@@ -77,31 +119,6 @@ def _realistic(**fields: Any) -> dict[str, Any]:
 KNOWN: tuple[KnownViolation, ...] = (
     # ------------------------------------------------------------------ realistic inputs
     KnownViolation(
-        "ties", "fp16_finite", "realistic",
-        _realistic(shape=(512, 1024), delta=0.2, dtype="float16",
-                   params={"rescale": True, "density": [0.5], "weight": [1.0]}),
-        "rescale: true matches L1 norms summed in fp16: |delta|_1 of 512k entries of ~0.2 is ~84000 > 65504, "
-        "inf / finite = inf, 0 * inf = NaN everywhere (1M entries of ~0.1 overflow too)",
-        root="fp16 L1 reduction", upstream="heavy fine-tunes in fp16 with rescale: true give an all-NaN tensor",
-    ),
-    KnownViolation(
-        "model_stock", "low_precision_agrees", "realistic",
-        _realistic(shape=(64, 256), models=2, kind="correlated", delta=2e-5, dtype="float16"),
-        "offset dot products are taken entry by entry in fp16: products of fine-tuning deltas (~2e-5, "
-        "1e-3 of the weights) underflow to 0, so cos = 0, t = 0 and the merge is the base exactly "
-        "(float32: t = 0.97); at deltas ~1e-4 t drops to ~0.75",
-        root="model_stock fp16 dot products",
-        upstream="fp16 model_stock silently returns the base for ordinary fine-tunes",
-    ),
-    KnownViolation(
-        "model_stock", "fp16_finite", "realistic",
-        _realistic(shape=(1024, 2048), models=2, kind="correlated", delta=0.2, dtype="float16"),
-        "offset norms ~290: the norm product and the dot product overflow fp16 (inf / inf = NaN); "
-        "a dot just under 65504 with the norm product over it gives cos = 0 and silently the base",
-        root="model_stock fp16 dot products",
-        upstream="fp16 model_stock of heavy fine-tunes is all NaN (or the base)",
-    ),
-    KnownViolation(
         "model_stock", "scale_equivariant", "realistic",
         dict(inputs=RealisticInputs(shape=(256,), models=2, kind="correlated").build(), scale=0.125),
         "the norm product is clamped at an absolute 1e-6: correlated offsets of a 256-entry norm vector "
@@ -111,11 +128,59 @@ KNOWN: tuple[KnownViolation, ...] = (
         upstream="small tensors (norm vectors) of ordinary fine-tunes merge towards the base",
     ),
     KnownViolation(
+        "model_stock", "low_precision_agrees", "realistic",
+        _realistic(shape=(256,), models=2, delta=1e-3, outliers=4, dtype="bfloat16"),
+        "the interpolation is computed as t * average + (1 - t) * base in bf16: each product rounds at "
+        "the weights' scale (the outlier entries ~1.0), which is the size of t x the task vector when 4 "
+        "outlier entries carry it (t = -0.29 here, right in bf16); the merged task vector is 0.14x",
+        root="model_stock low-precision interpolation",
+        stream_dependent="on some data seeds only: 256 entries whose 4 outliers carry the task vector "
+                         "(holds on 5 of 5 seeds at 4096 and 1024x4096 entries)",
+    ),
+    KnownViolation(
+        "karcher", "low_precision_agrees", "realistic",
+        _realistic(shape=(256,), models=2, with_base=False, delta=1e-3, dtype="bfloat16"),
+        "karcher_merge_tensors rounds the unit vectors and the iterate to the input dtype after every step "
+        "(.to(mean.dtype), up to 10 iterations): in bf16, 12 of 256 entries end up more than 8 eps off",
+        root="karcher low-precision iterate",
+        stream_dependent="on the recorded data seed; other seeds not measured",
+    ),
+    KnownViolation(
+        "ties", "low_precision_agrees", "realistic",
+        _realistic(shape=(16, 1024), delta=5e-4, dtype="bfloat16",
+                   params={"rescale": True, "density": [0.5], "weight": [0.1]}),
+        "the bf16 merged task vector is 0.9835x the float32 one (2.0% of the input task vectors' norm, "
+        "z 25) at SFT deltas of 5e-4; the mechanism is not traced yet",
+        root="magnitude pruning bf16 task-vector loss (untraced)",
+        stream_dependent="found by the derandomized search at the 2% bound; other seeds not measured",
+    ),
+    KnownViolation(
+        "breadcrumbs", "low_precision_agrees", "realistic",
+        _realistic(shape=(16, 1024), delta=1e-3, dtype="bfloat16",
+                   params={"rescale": True, "density": [0.125], "weight": [1.0]}),
+        "the bf16 merged task vector is 0.967x the float32 one (7.5% of the input task vectors' norm, z 18) "
+        "at SFT deltas of 1e-3; same untraced loss as ties/low_precision_agrees[realistic]",
+        root="magnitude pruning bf16 task-vector loss (untraced)",
+        stream_dependent="found by the derandomized search; other seeds not measured",
+    ),
+    KnownViolation(
         "sce", "low_precision_agrees", "realistic",
-        _realistic(shape=(256,), models=2, dtype="float16", params={"select_topk": 0.5}),
-        "sce_weight squares the task vectors in fp16: deltas of ~2e-4 square to ~4e-8, at the bottom of "
-        "fp16's subnormals, so the per-model weights are rounding noise (merged task vector 0.48x)",
-        root="sce fp16 squares", upstream="fp16 SCE weights of ordinary fine-tunes are rounding noise",
+        _realistic(shape=(64, 64), models=2, delta=5e-4, dtype="float16", params={"select_topk": 0.5}),
+        "sce_mask ranks entries by torch.var of the task vectors in fp16: variances of SFT deltas (~1e-7) "
+        "are fp16 subnormals and a third round to 0; count_nonzero(var) drops, so top-k keeps ~31% of the "
+        "entries instead of 50% and the merged task vector is ~0.8x the float32 one (sce_weight in fp16 is "
+        "not the cause: computing it in float32 changes nothing, computing the mask in float32 fixes it)",
+        root="sce_mask fp16 variance underflow", upstream="fp16 SCE with select_topk < 1 drops a fifth of the merge",
+    ),
+    KnownViolation(
+        "sce", "scale_equivariant", "realistic",
+        dict(inputs=RealisticInputs(shape=(4096,), models=2, deltas=(5e-4, 1e-4), params={"select_topk": 1.0}).build(),
+             scale=4.0),
+        "sce_weight falls back to equal weights when the summed mean square of the task vectors is under an "
+        "absolute 1e-6: SFT deltas of std 5e-4 and 1e-4 (2.6e-7) get [0.5, 0.5] instead of [0.96, 0.04]; "
+        "scaled by 4 they clear it",
+        root="sce_weight absolute fallback",
+        upstream="SCE weighs ordinary fine-tunes equally, whatever their task-vector sizes",
     ),
     KnownViolation(
         "arcee_fusion", "low_precision_agrees", "realistic",
@@ -140,9 +205,10 @@ KNOWN: tuple[KnownViolation, ...] = (
     KnownViolation(
         "nearswap", "fp16_finite", "realistic",
         _realistic(shape=(256,), dtype="float16", params={"t": 0.0}),
-        "t / |a-b| runs as reciprocal(|a-b|.clamp(1e-6)) * t: 1/1e-6 = inf in fp16 and inf * 0 = NaN "
-        "wherever fp16 rounding leaves model == base (7% of entries at fine-tuning deltas)",
-        root="nearswap fp16 reciprocal", upstream="fp16 nearswap gives NaN where model and base agree",
+        "t / |a-b| runs as reciprocal(|a-b|.clamp(1e-6)) * t: 1 / |a-b| overflows fp16 for |a-b| < 1/65504 "
+        "and inf * t = NaN at t = 0 only (any t > 0 gives inf, clamped to 1); 7% of entries at deltas "
+        "of 2e-4, 1.5% at 1e-3",
+        root="nearswap fp16 reciprocal",
     ),
     KnownViolation(
         "multislerp", "endpoints", "realistic",
@@ -183,7 +249,7 @@ KNOWN: tuple[KnownViolation, ...] = (
     *(KnownViolation(
         "nearswap", prop, "realistic",
         _realistic(shape=(256,), dtype="float16", params={"t": 0.0}),
-        "same root as nearswap/fp16_finite[realistic]: inf * 0 = NaN where fp16 model == base",
+        "same root as nearswap/fp16_finite[realistic]: at t = 0, inf * 0 = NaN where |model - base| < 1/65504",
         root="nearswap fp16 reciprocal",
     ) for prop in ("low_precision_agrees",)),
     KnownViolation(
@@ -209,6 +275,30 @@ KNOWN: tuple[KnownViolation, ...] = (
         _DELLA_BIAS, root="DELLA L1 rescale", upstream=_DELLA_UPSTREAM if method == "della" else "",
     ) for method in ("della", "della_linear")),
     # ------------------------------------------------------------------ degenerate inputs
+    KnownViolation(
+        "ties", "fp16_finite", "degenerate",
+        _realistic(shape=(512, 1024), delta=0.2, dtype="float16",
+                   params={"rescale": True, "density": [0.5], "weight": [1.0]}),
+        "rescale: true matches L1 norms summed in fp16: |delta|_1 of 512k entries of ~0.2 is ~84000 > 65504, "
+        "inf / finite = inf, 0 * inf = NaN everywhere. A CI-sized stand-in at 10x the weight std: real "
+        "deltas reach it on real sizes (see ROOT_CAUSES['fp16 L1 reduction'])",
+        root="fp16 L1 reduction", variant="l1-sum",
+    ),
+    KnownViolation(
+        "model_stock", "low_precision_agrees", "degenerate",
+        _realistic(shape=(64, 256), models=2, kind="correlated", delta=2e-5, dtype="float16"),
+        "offset dot products are taken entry by entry in fp16: products of deltas of ~2e-5 (25x below "
+        "SFT deltas) underflow to 0, so cos = 0, t = 0 and the merge is the base exactly (float32: t = 0.97)",
+        root="model_stock fp16 product underflow",
+    ),
+    KnownViolation(
+        "model_stock", "fp16_finite", "degenerate",
+        _realistic(shape=(1024, 2048), models=2, kind="correlated", delta=0.2, dtype="float16"),
+        "offset norms ~290: the norm product and the dot product overflow fp16 (inf / inf = NaN). A "
+        "CI-sized stand-in at 10x the weight std for continued pre-training on an embedding matrix "
+        "(see ROOT_CAUSES['model_stock fp16 norm-product overflow'])",
+        root="model_stock fp16 norm-product overflow", variant="norm-product",
+    ),
     KnownViolation(
         "linear", "finite_on_degenerate", "degenerate",
         dict(inputs=MergeInputs.of(models=[[0.0]], dtype="float32", params={"weight": [0.0]})),
@@ -283,7 +373,7 @@ KNOWN: tuple[KnownViolation, ...] = (
         "nearswap", prop, "degenerate",
         dict(inputs=MergeInputs.of(models=[[0.0625, 0.0625]], base=[0.0625, 0.0625], dtype="float16",
                                    params={"t": 0.0}), **({"returns": "base"} if prop == "endpoints" else {})),
-        "at t=0, inf * 0 = NaN in fp16 where a == b (see nearswap/fp16_finite[realistic])",
+        "at t=0, inf * 0 = NaN in fp16 where |a - b| < 1/65504 (see nearswap/fp16_finite[realistic])",
         root="nearswap fp16 reciprocal",
     ) for prop in ("zero_task_vectors", "endpoints", "finite_on_degenerate", "fp16_finite", "low_precision_agrees")),
     KnownViolation(
@@ -316,7 +406,7 @@ KNOWN: tuple[KnownViolation, ...] = (
         dict(inputs=MergeInputs.of(models=[[1.0, 1.0], [0.5, 0.5]], base=[0.0, 0.0], dtype="float32",
                                    params={"select_topk": 1.0}), scale=2.0**-11),
         "sce_weight falls back to uniform weights when the summed mean square of the task vectors is "
-        "below an absolute 1e-6", root="absolute epsilon",
+        "below an absolute 1e-6", root="sce_weight absolute fallback",
     ),
     KnownViolation(
         "sce", "density_kept", "degenerate",
@@ -383,12 +473,12 @@ KNOWN: tuple[KnownViolation, ...] = (
         dict(inputs=MergeInputs.of(models=[[128.0, 0.0], [-128.0, 0.0], [-128.0, 0.0]], base=[128.0, 0.0],
                                    dtype="float16")),
         "dot products of the offsets are taken in fp16: 256**2 overflows, inf / inf = NaN",
-        root="model_stock fp16 dot products",
+        root="model_stock fp16 norm-product overflow",
     ),
     KnownViolation(
         "model_stock", "fp16_finite", "degenerate",
         dict(inputs=MergeInputs.of(models=[[0.0, 0.0], [0.0, 0.0]], base=[0.0, 1024.0], dtype="float16")),
-        "offset norms and dots overflow fp16", root="model_stock fp16 dot products",
+        "offset norms and dots overflow fp16", root="model_stock fp16 norm-product overflow",
     ),
     *(KnownViolation(method, "rescale_unbiased", "degenerate", _TWO_ENTRIES, _L1_RESCALE,
                      root="L1 rescale on tiny tensors")
@@ -401,6 +491,180 @@ KNOWN: tuple[KnownViolation, ...] = (
         root="della one-entry rows", raises="RuntimeError",
     ) for method in ("della", "della_linear")),
 )
+
+
+def _sft(shape: tuple[int, ...], **fields: Any) -> RealisticInputs:
+    return RealisticInputs(shape=shape, **{"delta": 1e-3, **fields})
+
+
+#: One entry per finding, realistic first. Triggers were measured with bench/operator_findings.py.
+ROOT_CAUSES: tuple[RootCause, ...] = (
+    RootCause(
+        "fp16 L1 reduction", "realistic",
+        "sparsify.rescaled_masked_tensor (ties/breadcrumbs with rescale: true, dare, della) sums |delta| "
+        "of the whole tensor in the input dtype: past 65504 the fp16 L1 is inf, and masked * inf / inf "
+        "is NaN in every entry",
+        "SFT delta std 1.5e-3 on a 14336x4096 MLP matrix (58.7M entries; L1 ~70000); continued "
+        "pre-training (3e-2) on any 4096x4096 matrix. At 4096x4096 and 1.5e-3 the L1 is 20080: fine",
+        "documented: 'rescale to match the original tensor norm'; fp16 gives an all-NaN tensor instead",
+        AtScale("ties", "fp16_finite", _sft((14336, 4096), delta=1.5e-3, dtype="float16",
+                                             params={"rescale": True, "density": [0.5], "weight": [1.0]})),
+        upstream="fp16 ties/dare/della with rescaling of Llama-3-8B-sized MLPs is all NaN",
+    ),
+    RootCause(
+        "torch fp16 CPU norm", "realistic",
+        "model_stock takes torch.norm of fp16 offsets; on CPU torch's fp16 norm under-counts long tensors "
+        "(7.93 vs 8.57 at 58.7M entries, 4.50 vs 4.58 at 16.8M) while the fp16 dot product (float "
+        "accumulation) is right, so cos and t come out too large",
+        "SFT deltas (1e-3, correlated fine-tunes) on 4096x4096 (t 1.02x) to 14336x4096 (t 1.08x)",
+        "documented: the Model Stock interpolation t = k cos / (1 + (k - 1) cos); fp16 on CPU moves the "
+        "merge 2-8% further from the base than that t",
+        AtScale("model_stock", "low_precision_agrees",
+                _sft((14336, 4096), models=2, kind="correlated", dtype="float16")),
+        upstream="fp16 model_stock on CPU over-estimates t by up to 8% on MLP matrices (torch's fp16 norm)",
+    ),
+    RootCause(
+        "model_stock fp16 norm-product overflow", "realistic",
+        "model_stock multiplies two fp16 offset norms (and sums fp16 products): past 256 x 256 the norm "
+        "product is inf and cos = inf / inf = NaN",
+        "continued-pre-training deltas (3e-2) on a 32000x4096 embedding matrix (131M entries, offset "
+        "norms 378); never at SFT deltas (2e-3 needs 1.6e10 entries); at 14336x4096 the norms are 256: fine",
+        "documented: Model Stock's t from the offsets' cosine; fp16 gives an all-NaN tensor instead",
+        AtScale("model_stock", "fp16_finite",
+                _sft((32000, 4096), models=2, kind="correlated", delta=3e-2, dtype="float16")),
+        upstream="fp16 model_stock of continued-pre-training checkpoints gives all-NaN embeddings",
+    ),
+    RootCause(
+        "sce_mask fp16 variance underflow", "realistic",
+        "sce_mask: torch.var of fp16 task vectors underflows (a third of the variances are 0 at 5e-4), "
+        "count_nonzero(var) shrinks k; sce_weight is not the cause (fp32 weights change nothing)",
+        "SFT delta std 5e-4, select_topk 0.5, any size (0.81x at 4096 entries and at 4096x4096)",
+        "documented: select_topk keeps that fraction of the highest-variance entries; fp16 keeps ~31% of "
+        "the entries for 50% and the merged task vector is 0.82x",
+        AtScale("sce", "low_precision_agrees",
+                _sft((4096, 4096), models=2, delta=5e-4, dtype="float16", params={"select_topk": 0.5})),
+        upstream="fp16 SCE with select_topk < 1 drops a fifth of the merge",
+    ),
+    RootCause(
+        "sce_weight absolute fallback", "realistic",
+        "sce_weight returns equal weights when the sum of the task vectors' mean squares is under an "
+        "absolute 1e-6, i.e. for any two task vectors of std under ~7e-4",
+        "SFT delta stds 5e-4 and 1e-4 (any size, float32 too): [0.5, 0.5] instead of [0.96, 0.04]",
+        "documented (paper): weights proportional to the task vectors' mean squares; mergekit weighs "
+        "ordinary fine-tunes equally and is not scale-equivariant",
+        AtScale("sce", "scale_equivariant", _sft((4096, 4096), models=2, deltas=(5e-4, 1e-4),
+                                                  params={"select_topk": 1.0}), {"scale": 4.0}),
+        upstream="SCE weighs ordinary fine-tunes equally, whatever their task-vector sizes",
+    ),
+    RootCause(
+        "arcee_fusion low-precision KL", "realistic",
+        "the KL importance of softmaxes is computed in bf16/fp16, where p / q rounds to 1 for fine-tuning "
+        "deltas: most importances are 0 and the fusion mask keeps too little",
+        "SFT delta 1e-3 on a 4096x4096 bf16 matrix: merged task vector 0.71x (3 of 3 data seeds)",
+        "documented: fuse the entries whose importance passes the threshold; bf16 fuses ~70% of it",
+        AtScale("arcee_fusion", "low_precision_agrees", _sft((4096, 4096), dtype="bfloat16")),
+        upstream="bf16 arcee_fusion of fine-tunes keeps too little of the fine-tune",
+    ),
+    RootCause(
+        "arcee_fusion float mask", "realistic", "the fusion mask is .float(), which promotes the merge",
+        "any bf16/fp16 checkpoint", "bf16 in, float32 out (twice the size)",
+        AtScale("arcee_fusion", "dtype_preserved", _sft((4096, 4096), dtype="bfloat16")),
+        upstream="bf16 checkpoints come out float32 (twice the size)",
+    ),
+    RootCause(
+        "ramplus_tl float32 rho", "realistic", "rho = shared / unique.clamp(epsilon) is float32",
+        "any bf16/fp16 checkpoint", "bf16 in, float32 out (twice the size)",
+        AtScale("ramplus_tl", "dtype_preserved", _sft((4096, 4096), dtype="bfloat16")),
+        upstream="bf16 checkpoints come out float32 (twice the size)",
+    ),
+    RootCause(
+        "multislerp zero sum", "realistic",
+        "multislerp raises 'weighted sum of the input tensors is zero' for 3+ models whose task vectors "
+        "are all zero", "frozen layers (untouched tensors) in a 3-model merge, any size",
+        "a ValueError aborts the merge instead of returning the base",
+        AtScale("multislerp", "zero_task_vectors", _sft((4096, 4096), models=3, params={"weight": [0.0, 0.0, 1.0]})),
+        upstream="frozen layers abort a 3-model multislerp merge",
+    ),
+    RootCause(
+        "karcher low-precision iterate", "realistic",
+        "karcher_merge_tensors casts the units and the iterate back to the input dtype after each "
+        "normalisation and each of up to 10 iterations, so bf16 rounding accumulates",
+        "bf16 SFT deltas (1e-3), 2 models, a 256-entry tensor (measured at that size only)",
+        "12 of 256 entries more than 8 eps off the float32 Karcher mean",
+        AtScale("karcher", "low_precision_agrees",
+                _sft((256,), models=2, with_base=False, dtype="bfloat16")),
+    ),
+    RootCause(
+        "magnitude pruning bf16 task-vector loss (untraced)", "realistic",
+        "not traced: found by the CI search (ties and breadcrumbs, both magnitude pruning with rescale: "
+        "true) once the realistic regime drew SFT deltas",
+        "bf16 SFT delta 5e-4, rescale: true, density 0.5, a 16x1024 tensor (measured at that size only)",
+        "merged task vector 0.98x the float32 one (bound 2%)",
+        AtScale("ties", "low_precision_agrees", _sft((16, 1024), delta=5e-4, dtype="bfloat16",
+                                                      params={"rescale": True, "density": [0.5], "weight": [0.1]})),
+    ),
+    RootCause(
+        "DELLA L1 rescale", "realistic",
+        "della_magprune keeps entry i with probability p_i (density +- epsilon by magnitude rank) and "
+        "rescales all kept entries by one L1 ratio, not by 1/p_i",
+        "any fine-tune, any size: smallest quarter of the entries 0.73x, largest 1.11x in expectation",
+        "biased against the paper (1/p_i rescaling is unbiased per entry); mergekit documents only "
+        "matching the L1 norm, which it meets exactly (|merged|_1 / |tv|_1 = 1 - 1.3e-7 at 4096x4096)",
+        AtScale("della", "rescale_unbiased", _sft((64, 4096), params={"density": [0.5], "weight": [1.0]}),),
+        upstream="a documentation gap: say that DELLA's rescaling matches L1, not the paper's 1/p_i",
+    ),
+    RootCause(
+        "multislerp fp16 eps", "degenerate",
+        "eps = 1e-8 is 0 in fp16: a tangent that rounds to exactly 0 gives sin(0) / 0 = NaN",
+        "a zero weight in fp16 on tensors small enough for the tangent to round to 0 (256 entries: 6-7 "
+        "of 10 draws); not on a 4096x4096 matrix (finite there)", "all-NaN tensor"),
+    RootCause(
+        "nearswap fp16 reciprocal", "degenerate",
+        "t / |a-b| runs as reciprocal(|a-b|.clamp(1e-6)) * t: the reciprocal overflows fp16 for "
+        "|a-b| < 1/65504 and inf * t is NaN at t = 0 only",
+        "t = 0 exactly (a config that asks for the base); any t > 0 is finite",
+        "NaN where model and base are within 1.5e-5 instead of the base (1.5% of entries at SFT deltas)"),
+    RootCause(
+        "model_stock fp16 product underflow", "degenerate",
+        "model_stock multiplies fp16 offsets entry by entry: products under 6e-8 are 0",
+        "delta std <= 2e-5 (25x below SFT): cos = 0 and the merge is the base; at SFT deltas the fp16 dot "
+        "is right to 1e-4", "the base instead of the Model Stock interpolation"),
+    RootCause(
+        "model_stock low-precision interpolation", "degenerate",
+        "model_stock returns t * average + (1 - t) * w_0 computed in the input dtype, not w_0 + t * "
+        "(average - w_0): both products round at the weights' scale",
+        "bf16 SFT deltas (1e-3) on a 256-entry tensor whose 4 outlier entries (50x) carry the task "
+        "vector; holds at 4096 and 1024x4096 entries, with or without outliers (5 of 5 seeds)",
+        "the merged task vector 0.14x the float32 one on that tensor"),
+    RootCause(
+        "model_stock absolute clamp", "degenerate",
+        "the norm product is clamped at an absolute 1e-6", "offset norms under 1e-3 (delta * sqrt(n) < 1e-3)",
+        "cosine shrunk, merge drawn to the base; not scale-equivariant"),
+    RootCause("sce fp16 squares", "degenerate", "sce_weight squares fp16 task vectors: past 256 they overflow",
+              "task-vector entries over 256", "all-NaN tensor"),
+    RootCause("sce zero variance", "degenerate",
+              "select_topk counts only entries of non-zero variance across task vectors",
+              "fine-tunes whose task vectors agree exactly", "keeps nothing (merge = base)"),
+    RootCause("fp16 task vector overflow", "degenerate",
+              "task vectors (model - base) are computed in the input dtype", "entries near +-32768 in fp16",
+              "Inf/NaN though the merge fits fp16"),
+    RootCause("L1 rescale on tiny tensors", "degenerate", "L1-norm matching is biased O(1/n)",
+              "tensors of a few entries", "0.75x on 2 entries, within 1% from 256"),
+    RootCause("all-zero weights", "degenerate", "normalising divides by the sum of the weights",
+              "every weight 0", "NaN instead of an error"),
+    RootCause("absolute epsilon", "degenerate", "absolute epsilons on norms (karcher tol 1e-5, multislerp eps 1e-8)",
+              "tensor norms ~1e-7..1e-5", "not scale-equivariant"),
+    RootCause("karcher antipodal", "degenerate", "the iteration starts from the first model",
+              "antipodal inputs (A and -A)", "order-dependent result"),
+    RootCause("della one-entry rows", "degenerate", "rank normalisation of a one-entry row is 0/0",
+              "rows of one entry", "bernoulli(NaN) raises RuntimeError"),
+)
+ROOTS: dict[str, RootCause] = {r.key: r for r in ROOT_CAUSES}
+
+
+def cells(root: str) -> list[KnownViolation]:
+    """The cells of KNOWN where the root cause ``root`` shows."""
+    return [k for k in KNOWN if k.root == root]
 
 
 class UnrelatedFailure(Exception):

@@ -2,9 +2,12 @@
 
 ``degenerate``: tiny tensors (at most 16 entries) at magnitudes from 2**-20 to near fp16 overflow,
 zero, colinear and outlier sets: where epsilons and overflow live. ``realistic``: tensors of LLM
-shape and size (``RealisticInputs``: weights ~N(0, 0.02), task vectors from 1e-4 to 1e-2 of that,
-plus a heavy band at 10x; dense, correlated, LoRA-like or untouched), rebuilt from a seed, so a
-million-entry counterexample prints as one line. Not for: the properties (``catalogue``).
+shape and size (``RealisticInputs``: weights ~N(0, 0.02), task vectors at the measured scales of
+SFT (5e-4..2e-3 per entry) and continued pre-training (3e-2); dense, correlated, LoRA-like or
+untouched), rebuilt from a seed, so a 60M-entry counterexample prints as one line. The
+``mergeqa-large`` profile draws the real shapes of Llama/Mistral/Qwen2 matrices (1e7..6e7 entries):
+whole tensors for operators with tensor-wide reductions, row blocks of them for entry- or row-local
+ones. Sources of the scales and shapes: docs/operators.md. Not for: the properties (``catalogue``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,21 @@ REGIMES: tuple[Regime, ...] = ("realistic", "degenerate")
 
 #: How the task vectors of a realistic set relate (see ``RealisticInputs``).
 REALISTIC_KINDS = ("dense", "correlated", "lora", "untouched")
-#: Task-vector std relative to the weight std: fine-tuning (1e-4..1e-2) and a heavy band (10x:
-#: continued pre-training, distant fine-tunes, vocabulary surgery), which mergekit's two fp16
-#: reduction overflows need (L1 sums past 65504, offset norms past 256).
-DELTA_BANDS = (1e-2, 1e-3, 1e-4, 10.0)
+#: Task-vector std relative to the weight std 0.02, as measured on released fine-tunes (sources in
+#: docs/operators.md): SFT 1e-3, 5e-4 and 2e-3 per entry (0.05, 0.025, 0.1 of the weights) and
+#: continued pre-training 3e-2 (1.5x). The first three are the fine-tuning bands.
+DELTA_BANDS = (0.05, 0.025, 0.1, 1.5)
+#: Weight matrices of Llama-2-7B, Llama-3-8B, Mistral-7B and Qwen2-7B from 1e7 to 6e7 entries
+#: (attention 4096x4096 and 3584x3584, MLP 11008x4096 and 14336x4096 both ways): what the
+#: ``mergeqa-large`` profile draws. Embeddings (32000x4096, 128256x4096) are larger than its cap
+#: and are replayed by bench/operator_findings.py only.
+REAL_SHAPES = ((4096, 4096), (3584, 3584), (11008, 4096), (14336, 4096), (4096, 11008), (4096, 14336))
 #: Largest realistic tensor (entries) per hypothesis profile; other profiles get the default's.
-REALISTIC_MAX_ENTRIES = {"mergeqa-default": 2**14, "mergeqa-thorough": 2**21}
+REALISTIC_MAX_ENTRIES = {"mergeqa-default": 2**14, "mergeqa-thorough": 2**21, "mergeqa-large": 6 * 10**7}
+#: From this cap on, realistic shapes are REAL_SHAPES (whole, or row blocks of BLOCK_ENTRIES).
+REAL_SHAPES_FROM = 10**7
+#: Entries of the row block a local operator gets of a real shape (``MergeOperator.locality``).
+BLOCK_ENTRIES = 2**20
 _MAX_ENTRIES: contextvars.ContextVar[int | None] = contextvars.ContextVar("max_entries", default=None)
 #: Above this many entries a MergeInputs without a recipe prints a summary, not its values.
 _PRINTABLE_ENTRIES = 4096
@@ -182,23 +194,31 @@ class RealisticInputs:
     (a shared direction plus half as much own noise: fine-tunes of one base on related data,
     cosine ~0.8), ``"lora"`` (rank 8 product, for 2-D shapes) or ``"untouched"`` (zero: frozen
     layers). ``outliers`` entries of the base are 50x larger and the same entries of every task
-    vector 20x (outlier features). Built in float32, then cast to ``dtype``. ``torch_source()``
-    is the Python that builds it with torch alone; ``build()`` runs exactly that.
+    vector 20x (outlier features). ``deltas`` gives each model its own task-vector std (fine-tunes
+    of unequal strength); ``block_of`` records that ``shape`` is a block of rows of a real matrix
+    (entries are i.i.d., so the block is distributed as those rows of the whole matrix). Built in
+    float32, then cast to ``dtype``. ``torch_source()`` is the Python that builds it with torch
+    alone; ``build()`` runs exactly that.
     """
 
     shape: tuple[int, ...]
     models: int = 1
     with_base: bool = True
     kind: str = "dense"
-    delta: float = 2e-4
+    delta: float = 2e-4  # the recipes recorded in findings rely on it; drawn deltas are DELTA_BANDS
+    deltas: tuple[float, ...] = ()
     weight: float = 0.02
     outliers: int = 0
     dtype: str = "float32"
     data_seed: int = 0
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    block_of: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.deltas and len(self.deltas) != self.models:
+            raise mst.InvalidStrategyArgument(f"deltas={self.deltas} gives {len(self.deltas)} stds for "
+                                              f"models={self.models}; give one per model")
         if self.kind not in REALISTIC_KINDS:
             raise mst.InvalidStrategyArgument(f"kind={self.kind!r}; use one of {', '.join(REALISTIC_KINDS)}")
         mst.resolve_dtype(self.dtype)
@@ -218,17 +238,18 @@ class RealisticInputs:
         if self.kind == "correlated":
             lines.append(f"shared = torch.randn({shape}, generator=g) * {self.delta!r}")
         lines.append("models = []")
-        lines.append(f"for _ in range({self.models}):")
+        scales = tuple(self.deltas) or (self.delta,) * self.models
+        lines.append(f"for scale in {_literal(scales)}:" if self.deltas else f"for scale in [{self.delta!r}] * {self.models}:")
         if self.kind == "untouched":
             lines.append("    delta = torch.zeros_like(base)")
         elif self.kind == "lora" and len(self.shape) == 2:
             rows, columns = self.shape
             lines.append(f"    delta = torch.randn({rows}, 8, generator=g) @ torch.randn(8, {columns}, generator=g)"
-                         f" * ({self.delta!r} / 8 ** 0.5)")
+                         " * (scale / 8 ** 0.5)")
         elif self.kind == "correlated":
-            lines.append(f"    delta = shared + torch.randn({shape}, generator=g) * {self.delta / 2!r}")
+            lines.append(f"    delta = shared + torch.randn({shape}, generator=g) * (scale / 2)")
         else:
-            lines.append(f"    delta = torch.randn({shape}, generator=g) * {self.delta!r}")
+            lines.append(f"    delta = torch.randn({shape}, generator=g) * scale")
         if self.outliers:
             lines.append("    delta.view(-1)[hot] *= 20")
         lines.append("    models.append(base + delta)")
@@ -249,7 +270,7 @@ class RealisticInputs:
         for field in dataclasses.fields(self)[1:]:
             value = getattr(self, field.name)
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            if value != default:
+            if value != default and not (field.name == "delta" and self.deltas):
                 fields.append(f"{field.name}={_literal(dict(value) if field.name == 'params' else value)}")
         return f"RealisticInputs({', '.join(fields)})"
 
@@ -370,6 +391,15 @@ def _realistic_shapes(max_entries: int, min_entries: int = 256) -> st.SearchStra
     return draw_shape()
 
 
+def real_shape(shape: tuple[int, ...], locality: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shape to build, ``block_of``) for a real matrix ``shape``: the whole matrix for an operator
+    with tensor-wide reductions, else a block of its rows of about ``BLOCK_ENTRIES`` entries."""
+    if locality == "tensor":
+        return shape, ()
+    rows = max(1, min(shape[0], BLOCK_ENTRIES // shape[1]))
+    return (rows, shape[1]), shape
+
+
 def realistic_inputs(
     operator: MergeOperator,
     *,
@@ -385,10 +415,13 @@ def realistic_inputs(
     """Return a strategy for one call of ``operator`` in the realistic regime (``RealisticInputs``).
 
     Draws the model count, base, dtype, an LLM-like shape of ``min_entries`` up to
-    ``max_entries`` entries (default: ``realistic_max_entries()``, i.e. per profile), a kind of
-    task vector, a delta band (relative to the weight std 0.02), 0 or 4 outliers, a data seed, the parameters and an RNG
-    seed. Costs a dozen draws whatever the size; building costs one randn per tensor (about 10 ms
-    per million entries). Shrinking simplifies sizes, kinds and seeds, not single values.
+    ``max_entries`` entries (default: ``realistic_max_entries()``, i.e. per profile; from
+    ``REAL_SHAPES_FROM`` on, one of ``REAL_SHAPES``, whole or as a row block per
+    ``operator.locality``), a kind of task vector, a delta band (``DELTA_BANDS``, relative to the
+    weight std 0.02), 0 or 4 outliers, a data seed, the parameters and an RNG seed. Costs a dozen
+    draws whatever the size; building costs one randn per tensor (about 10 ms per million
+    entries, 1 s for a 14336x4096 MLP matrix). Shrinking simplifies sizes, kinds and seeds, not
+    single values.
     """
     bad = [kind for kind in kinds if kind not in REALISTIC_KINDS]
     if not kinds or bad:
@@ -402,8 +435,14 @@ def realistic_inputs(
     def draw_inputs(draw: st.DrawFn) -> MergeInputs:
         limit = max_entries if max_entries is not None else realistic_max_entries()
         n = draw(counts)
+        block_of: tuple[int, ...] = ()
+        if limit >= REAL_SHAPES_FROM:
+            fitting = [s for s in REAL_SHAPES if math.prod(s) <= limit] or [min(REAL_SHAPES, key=math.prod)]
+            shape, block_of = real_shape(draw(st.sampled_from(fitting)), operator.locality)
+        else:
+            shape = draw(_realistic_shapes(limit, min_entries))
         recipe = RealisticInputs(
-            shape=draw(_realistic_shapes(limit, min_entries)), models=n,
+            shape=shape, block_of=block_of, models=n,
             with_base=_take_base(draw, operator, with_base),
             kind=draw(kind_strategy), delta=0.02 * draw(band_strategy), outliers=draw(outliers),
             dtype=draw(dtype_strategy), data_seed=draw(_SEEDS),

@@ -26,13 +26,18 @@ _SCALE_THRESHOLD = "compares entries of the task vectors with an absolute epsilo
 
 #: What a method's spec cannot say: MergeOperator fields per registered method name. Methods not
 #: listed here are still tested, with what their spec says.
+#: Locality (``MergeOperator.locality``) is "entry" only where mergekit 0.1.5's source has no
+#: reduction across entries; ties/breadcrumbs (global magnitude top-k), dare/della (L1 rescaling of
+#: the whole tensor), slerp/nuslerp/multislerp/karcher (norms), model_stock (cosines), sce (top-k
+#: of variances, mean squares), arcee_fusion (softmax) and ram keep the default "tensor".
 METHOD_NOTES: dict[str, dict[str, Any]] = {
-    "linear": {"endpoints": (Endpoint.one_hot("weight", 0), Endpoint.one_hot("weight", 1))},
+    "linear": {"endpoints": (Endpoint.one_hot("weight", 0), Endpoint.one_hot("weight", 1)), "locality": "entry"},
     "slerp": {"endpoints": (Endpoint("base", {"t": 0.0}), Endpoint(0, {"t": 1.0}))},
     "nearswap": {
         # weight = clamp(t / |a - b|, 0, 1): t = 0 keeps the base, t >= max |a - b| takes the model.
         "endpoints": (Endpoint("base", {"t": 0.0}), Endpoint(0, {"t": float("inf")})),
         "not_applicable": {"scale_equivariant": "takes t as an absolute distance between entries"},
+        "locality": "entry",
     },
     "nuslerp": {
         "endpoints": (Endpoint.one_hot("weight", 0), Endpoint.one_hot("weight", 1)),
@@ -44,6 +49,7 @@ METHOD_NOTES: dict[str, dict[str, Any]] = {
     "della_linear": {"parameters": {"density": PerModel(mst.densities(min_density=0.2, max_density=0.8))}},
     "task_arithmetic": {
         "not_applicable": {"density_kept": "has no sparsification step (density is accepted and ignored)"},
+        "locality": "entry",
     },
     "arcee_fusion": {
         "not_applicable": {"scale_equivariant": "selects entries by a softmax of the raw weights"},

@@ -19,7 +19,16 @@ from hypothesis import settings as hypothesis_settings
 from mergeqa.core.errors import MergeQAUsageError, did_you_mean
 from mergeqa.operators.catalogue import CATALOGUE, PROPERTIES, MergeProperty, get_property
 from mergeqa.operators.description import MergeOperator, PropertyViolation
-from mergeqa.operators.inputs import REGIMES, MergeInputs, Regime, _literal, realistic_max_entries, realistic_size
+from mergeqa.operators.inputs import (
+    REAL_SHAPES_FROM,
+    REALISTIC_MAX_ENTRIES,
+    REGIMES,
+    MergeInputs,
+    Regime,
+    _literal,
+    realistic_max_entries,
+    realistic_size,
+)
 
 #: Seconds of shrinking a property gets after its first failure (see ``run_property``).
 SHRINK_SECONDS = 10.0
@@ -30,6 +39,15 @@ def _literal_example(example: Mapping[str, Any] | None) -> str:
         return "{}"
     return "dict(" + ", ".join(f"{key}={value!r}" if isinstance(value, MergeInputs) else
                                 f"{key}={_literal(value)}" for key, value in example.items()) + ")"
+
+
+def _size_cap(prop: MergeProperty) -> int:
+    """The profile's realistic size cap; real matrix sizes only for the size-sensitive properties
+    (the others get the thorough cap: their promises do not change with size, their cost does)."""
+    limit = realistic_max_entries()
+    if limit >= REAL_SHAPES_FROM and not prop.size_sensitive:
+        return REALISTIC_MAX_ENTRIES["mergeqa-thorough"]
+    return limit
 
 
 def _check_regime(regime: str) -> None:
@@ -51,7 +69,8 @@ def run_property(
     ``settings`` defaults to the current hypothesis profile; its example count is divided by the
     property's ``cost``; deadlines are always off (CPU timings of tensor code jitter) and only the
     first distinct bug is reported. Realistic tensors are capped per profile
-    (``inputs.realistic_max_entries``). Shrinking gets ``shrink_seconds`` from the first failure:
+    (``inputs.realistic_max_entries``; under mergeqa-large only ``size_sensitive`` properties get
+    real matrix sizes). Shrinking gets ``shrink_seconds`` from the first failure:
     after that, candidates not seen before are passed without running, so hypothesis settles on
     the smallest failure found so far (still a real, replayed failure, just possibly not the
     smallest there is).
@@ -87,7 +106,7 @@ def run_property(
     # Distinct database keys and derandomized seeds per (operator, property, regime).
     test.hypothesis.inner_test._hypothesis_internal_add_digest = f"{operator.name}:{prop.name}:{regime}".encode()
     try:
-        with realistic_size(realistic_max_entries()):
+        with realistic_size(_size_cap(prop)):
             test()
     except PropertyViolation as violation:
         raise PropertyViolation(
