@@ -28,7 +28,7 @@ def test_level_holds_for_a_loss_concentrated_on_few_items():
 def test_power_near_the_fewest_items_any_valid_test_needs():
     """A merge as good as its reference, noisy (30 % of items +-0.1): passes at 80 items, not far
     past the 59 below which no test valid on [-1, 1] can pass anything (the fixed grid of bets it
-    replaced passed none of these: it needed 114 items for a perfect copy)."""
+    replaced passed none of these: it needed 114 items for a perfect copy; this one needs 64)."""
     rng = np.random.default_rng(1)
     good = np.where(rng.random((5000, 80)) < 0.3, rng.choice([-0.1, 0.1], (5000, 80)), 0.0)
     assert (betting_pvalue(good, 0.05, low=-1.0, high=1.0) <= 0.05).mean() > 0.8
@@ -37,8 +37,9 @@ def test_power_near_the_fewest_items_any_valid_test_needs():
 
 
 def test_a_perfect_copy_passes_from_items_to_show_on():
+    # within 10 % of the fewest any valid test needs (the cautious strategy's share costs the rest)
     assert fewest_items_any_test(0.05, 0.05, low=-1.0) <= items_to_show(0.05, 0.05, low=-1.0) <= \
-        fewest_items_any_test(0.05, 0.05, low=-1.0) + 2
+        1.1 * fewest_items_any_test(0.05, 0.05, low=-1.0)
     assert fewest_items_any_test(0.05, 0.05, low=-1.0) == 59  # log(0.05) / log(0.95) = 58.4
     n = items_to_show(0.05, 0.05, low=-1.0)
     assert largest_evalue(n, 0.05, low=-1.0) >= 20 > largest_evalue(n - 1, 0.05, low=-1.0)
