@@ -1,8 +1,9 @@
 """Simulate non-inferiority on graded per-item differences (scores in [0, 1], so d in [-1, 1]) with
 the true drop exactly at the margin, the loss concentrated on 1/18 or 1/5 of the items or spread
 over all of them, and a merge as good as its reference: pass rates of the shifted sign-flip test
-(what the gate uses for graded items, judge.score, probing, no-owner tasks and perplexity) beside
-the betting test on the known range (`mergeqa.stats.betting`, not used by the gate yet).
+(what the gate used for graded items, judge.score, probing and no-owner tasks, and keeps for scores
+with no known range such as perplexity) beside the betting test on the known range
+(`mergeqa.stats.betting`, what the gate uses wherever the scores have one).
 
 Every item has symmetric noise (+-0.1 with probability 0.15 each); a concentrated loss takes
 margin x 18 (or x 5) from each affected item, drawn independently with probability 1/18 (1/5).

@@ -433,3 +433,16 @@ def test_adjust_pvalues_rejects_unknown_names_and_bad_values():
         adjust_pvalues([0.1], "hochberg")
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         adjust_pvalues([0.1, math.nan])
+
+
+def test_the_message_names_what_each_graded_test_rests_on():
+    """Betting (a known range): an inconclusive copy of the reference is told how many items a
+    pass needs at all; the sign-flip (no range): the message says it assumes symmetry."""
+    rng = np.random.default_rng(0)
+    scores = rng.random(40)
+    copy = compare_paired(scores, scores, margin=0.05, bounds=(0.0, 1.0))
+    assert copy.method == "betting" and copy.verdict == "inconclusive"
+    assert "even a copy of p needs 64 items" in copy.describe("p") and copy.items_to_decide() == 64
+    assert compare_paired(np.tile(scores, 2), np.tile(scores, 2), margin=0.05, bounds=(0.0, 1.0)).verdict == "pass"
+    unranged = compare_paired(scores, scores + rng.normal(0, 0.01, 40), margin=0.05)
+    assert unranged.method == "permutation" and "assumes the per-item differences symmetric" in unranged.describe()

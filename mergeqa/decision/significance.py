@@ -78,6 +78,7 @@ class PairedComparison:
     spread: float = math.nan  # standard deviation of the per-item differences
     alpha_share: float = 1.0  # the part of alpha the correction ran at (sequential runs: what is left)
     references: int = 1  # > 1: against each of this many parents (`against_each`); ci, mde at alpha / references
+    bounds: tuple[float, float] | None = None  # the scores' range the betting test rested on
 
     def __post_init__(self):
         check_choice("verdict", self.verdict, VERDICTS)
@@ -113,6 +114,11 @@ class PairedComparison:
             return float(self.n)
         if self.spread == 0 and self.effect == 0 and self.method.startswith("mcnemar"):
             return concordant_n(self.margin, self.alpha)  # identical on every item so far
+        if self.spread == 0 and self.effect == 0 and self.method == "betting" and self.bounds is not None:
+            from mergeqa.stats.betting import items_to_show
+
+            width = self.bounds[1] - self.bounds[0]
+            return float(items_to_show(self.margin, self.alpha / self.references, low=-width))
         if not (math.isfinite(self.effect) and math.isfinite(self.spread)) or self.spread == 0:
             return math.inf
         z = float(ndtri(1 - self.alpha))
@@ -145,6 +151,17 @@ class PairedComparison:
                       "\nthe observed effect sits on the margin: no realistic number of items decides it")
             needed += ("; with --eval-limit or a small task, evaluate more items (the whole task), "
                        "or accept the risk explicitly with [statistics] inconclusive = \"warn\"")
+        if self.method == "permutation":
+            needed += ("\nsign-flip test: these scores have no known range, so it assumes the per-item differences "
+                       "symmetric; a loss concentrated on a few items passes more often than alpha "
+                       "(bench/simulate_checks.py, perplexity rows; docs/statistics.md)")
+        elif self.method == "betting" and self.verdict == "inconclusive" and self.bounds is not None:
+            from mergeqa.stats.betting import items_to_show
+
+            width = self.bounds[1] - self.bounds[0]
+            fewest = items_to_show(self.margin, self.alpha / self.references, low=-width)
+            needed += (f"\nbetting test on the scores' range {self.bounds[0]:g}..{self.bounds[1]:g} (valid for any "
+                       f"pattern of losses): even a copy of {reference} needs {fewest} items to pass at this margin")
         if self.references > 1:
             needed = (f"\nagainst each of {self.references} parents: non-inferiority shown against one at "
                       f"alpha / {self.references} holds for the weakest (Bonferroni), a regression must be "
@@ -307,7 +324,8 @@ def compare_paired(
                                    n_resamples=n_resamples, seed=seed, bounds=bounds)
     verdict = decide(evidence.p_regression, evidence.p_noninferiority, alpha)
     spread = float((merged - reference).std(ddof=1)) if merged.size > 1 else math.nan
-    return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power, spread=spread)
+    return PairedComparison(verdict, *evidence, merged.size, resolved, margin, alpha, power, spread=spread,
+                            bounds=tuple(map(float, bounds)) if resolved == "betting" else None)
 
 
 def against_each(comparisons: dict[str, PairedComparison], alpha: float) -> tuple[str, PairedComparison]:
