@@ -261,7 +261,13 @@ def test_plan_of_the_embedded_default_builds_nothing(tmp_path, monkeypatch, caps
     blocked = blocking_rate(n, 0.05 * 0.8, discordance=0.2)  # default min_retention 0.95, owner at 0.8
     assert f"blocking rate {blocked:.2f} (a merge exactly as good as its owner is blocked when not shown" in out
     assert "alpha bounds a false fail; with inconclusive = fail the blocking rate" in out
-    assert "judge A/B (40 questions, both orders, a tie half a win)" in out and "needs about 618 questions" in out
+    whole = 1 - (1 - blocked) ** 3  # three tasks in the family suite
+    assert f"blocked by one of these 3 retention comparisons about {whole:.2f} of the time" in out
+    from mergeqa.stats.exact_paired import items_to_pass
+
+    assert "judge A/B (40 questions, both orders, a tie half a win)" in out
+    assert f"needs about {items_to_pass(0.0, 1.0, -0.1)} questions with no ties" in out
+    assert "even a copy of a parent needs 131 test items (alpha / 2 against each parent)" in out
     assert not list(cache.glob("family-*")) and not events(cache)
 
 

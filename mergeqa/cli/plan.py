@@ -10,6 +10,7 @@ Nothing is trained, merged, loaded for inference or evaluated: models are hashed
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,16 +121,24 @@ def _mde(n: int, alpha: float, power: float) -> str:
     return f"{100 * typical:.1f} points ({100 * best:.1f} if only the dropped items differ)"
 
 
-def _blocking(n: int, thresholds) -> str:
+def _blocking_rate(n: int, thresholds) -> float:
     """The blocking rate of one retention comparison at n items, under the configured policy."""
     from mergeqa.decision.blocking import blocking_rate
 
+    stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
+    policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
+    margin = (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
+    return blocking_rate(n, margin, discordance=ASSUMED_DISCORDANCE, alpha=stat("alpha"), policy=policy)
+
+
+def _blocking(n: int, thresholds) -> str:
+    """`_blocking_rate` in words."""
     stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
     if n <= 0:
         return "-"
     policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
     margin = (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
-    rate = blocking_rate(n, margin, discordance=ASSUMED_DISCORDANCE, alpha=stat("alpha"), policy=policy)
+    rate = _blocking_rate(n, thresholds)
     what = {"fail": "not shown non-inferior", "warn": "a significant regression",
             "significant_drop": "a significant drop beyond the margin"}[policy]
     sequential = "; fixed-n figure, sequential mode blocks more often" if stat("sequential") else ""
@@ -243,6 +252,7 @@ class Planner:
                  f"{alpha}, power {power}, {ASSUMED_DISCORDANCE:.0%} of items discordant; Holm across up to "
                  f"{2 * len(tasks)} comparisons per merge). alpha bounds a false fail; with {policy} the "
                  "blocking rate is the chance CI goes red for a merge as good as its parents, per comparison:"]
+        sizes: list[int] = []
         for task in tasks:
             if task.startswith("family") and not self.family_built:  # its size is in the recipe
                 from mergeqa.family import load_recipe
@@ -251,11 +261,18 @@ class Planner:
                 lines.append(f"  {task}: n={n} items (the family recipe's eval_items; written with the family's "
                              f"cache entry); smallest drop detectable: {_mde(n, alpha, power)}; "
                              f"blocking rate {_blocking(n, self.thresholds)}")
+                sizes.append(n)
                 continue
             n, what, work = self._task(task, ("merged", "parent", "base"), self.suite.get("num_fewshot"))
             power_note = (f"; smallest drop detectable: {_mde(n, alpha, power)}; blocking rate "
                           f"{_blocking(n, self.thresholds)}") if n else ""
             lines.append(f"  {task}: {what}{power_note}{work}")
+            sizes.append(n)
+        if sizes and all(n > 0 for n in sizes):
+            kept = math.prod(1 - _blocking_rate(n, self.thresholds) for n in sizes)
+            lines.append(f"  the whole suite: a merge exactly as good as its owners is blocked by one of these "
+                         f"{len(sizes)} retention comparisons about {1 - kept:.2f} of the time (each at the rate "
+                         "above, taken as independent; the regression comparisons add to it)")
         return lines
 
     def probing_lines(self) -> list[str]:
@@ -273,6 +290,15 @@ class Planner:
             n_test = len(d.indices("test"))
             lines.append(f"  {d.name}: {len(d.items)} sentences, test n={n_test}; smallest drop detectable: "
                          f"{_mde(n_test, self.alpha, self.power)}")
+        from mergeqa.stats.betting import items_to_show
+
+        tolerance = self.thresholds.get("probing", "tolerance")
+        # the family's placeholder (not built yet) stands for its two parents
+        parents = sum(2 if m.ref is None else 1 for m in self.models if m.role == "parent") or 1
+
+        lines.append(f"  a merge is shown within {tolerance:g} of its parents by the betting test (valid for a loss on "
+                     f"a few items): even a copy of a parent needs {items_to_show(tolerance, self.alpha / parents, low=-1.0)}"
+                     f" test items (alpha / {parents} against each parent)")
         return lines
 
     def sanity_lines(self) -> list[str]:
