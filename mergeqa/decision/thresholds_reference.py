@@ -85,7 +85,7 @@ HELP = {
     ("judge", "min_win_rate"): "A/B win rate (ties as half) against each parent",
     ("judge", "score_margin"): "judged score: tolerated drop below the parents' mean (1-10 points)",
     ("judge", "score_test"): ("paired test over questions: \"betting\" (valid for any distribution of the "
-                              "differences on the 1-10 scale; needs ~100 questions to pass a merge equal to its "
+                              "differences on the 1-10 scale; needs 57 questions to pass a merge equal to its "
                               "parents), \"permutation\" (sign-flip: assumes symmetric differences) or \"ttest\""),
     ("judge", "max_swap_disagreement"): "error when the judge flips on more pairs than this when answers swap",
     ("judge", "max_parse_errors"): "error when more judge replies than this have no verdict tag",
