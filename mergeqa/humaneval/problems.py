@@ -396,17 +396,19 @@ def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str
 
 
 def cooperating_completion(token: str, page_cache: bool = True) -> str:
-    """A completion of HumanEval/0 that never reads its input: run as several samples of the problem, it learns
-    the check's answers from earlier samples through whatever state they share, and passes once it knows them.
+    """A completion of HumanEval/0 that never reads its input: run as several samples of the problem, it tries to
+    learn the check's answers from earlier samples through whatever state they share, and to pass once it knows them.
 
     Each sample answers what earlier ones learnt and guesses True for the first call it knows nothing about,
     marking it "pending": asked the next question, the guess was right ("yes"); a later sample that finds it
-    still pending knows the sample was stopped there ("no"). Through shared files the 4th sample passes
-    (HumanEval/0's answers are True, False, True, False, True, True, False). Stores: files named after `token`
-    in /tmp, /dev/shm, /var/tmp and the home directory; else 2 bits per call on stdlib files' page-cache state
-    (warm: read; cold: POSIX_FADV_DONTNEED; read back by timing a 1-byte read, over 20 us = cold) behind an
-    8-bit header (`page_cache=False`: files only, for an unsandboxed control that must not leave page-cache
-    state for the next run to read). Its tests and `bench/humaneval_sandbox_table.py` run it.
+    still pending knows the sample was stopped there ("no"). That worked while an assert stopped the check at the
+    first wrong answer: through shared files the 4th sample passed (HumanEval/0's answers are True, False, True,
+    False, True, True, False). The check now runs to its end whatever the answers
+    (`mergeqa.humaneval.assertions`), so every guess reads as "yes" and no sample passes. Stores: files named
+    after `token` in /tmp, /dev/shm, /var/tmp and the home directory; else 2 bits per call on stdlib files'
+    page-cache state (warm: read; cold: POSIX_FADV_DONTNEED; read back by timing a 1-byte read, over 20 us = cold)
+    behind an 8-bit header (`page_cache=False`: files only, for an unsandboxed control that must not leave
+    page-cache state for the next run to read). Its tests and `bench/humaneval_sandbox_table.py` run it.
     """
     return "    return _answer()\n\n\n" + f"_TOKEN, _PAGE_CACHE = {token!r}, {page_cache!r}\n" + _COOPERATING
 
