@@ -226,6 +226,19 @@ def test_a_call_whose_arguments_hold_an_answer_is_found_and_judged_at_once():
     assert asked == [1, 2, 0] and [v.held for v in log.judge()] == [True, True]
 
 
+def test_the_shapes_whose_calls_could_depend_on_an_answer_are_named():
+    test = (
+        "def check(candidate):\n"
+        "    y = candidate(1)\n    z = y + 1\n"
+        "    assert candidate(z) == 2\n"  # asks an answer, through two names
+        "    assert all(candidate(x) for x in range(3))\n"  # all() stops at the first wrong answer
+        "    if y:\n        pass\n"
+        "    for item in z:\n        pass\n"
+        "    assert candidate(2) == 3 and candidate(3) == 4\n"  # fine: both are asked first
+    )
+    assert assertions.answer_dependent_calls(test, "f") == ["candidate(z)", "candidate(x)", "y", "z"]
+
+
 @pytest.mark.parametrize(
     "index, body, status",
     [

@@ -109,15 +109,33 @@ def checking_code(prompt: str, test: str, entry_point: str):
 
 
 def answer_dependent_calls(test: str, entry_point: str) -> list[str]:
-    """The candidate calls in the check's asserts whose arguments hold another candidate call's answer
-    (`candidate(candidate(x))`): what such a call is asked depends on an answer. None in HumanEval's 164."""
+    """Where the calls the check makes could still depend on an answer, as source: a candidate call whose
+    arguments hold another call or a name bound from an answer (`candidate(candidate(x))`, `y = candidate(x)`
+    then `candidate(y)`), a call inside a lambda or comprehension of an assert (`all(candidate(x) for ...)`
+    stops early; it is judged at once, in order), and an `if`, `while` or `for` that looks at an answer.
+    Static and by name (answers copied into containers are not followed): the test that runs all 164 checks
+    against wrong stubs is the proof; this names the suspects. None in HumanEval's 164."""
     names = {"candidate", entry_point}
-    found = []
-    for node in ast.walk(ast.parse(test)):
+    tree = ast.parse(test)
+    answers = set()  # names bound, outside asserts, from an expression that holds an answer
+    while True:
+        bound = {target.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+                 and node.value is not None and _holds_an_answer(node.value, names, answers)
+                 for target in ast.walk(node) if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)}
+        if bound <= answers:
+            break
+        answers |= bound
+    found = [ast.unparse(call) for call in ast.walk(tree) if _is_call_of(call, names)
+             and any(_holds_an_answer(argument, names, answers) for argument in _arguments(call))]
+    for node in ast.walk(tree):
         if isinstance(node, ast.Assert):
+            in_scope = {id(n) for n in _walk_scope(ast.Expression(node.test))}
             found += [ast.unparse(call) for call in ast.walk(node.test)
-                      if _is_call_of(call, names) and any(_is_call_of(inner, names)
-                                                          for arg in _arguments(call) for inner in ast.walk(arg))]
+                      if _is_call_of(call, names) and id(call) not in in_scope]
+        elif isinstance(node, (ast.If, ast.While)) and _holds_an_answer(node.test, names, answers):
+            found.append(ast.unparse(node.test))
+        elif isinstance(node, ast.For) and _holds_an_answer(node.iter, names, answers):
+            found.append(ast.unparse(node.iter))
     return found
 
 
@@ -128,8 +146,17 @@ def _is_call_of(node: ast.AST, names: set[str]) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names
 
 
-def _arguments(call: ast.Call) -> list[ast.AST]:
+def _arguments(call: ast.Call) -> list[ast.expr]:
     return [*call.args, *(keyword.value for keyword in call.keywords)]
+
+
+def _asks_an_answer(call: ast.Call, names: set[str]) -> bool:
+    """Whether the call's arguments hold another candidate call: what it asks depends on an answer."""
+    return any(_is_call_of(inner, names) for argument in _arguments(call) for inner in ast.walk(argument))
+
+
+def _holds_an_answer(node: ast.AST, names: set[str], answers: set[str]) -> bool:
+    return any(_is_call_of(n, names) or (isinstance(n, ast.Name) and n.id in answers) for n in ast.walk(node))
 
 
 def _walk_scope(node: ast.AST):
@@ -159,8 +186,7 @@ class _Rewriter(ast.NodeTransformer):
     def visit_Assert(self, node: ast.Assert) -> ast.Expr:
         hoisted = sorted((call for call in _walk_scope(ast.Expression(node.test))
                           if _is_call_of(call, self.candidate_names)
-                          and not any(_is_call_of(inner, self.candidate_names)
-                                      for arg in _arguments(call) for inner in ast.walk(arg))),
+                          and not _asks_an_answer(call, self.candidate_names)),
                          key=lambda call: (call.lineno, call.col_offset))
         slots = {id(call): index for index, call in enumerate(hoisted)}
         test = _Replace(slots).visit(node.test)
