@@ -15,9 +15,10 @@ answers were right (issue 28). Here the calls are the same for any answers. Not 
     [(1, False)]
 
 Each `assert E, msg` of the check becomes `RECORDER.record(line, message, calls, holds)`:
-- `calls` makes the candidate calls in E first, in source order, each with its arguments (a call whose
-  arguments hold another candidate call cannot be made first: it stays in E, see `answer_dependent_calls`);
-  so `and`, `or`, an exception in E or a failed `tuple()` on one answer never skips a later call;
+- `calls` makes the candidate calls in E first, in source order, each with its arguments, so `and`, `or`,
+  an exception in E or a failed `tuple()` on one answer never skips a later call (a call whose arguments hold
+  another answer, or one inside a lambda or comprehension of E, cannot be made first: it stays in E, which is
+  then judged at once; `answer_dependent_calls` names such shapes, none in HumanEval);
 - `holds` is E with those calls replaced by their answers, as a lambda whose defaults take the check's local
   names at that moment (a loop's variables), so it can be judged later;
 - `msg` is never evaluated (HumanEval's messages call the candidate again, which made the calls depend on a
