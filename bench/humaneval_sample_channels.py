@@ -9,7 +9,9 @@ the next one (started after the first has ended) reads them back; prints the bit
   the host (root, POSIX_FADV_DONTNEED), as on a freshly booted CI machine.
 - dentry cache: the sender looks up names that do not exist in the stdlib directory (the kernel caches each
   miss), the receiver times the lookup of each name. Unbounded: every new name is a fresh bit.
-~10 s on 2 cores.
+What they carry is bits, not verdicts: a check runs to its end whatever the answers (issue 28,
+`mergeqa.humaneval.assertions`), so no sample learns whether its answers were right, and nothing it could send
+forward helps a later sample pass. ~10 s on 2 cores.
 """
 
 from __future__ import annotations

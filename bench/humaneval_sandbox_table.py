@@ -135,8 +135,10 @@ def attack_row(kind: str, timeout_s: float) -> None:
 
 
 def cooperating_row(samples: int, timeout_s: float) -> None:
-    """`samples` samples of one input-blind completion that learns from earlier samples (`he.cooperating_completion`),
-    one at a time, against the same samples unsandboxed sharing the host's /tmp (files only)."""
+    """`samples` samples of one input-blind completion that tries to learn from earlier samples whether its guesses
+    were right (`he.cooperating_completion`: from whether the check called again), one at a time, against the same
+    samples unsandboxed sharing the host's /tmp (files only). The check runs to its end whatever the answers, so
+    neither has anything to learn (before that, the control forged 5 of 8 passes)."""
     problem, token = he.load_problems()[0], secrets.token_hex(6)
     fds, peak_kb = len(os.listdir("/proc/self/fd")), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with HostWatch() as host:
@@ -149,8 +151,9 @@ def cooperating_row(samples: int, timeout_s: float) -> None:
     for directory in ("/tmp", "/dev/shm", "/var/tmp"):
         Path(directory, f".mergeqa-coop-{token}").unlink(missing_ok=True)
     details = sorted({r.detail for r in results})
-    print(f"| cooperating samples ({samples} of HumanEval/0, one at a time, learning through files and page-cache "
-          f"bits) | {sum(r.passed for r in results)} of {samples} passed; each failed with {details} | unsandboxed "
+    print(f"| cooperating samples ({samples} of HumanEval/0, one at a time, trying to learn from the calls they get, "
+          f"through files and page-cache bits) | {sum(r.passed for r in results)} of {samples} passed; each failed "
+          f"with one of {details} | unsandboxed "
           f"control sharing /tmp: {sum(r.passed for r in control)} of {samples} passed (from sample "
           f"{next((i + 1 for i, r in enumerate(control) if r.passed), '-')}); {left} processes left, caller's "
           f"descriptors {fds:+d}, caller's peak RSS +{grown_mb:.0f} MB; host at worst (MB): {host.summary()} |")
@@ -186,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"code execution on this host: {sb.code_execution()}; seccomp filter: "
           f"{len(sb.seccomp_program()) // 8} BPF instructions ({sb.platform.machine()})\n")
-    print("| completions | outcome | wall, all | per completion | median wall of one | calls to the candidate |")
+    print("| completions | outcome | wall, all | per completion | median wall of one | calls to the candidate (the same for any answers) |")
     print("|---|---|---|---|---|---|")
     canonical = bulk("canonical solutions (164)", lambda p: p.canonical_solution, "passed", args.workers)
     stubs = bulk("`pass` stubs (164)", lambda p: "    pass\n", "failed", args.workers)

@@ -2,7 +2,8 @@
 gets a wrong solution through or reaches the host), the pass@k estimator, and the bundled lm-eval task.
 
 The 164 canonical / 164 stub runs live in `bench/humaneval_sandbox_table.py`; here a sample of
-problems, among them every one whose check uses more than the candidate's answers (32, 33, 38, 50).
+problems, among them every one whose check uses more than the candidate's answers (32, 33, 38, 50);
+for all 164, without a sandbox, that a check asks the same calls whatever the answers (issue 28).
 Cost: ~20 s on 2 cores; mostly the attack runs (two of them run into the 2 s limit) and the
 lm-eval run on a random 1-layer model.
 """
@@ -21,6 +22,7 @@ import pytest
 
 from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.core.state import BUNDLED_TASKS
+from mergeqa.humaneval import assertions
 from mergeqa.humaneval import problems as he
 from mergeqa.humaneval import sandbox as sb
 
@@ -112,10 +114,129 @@ def test_canonical_solutions_pass_and_stubs_fail_on_a_sample():
     assert all(r.calls >= 1 for r in results)
 
 
-def test_a_wrong_answer_fails_with_the_call_that_showed_it():
-    problem = he.load_problems()[0]
+def test_a_wrong_answer_fails_with_the_assertions_that_showed_it_and_the_check_runs_to_its_end():
+    problem = he.load_problems()[0]  # answers True, False, True, False, True, True, False
     result = he.check_completion(problem, "    return True\n")
-    assert (result.status, result.detail) == ("failed", "AssertionError on call 2")
+    assert (result.status, result.detail) == (
+        "failed", "3 of 7 assertions failed; the first: assertion 2 (line 11 of the check, call 2)")
+    assert (result.calls, result.assertions) == (7, (True, False, True, False, True, True, False))
+
+
+# --------------------------------------------------------------------------- the calls say nothing of the answers
+
+#: problems whose check asks the candidate something that depends on an earlier answer (`candidate(candidate(x))`),
+#: so the calls it makes can differ with the answers: none of HumanEval's 164 (problem id -> why)
+ANSWER_DEPENDENT: dict[str, str] = {}
+WRONG_STUBS = ["    return None\n", "    return 0\n", "    return ''\n", "    return [0]\n"]
+
+
+def local_function(problem, body):
+    """The dataset's prompt + `body`, run here: only canonical solutions and stubs, never model code."""
+    namespace = {}
+    exec(problem.prompt + body, namespace)
+    return namespace[problem.entry_point]
+
+
+def calls_and_verdicts(problem, function):
+    """The arguments of each call the rewritten check makes to `function`, in order, and its verdicts. Arguments
+    and answers are copied, as the sandbox's channel does; the global `random` (38, 50, 53) is seeded alike."""
+    import copy
+    import random
+
+    asked = []
+
+    def candidate(*args):
+        asked.append(repr(args))
+        return function(*copy.deepcopy(args))
+
+    random.seed(0)
+    log = he.run_recorded_check(problem, candidate, lambda: len(asked))
+    return asked, log.judge()
+
+
+def test_every_check_makes_the_same_calls_for_right_and_wrong_answers():
+    """All 164: the canonical solution and four wrong stubs are asked the same arguments in the same order, so a
+    sample cannot learn from the calls it gets whether an earlier answer was right (issue 28). ~1 s, no sandbox."""
+    problems = he.load_problems()
+    for problem in problems:
+        asked, verdicts = calls_and_verdicts(problem, local_function(problem, problem.canonical_solution))
+        assert verdicts and all(v.held for v in verdicts), (problem.task_id, verdicts)
+        for body in WRONG_STUBS:
+            wrong_asked, wrong_verdicts = calls_and_verdicts(problem, local_function(problem, body))
+            if problem.task_id not in ANSWER_DEPENDENT:
+                assert wrong_asked == asked, (problem.task_id, body)
+            assert len(wrong_verdicts) == len(verdicts) and not all(v.held for v in wrong_verdicts), problem.task_id
+    assert {p.task_id for p in problems if assertions.answer_dependent_calls(p.test, p.entry_point)} == set(ANSWER_DEPENDENT)
+
+
+SHORT_CIRCUITS = (
+    "def check(candidate):\n"
+    "    assert candidate(1) == 2 and candidate(2) == 3, 'wrong: ' + str(candidate(9))\n"  # `and`; message
+    "    assert abs(candidate(3) - 4) + abs(candidate(4) - 5) < 1e-9\n"  # a TypeError on the first answer
+    "    for x in range(5, 7):\n"
+    "        assert candidate(x) == x + 1\n"  # judged later: x as it was
+    "    y = candidate(7)\n"
+    "    assert y + 1 == 9\n"
+)
+
+
+@pytest.mark.parametrize("answer", [lambda x: x + 1, lambda x: None, lambda x: "x", lambda x: 1 / 0 if x > 3 else x])
+def test_short_circuits_exceptions_and_messages_do_not_change_the_calls(answer):
+    problem = he.HumanEvalProblem("t/0", "def f(x):\n", "", SHORT_CIRCUITS, "f")
+    asked, verdicts = [], []
+
+    def candidate(x):
+        asked.append(x)
+        try:
+            return answer(x)
+        except ZeroDivisionError:
+            return None
+
+    verdicts = he.run_recorded_check(problem, candidate, lambda: len(asked)).judge()
+    assert asked == [1, 2, 3, 4, 5, 6, 7]  # never 9: the message is not evaluated
+    assert len(verdicts) == 5 and [v.call for v in verdicts] == [2, 4, 5, 6, 7]
+    if answer(1) == 2:
+        assert all(v.held for v in verdicts) and assertions.describe_failures(verdicts) == ""
+    else:
+        assert assertions.describe_failures(verdicts).startswith("5 of 5 assertions failed; the first: assertion 1")
+
+
+def test_answers_are_judged_only_after_the_check_has_made_its_last_call():
+    """`check_completion` judges after the sandbox is gone: how long judging takes cannot tell it anything."""
+    events = []
+
+    class Answer:
+        def __eq__(self, other):
+            events.append("judged")
+            return True
+
+    problem = he.HumanEvalProblem("t/2", "def f(x):\n", "", SHORT_CIRCUITS, "f")
+    log = he.run_recorded_check(problem, lambda x: events.append("called") or Answer(), lambda: 0)
+    assert events == ["called"] * 7
+    log.judge()
+    assert events == ["called"] * 7 + ["judged"] * 4  # the 2nd and 5th raise (`Answer() - 4`, `+ 1`)
+
+
+def test_a_call_whose_arguments_hold_an_answer_is_found_and_judged_at_once():
+    test = "def check(candidate):\n    assert candidate(candidate(1)) == 3\n    assert candidate(0) == 1\n"
+    assert assertions.answer_dependent_calls(test, "f") == ["candidate(candidate(1))"]
+    problem = he.HumanEvalProblem("t/1", "def f(x):\n", "", test, "f")
+    asked = []
+    log = he.run_recorded_check(problem, lambda x: asked.append(x) or x + 1, lambda: len(asked))
+    assert asked == [1, 2, 0] and [v.held for v in log.judge()] == [True, True]
+
+
+def test_the_shapes_whose_calls_could_depend_on_an_answer_are_named():
+    test = (
+        "def check(candidate):\n"
+        "    y = candidate(1)\n    z = y + 1\n"
+        "    assert candidate(z) == 2\n"  # asks an answer, through two names
+        "    assert all(candidate(x) for x in range(3))\n"  # all() stops at the first wrong answer
+        "    if y:\n        pass\n"
+        "    for item in z:\n        pass\n"
+        "    assert candidate(2) == 3 and candidate(3) == 4\n"  # fine: both are asked first
+    )
+    assert assertions.answer_dependent_calls(test, "f") == ["candidate(z)", "candidate(x)", "y", "z"]
 
 
 @pytest.mark.parametrize(
@@ -191,15 +312,18 @@ def test_descriptor_attacks_50_times_leak_nothing_and_lose_no_result():
 
 
 def test_cooperating_samples_learn_nothing_from_each_other():
-    """8 samples of one input-blind completion that learns the check's answers from earlier samples through any
-    state they share (files in /tmp, /dev/shm, /var/tmp, home; page-cache bits on stdlib files): each one fails
-    at the same call, as the first did. Control: the same 8 samples unsandboxed, sharing the host's /tmp (files
-    only: the page-cache bits it would set on the host would be read by the next run), forge passes from the 4th
-    on. What is left, the one-shot timing channels, is measured in `bench/humaneval_sample_channels.py`."""
+    """8 samples of one input-blind completion that tries to learn the check's answers from earlier samples through
+    any state they share (files in /tmp, /dev/shm, /var/tmp, home; page-cache bits on stdlib files), reading
+    "was my guess right?" from whether the check called again. The check runs to its end whatever the answers, so
+    there is nothing to learn: sandboxed, every sample fails at assertion 2; the control, the same 8 samples
+    unsandboxed sharing the host's /tmp (files only: page-cache bits it set on the host would be read by the next
+    run), fails 8 of 8 too (it forged passes from the 4th on while an assert stopped the check). The channels
+    left between samples, measured in `bench/humaneval_sample_channels.py`, carry bits but no verdict."""
     problem, token = he.load_problems()[0], secrets.token_hex(6)
     completion = he.cooperating_completion(token)
     results = he.check_completions([(problem, completion)] * 8, timeout_s=5, memory_mb=256, workers=1)
-    assert [(r.status, r.detail) for r in results] == [("failed", "AssertionError on call 2")] * 8
+    assert [r.status for r in results] == ["failed"] * 8
+    assert all("; the first: assertion 2 (" in r.detail and r.calls == 7 for r in results), [r.detail for r in results]
     unsandboxed = sb.Host(None, "", "the control: samples sharing the host's /tmp")
     files_only = he.cooperating_completion(token, page_cache=False)
     try:
@@ -207,7 +331,7 @@ def test_cooperating_samples_learn_nothing_from_each_other():
     finally:
         for directory in ("/tmp", "/dev/shm", "/var/tmp"):
             Path(directory, f".mergeqa-coop-{token}").unlink(missing_ok=True)
-    assert control == ["failed"] * 3 + ["passed"] * 5
+    assert control == ["failed"] * 8
 
 
 def test_the_attack_list_is_the_one_this_test_knows():

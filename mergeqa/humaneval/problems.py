@@ -3,7 +3,8 @@
 For: loading problems; checking a completion (`check_completion`): the completion runs in
 `mergeqa.humaneval.sandbox` and answers calls over a data-only channel, while the problem's own `check`
 runs here, in the trusted process, on the plain values it returns, so nothing the completion does
-can forge a pass; and the unbiased pass@k estimator. Not for generation: that goes through
+can forge a pass; rewritten (`mergeqa.humaneval.assertions`) to run to its end, so the calls it makes
+say nothing about whether earlier answers were right; and the unbiased pass@k estimator. Not for generation: that goes through
 lm-eval's task in `mergeqa/data/tasks/humaneval/`.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.humaneval.assertions import RECORDER, AssertionLog, checking_code, describe_failures
 from mergeqa.humaneval.sandbox import CandidateError, CandidateProcess, require_execution, safe_text
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -28,8 +30,9 @@ DEFAULT_MEMORY_MB = 512
 
 #: Every status a check can end in, and what it means.
 STATUSES = {
-    "passed": "the problem's check ran to its end in the trusted process: every assertion held",
-    "failed": "an assertion failed, or the completion raised, returned a non-plain value or exited",
+    "passed": "the problem's check ran to its end in the trusted process: every assertion held (at least one ran)",
+    "failed": "an assertion failed (each is judged; the check runs to its end), or the completion raised, returned "
+              "a non-plain value or exited",
     "timeout": "the wall clock mergeqa keeps ran out, or the CPU time it measured reached the limit; the sandbox "
                "was killed",
     "memory_limit": "the completion ran out of memory, as mergeqa saw it: a MemoryError with its address space "
@@ -101,17 +104,25 @@ class CheckResult:
     calls: int = 0  # calls the trusted check made to the completion
     isolation: str = ""
     pid_namespace: str = ""
+    assertions: tuple[bool, ...] = ()  # each recorded assertion of the check, in the order it ran: held or not
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-@functools.cache
-def _trusted_code(prompt: str, test: str):
-    # the dataset's own code (the prompt's helpers, e.g. `poly` of HumanEval/32, and `check`):
-    # never the completion, which runs only in the sandbox
-    return compile(f"{prompt}    pass\n\n{test}\n", "<humaneval check>", "exec")
+def run_recorded_check(problem: HumanEvalProblem, candidate, calls=lambda: 0, passthrough=()) -> AssertionLog:
+    """Run `problem`'s check, rewritten by `mergeqa.humaneval.assertions` (it runs to its end whatever the
+    answers), with `candidate` standing for the entry point (also under its own name: HumanEval/33's check calls
+    `sort_third`); the log's `judge()` then says which assertions held. Only the dataset's code runs here (the
+    prompt's helpers, e.g. `poly` of HumanEval/32, and `check`), never the completion, unless `candidate` is it:
+    `check_completion` passes the sandbox's proxy, the tests a local function."""
+    log = AssertionLog(calls, passthrough)
+    namespace = {"__name__": "humaneval_check", RECORDER: log}
+    exec(checking_code(problem.prompt, problem.test, problem.entry_point), namespace)
+    namespace[problem.entry_point] = candidate
+    namespace["check"](candidate)
+    return log
 
 
 def check_completion(
@@ -123,10 +134,11 @@ def check_completion(
     """Check `completion` against `problem`: pass or fail is decided here, never by the completion.
 
     The sandboxed interpreter runs prompt + completion and answers `entry_point(*args)` with plain
-    values (`mergeqa.humaneval.sandbox`); the problem's `check` runs in this process with that function
-    replaced by a proxy (also under its own name: HumanEval/33's check calls `sort_third`). Raises
-    `SandboxUnavailable` (one line, with the fix) where model code may not run, and `MergeQAUsageError`
-    for bad limits; nothing the completion does makes it raise (a failure on this side is `error`).
+    values (`mergeqa.humaneval.sandbox`); the problem's check runs in this process with that function
+    replaced by a proxy, rewritten so that it makes the same calls whatever the answers are, and its
+    assertions are judged once the sandbox is gone (`run_recorded_check`). Raises `SandboxUnavailable` (one
+    line, with the fix) where model code may not run, and `MergeQAUsageError` for bad limits; nothing the
+    completion does makes it raise (a failure on this side is `error`).
     """
     _check_limits(timeout_s, memory_mb)
     host = require_execution()
@@ -139,9 +151,7 @@ def check_completion(
 
 
 def _run_check(problem: HumanEvalProblem, completion: str, timeout_s: float, memory_mb: int, host) -> CheckResult:
-    namespace = {"__name__": "humaneval_check"}
-    exec(_trusted_code(problem.prompt, problem.test), namespace)
-    calls = 0
+    calls, log = 0, None
     with CandidateProcess(problem.prompt + completion + "\n", problem.entry_point, timeout_s=timeout_s,
                           memory_mb=memory_mb, host=host) as run:
 
@@ -150,23 +160,24 @@ def _run_check(problem: HumanEvalProblem, completion: str, timeout_s: float, mem
             calls += 1
             return run.call(*args)
 
-        namespace[problem.entry_point] = candidate
         try:
-            namespace["check"](candidate)
+            log = run_recorded_check(problem, candidate, lambda: calls, (CandidateError,))
             failure = ""
         except CandidateError as exc:
             failure = f"the completion gave no answer: {exc}"
-        except AssertionError as exc:
-            failure = f"AssertionError on call {calls}{f': {exc}' if str(exc) else ''}"
-        except Exception as exc:  # noqa: BLE001 (the check raising on a plain value: a failed check)
+        except Exception as exc:  # noqa: BLE001 (the check raising outside an assertion: a failed check)
             failure = f"{type(exc).__name__} in the check on call {calls}: {safe_text(str(exc), 300)}"
+    # the sandbox is gone: only now are its answers judged, so how long judging takes tells it nothing
+    verdicts = log.judge() if log is not None else []
+    failure = failure or describe_failures(verdicts)
     if run.status in ("timeout", "memory_limit", "crashed", "error"):  # decided by the sandbox's end
         status, detail = run.status, run.detail
     elif failure or run.status != "ok":  # "raised" or "exited" while starting, or a failed check
         status, detail = "failed", failure or f"{run.status}: {run.detail}"
     else:
         status, detail = "passed", ""
-    return CheckResult(status, safe_text(detail, 1000), run.wall_s, run.output, calls, run.isolation, run.pid_namespace)
+    return CheckResult(status, safe_text(detail, 1000), run.wall_s, run.output, calls, run.isolation, run.pid_namespace,
+                       tuple(v.held for v in verdicts))
 
 
 def _check_limits(timeout_s: float, memory_mb: int) -> None:
@@ -385,17 +396,19 @@ def attack_completions(escape_dir: str, port: int, secret_path: str) -> dict[str
 
 
 def cooperating_completion(token: str, page_cache: bool = True) -> str:
-    """A completion of HumanEval/0 that never reads its input: run as several samples of the problem, it learns
-    the check's answers from earlier samples through whatever state they share, and passes once it knows them.
+    """A completion of HumanEval/0 that never reads its input: run as several samples of the problem, it tries to
+    learn the check's answers from earlier samples through whatever state they share, and to pass once it knows them.
 
     Each sample answers what earlier ones learnt and guesses True for the first call it knows nothing about,
     marking it "pending": asked the next question, the guess was right ("yes"); a later sample that finds it
-    still pending knows the sample was stopped there ("no"). Through shared files the 4th sample passes
-    (HumanEval/0's answers are True, False, True, False, True, True, False). Stores: files named after `token`
-    in /tmp, /dev/shm, /var/tmp and the home directory; else 2 bits per call on stdlib files' page-cache state
-    (warm: read; cold: POSIX_FADV_DONTNEED; read back by timing a 1-byte read, over 20 us = cold) behind an
-    8-bit header (`page_cache=False`: files only, for an unsandboxed control that must not leave page-cache
-    state for the next run to read). Its tests and `bench/humaneval_sandbox_table.py` run it.
+    still pending knows the sample was stopped there ("no"). That worked while an assert stopped the check at the
+    first wrong answer: through shared files the 4th sample passed (HumanEval/0's answers are True, False, True,
+    False, True, True, False). The check now runs to its end whatever the answers
+    (`mergeqa.humaneval.assertions`), so every guess reads as "yes" and no sample passes. Stores: files named
+    after `token` in /tmp, /dev/shm, /var/tmp and the home directory; else 2 bits per call on stdlib files'
+    page-cache state (warm: read; cold: POSIX_FADV_DONTNEED; read back by timing a 1-byte read, over 20 us = cold)
+    behind an 8-bit header (`page_cache=False`: files only, for an unsandboxed control that must not leave
+    page-cache state for the next run to read). Its tests and `bench/humaneval_sandbox_table.py` run it.
     """
     return "    return _answer()\n\n\n" + f"_TOKEN, _PAGE_CACHE = {token!r}, {page_cache!r}\n" + _COOPERATING
 
