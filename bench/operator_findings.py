@@ -20,17 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def replay(root) -> str:
-    from mergeqa.operators.catalogue import get_property
-    from mergeqa.operators.description import PropertyViolation
+    from mergeqa.operators.findings import UnrelatedFailure
     from mergeqa.operators.mergekit_adapter import mergekit_operator
 
     at = root.at_scale
     began = time.perf_counter()
     try:
-        get_property(at.property).check(mergekit_operator(at.method), **at.example())
-        verdict = "STALE: holds"
-    except PropertyViolation as violation:
-        verdict = "violated: " + str(violation).splitlines()[0][:110]
+        violation = at.replay(mergekit_operator(at.method))
+        verdict = "STALE: holds" if violation is None else "violated: " + str(violation).splitlines()[0][:110]
+    except UnrelatedFailure as error:
+        verdict = "WRONG FAILURE: " + str(error).splitlines()[0][:200]
     return (f"{at.method}/{at.property} on `{at.recipe!r}` ({at.recipe.entries / 1e6:.3g}M entries): "
             f"{verdict} ({time.perf_counter() - began:.0f} s)")
 

@@ -30,9 +30,30 @@ class AtScale:
     property: str
     recipe: RealisticInputs
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    raises: str = ""  # the exception the operator raises when raising *is* the finding
 
     def example(self) -> dict[str, Any]:
         return {"inputs": self.recipe.build(), **self.extra}
+
+    def replay(self, operator: Any) -> PropertyViolation | None:
+        """Check ``property`` on the example: the violation, or None when it holds. A violation
+        that is not this finding's own (a raise when the finding is a wrong value, another
+        exception than ``raises``, or a wrong value when the finding is a raise) is
+        ``UnrelatedFailure``: an at-size replay must not pass on some other failure."""
+        from mergeqa.operators.catalogue import get_property
+
+        try:
+            get_property(self.property).check(operator, **self.example())
+        except PropertyViolation as violation:
+            raised = _raised(violation)
+            cause = None if raised is None else type(raised.__cause__).__name__
+            if cause != (self.raises or None):
+                want = f"a raise of {self.raises}" if self.raises else "a wrong value"
+                got = "a wrong value" if cause is None else f"a raise of {cause}"
+                raise UnrelatedFailure(f"{self.method}/{self.property} on {self.recipe!r}: the finding is "
+                                       f"{want}, the replay gave {got}: {violation}") from violation
+            return violation
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +260,13 @@ KNOWN: tuple[KnownViolation, ...] = (
         "3+ models that leave a tensor untouched (frozen layers) raise 'weighted sum of the input tensors "
         "is zero' instead of returning the base", root="multislerp zero sum", raises="ValueError",
         upstream="frozen layers abort a 3-model multislerp merge",
+    ),
+    KnownViolation(
+        "multislerp", "zero_task_vectors", "realistic",
+        _realistic(shape=(256,), models=2, kind="untouched", dtype="float16", params={"weight": [1.0, 1.0]}),
+        "an untouched fp16 tensor: the task-vector norms are 0, norms + eps is 0 (eps=1e-8 is 0 in fp16), "
+        "0 / 0 = NaN in every entry; the same at 4096x4096", root="multislerp fp16 eps", variant="fp16",
+        upstream="fp16 multislerp of models with frozen layers gives all-NaN tensors",
     ),
     KnownViolation(
         "multislerp", "dtype_preserved", "realistic",
@@ -579,11 +607,30 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
     ),
     RootCause(
         "multislerp zero sum", "realistic",
-        "multislerp raises 'weighted sum of the input tensors is zero' for 3+ models whose task vectors "
-        "are all zero", "frozen layers (untouched tensors) in a 3-model merge, any size",
-        "a ValueError aborts the merge instead of returning the base",
-        AtScale("multislerp", "zero_task_vectors", _sft((4096, 4096), models=3, params={"weight": [0.0, 0.0, 1.0]})),
+        "multislerp normalises each task vector as x / (|x| + eps): zero task vectors give zero unit "
+        "vectors, their weighted mean has norm 0 < eps, and with 3+ models (2 fall back to linear "
+        "interpolation) it raises 'weighted sum of the input tensors is zero'; float32 and bf16 (eps "
+        "1e-8 is representable in bf16; in fp16 the same inputs give NaN: multislerp fp16 eps)",
+        "a frozen (untouched) tensor in a 3+-model merge with a base, float32 or bf16, any weights, "
+        "any size (raises at 4096x4096 as at 2 entries)",
+        "a ValueError aborts the merge instead of returning the base (2 models return the base)",
+        AtScale("multislerp", "zero_task_vectors",
+                _sft((4096, 4096), models=3, kind="untouched", params={"weight": [1.0, 1.0, 1.0]}),
+                raises="ValueError"),
         upstream="frozen layers abort a 3-model multislerp merge",
+    ),
+    RootCause(
+        "multislerp fp16 eps", "realistic",
+        "eps = 1e-8 is 0 in fp16, so both of multislerp's guards vanish: a zero task vector gives "
+        "norms + eps = 0 and x / 0 = NaN (the zero-sum check then compares NaN < eps, False, and "
+        "goes on); a zero tangent gives sin(0) / 0 = NaN",
+        "a frozen (untouched) tensor in an fp16 merge with a base, 2 or more models, any weights, any "
+        "size (all NaN at 4096x4096); the zero tangent (a zero weight, no base) only on small tensors "
+        "(256 entries: 6-7 of 10 draws; finite at 4096x4096)",
+        "an all-NaN tensor instead of the base",
+        AtScale("multislerp", "zero_task_vectors",
+                _sft((4096, 4096), models=2, kind="untouched", dtype="float16", params={"weight": [1.0, 1.0]})),
+        upstream="fp16 multislerp of models with frozen layers gives all-NaN tensors",
     ),
     RootCause(
         "karcher low-precision iterate", "realistic",
@@ -613,11 +660,6 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         AtScale("della", "rescale_unbiased", _sft((64, 4096), params={"density": [0.5], "weight": [1.0]}),),
         upstream="a documentation gap: say that DELLA's rescaling matches L1, not the paper's 1/p_i",
     ),
-    RootCause(
-        "multislerp fp16 eps", "degenerate",
-        "eps = 1e-8 is 0 in fp16: a tangent that rounds to exactly 0 gives sin(0) / 0 = NaN",
-        "a zero weight in fp16 on tensors small enough for the tangent to round to 0 (256 entries: 6-7 "
-        "of 10 draws); not on a 4096x4096 matrix (finite there)", "all-NaN tensor"),
     RootCause(
         "nearswap fp16 reciprocal", "degenerate",
         "t / |a-b| runs as reciprocal(|a-b|.clamp(1e-6)) * t: the reciprocal overflows fp16 for "
