@@ -161,28 +161,30 @@ KNOWN: tuple[KnownViolation, ...] = (
     KnownViolation(
         "karcher", "low_precision_agrees", "realistic",
         _realistic(shape=(256,), models=2, with_base=False, delta=1e-3, dtype="bfloat16"),
-        "karcher_merge_tensors rounds the unit vectors and the iterate to the input dtype after every step "
-        "(.to(mean.dtype), up to 10 iterations): in bf16, 12 of 256 entries end up more than 8 eps off",
-        root="karcher low-precision iterate",
-        stream_dependent="on the recorded data seed; other seeds not measured",
+        "torch.dot(mean, unit) of bf16 vectors is a bf16 scalar (0.99609 or 1.0 near 1): theta is 0.088 "
+        "for one model and 0 (skipped) for the other where the true angles are 0.063 and 0.046, so the "
+        "iterate is pulled towards one model: 12 of 256 entries more than 8 eps off",
+        root="karcher bf16 dot",
+        stream_dependent="on 3 of 5 data seeds at 256 entries; holds at 1024 entries and up",
     ),
     KnownViolation(
         "ties", "low_precision_agrees", "realistic",
         _realistic(shape=(16, 1024), delta=5e-4, dtype="bfloat16",
                    params={"rescale": True, "density": [0.5], "weight": [0.1]}),
-        "the bf16 merged task vector is 0.9835x the float32 one (2.0% of the input task vectors' norm, "
-        "z 25) at SFT deltas of 5e-4; the mechanism is not traced yet",
-        root="magnitude pruning bf16 task-vector loss (untraced)",
-        stream_dependent="found by the derandomized search at the 2% bound; other seeds not measured",
+        "0.9835x along the bf16-rounded float32 merge (2.0% of the input task vectors' norm, z 25) but "
+        "0.9995x along the unrounded one: the bf16 task vector moves 0.7% of the kept entries among equal "
+        "magnitudes at the top-k threshold; the property's projection on the rounded merge reads it as loss",
+        root="magnitude top-k ties in bf16",
+        stream_dependent="1.011x on data seed 1 (passes); holds at 4096x4096",
     ),
     KnownViolation(
         "breadcrumbs", "low_precision_agrees", "realistic",
         _realistic(shape=(16, 1024), delta=1e-3, dtype="bfloat16",
                    params={"rescale": True, "density": [0.125], "weight": [1.0]}),
-        "the bf16 merged task vector is 0.967x the float32 one (7.5% of the input task vectors' norm, z 18) "
-        "at SFT deltas of 1e-3; same untraced loss as ties/low_precision_agrees[realistic]",
-        root="magnitude pruning bf16 task-vector loss (untraced)",
-        stream_dependent="found by the derandomized search; other seeds not measured",
+        "0.967x along the float32 merge (7.5% of the input task vectors' norm, z 18): the bf16 task vector "
+        "keeps another 1% of equal-magnitude entries at the top-k threshold (L1 and L2 within 0.4%)",
+        root="magnitude top-k ties in bf16",
+        stream_dependent="0.967x and 0.987x on data seeds 0 and 1 at 16x1024; 0.979x at 4096x4096",
     ),
     KnownViolation(
         "sce", "low_precision_agrees", "realistic",
@@ -633,22 +635,23 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         upstream="fp16 multislerp of models with frozen layers gives all-NaN tensors",
     ),
     RootCause(
-        "karcher low-precision iterate", "realistic",
-        "karcher_merge_tensors casts the units and the iterate back to the input dtype after each "
-        "normalisation and each of up to 10 iterations, so bf16 rounding accumulates",
-        "bf16 SFT deltas (1e-3), 2 models, a 256-entry tensor (measured at that size only)",
-        "12 of 256 entries more than 8 eps off the float32 Karcher mean",
-        AtScale("karcher", "low_precision_agrees",
-                _sft((256,), models=2, with_base=False, dtype="bfloat16")),
-    ),
-    RootCause(
-        "magnitude pruning bf16 task-vector loss (untraced)", "realistic",
-        "not traced: found by the CI search (ties and breadcrumbs, both magnitude pruning with rescale: "
-        "true) once the realistic regime drew SFT deltas",
-        "bf16 SFT delta 5e-4, rescale: true, density 0.5, a 16x1024 tensor (measured at that size only)",
-        "merged task vector 0.98x the float32 one (bound 2%)",
-        AtScale("ties", "low_precision_agrees", _sft((16, 1024), delta=5e-4, dtype="bfloat16",
-                                                      params={"rescale": True, "density": [0.5], "weight": [0.1]})),
+        "magnitude top-k ties in bf16", "realistic",
+        "generalized_task_arithmetic takes the task vector model - base in bf16, which rounds 1.3-3% of "
+        "the entries (those where |base| < |delta|), and a bf16 task vector has only ~400-500 distinct "
+        "magnitudes: the top-k threshold of sparsify.magnitude / magnitude_outliers falls in a class of "
+        "hundreds (thousands at size) of equal magnitudes, and argsort keeps another subset of it than "
+        "the float32 merge does (0.3-1% of the entries move). Exact float32 deltas sparsified in float32 "
+        "give the float32 merge; bf16 deltas sparsified in float32 still move them. Apart from that, the "
+        "L1 sums and their ratio in bf16 scale the kept entries by up to 0.4%",
+        "bf16 breadcrumbs (density 0.125, rescale: true) at SFT delta 1e-3: 0.979x on 4096x4096, 0.967x "
+        "and 0.987x on 16x1024 (2 seeds). ties (density 0.5, 5e-4) holds at 4096x4096; its 0.98x on "
+        "16x1024 is the property's projection on the rounded float32 merge (0.9995x on the unrounded one)",
+        "meets the documented contract (keep the top density fraction by magnitude, rescale to match "
+        "L1): L1 and L2 of the merged task vector within 0.4% of float32; the moved entries are equal "
+        "magnitudes at the threshold, which low_precision_agrees (direction within 2%) counts as loss",
+        AtScale("breadcrumbs", "low_precision_agrees", _sft((4096, 4096), dtype="bfloat16",
+                                                             params={"rescale": True, "density": [0.125],
+                                                                     "weight": [1.0]})),
     ),
     RootCause(
         "DELLA L1 rescale", "realistic",
@@ -678,6 +681,16 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         "bf16 SFT deltas (1e-3) on a 256-entry tensor whose 4 outlier entries (50x) carry the task "
         "vector; holds at 4096 and 1024x4096 entries, with or without outliers (5 of 5 seeds)",
         "the merged task vector 0.14x the float32 one on that tensor"),
+    RootCause(
+        "karcher bf16 dot", "degenerate",
+        "karcher_merge_tensors takes torch.dot(mean, unit) of bf16 vectors, a bf16 scalar: below 1 it "
+        "can only be 0.99609 or 1.0, so theta = arccos(dot) is 0 (that model is skipped) or 0.088 for "
+        "true angles of 0.03-0.07; one model skipped and the other over-weighted pull the iterate off "
+        "(a float32 dot alone fixes it on every seed)",
+        "bf16 tensors of ~256 entries at SFT deltas (3 of 5 seeds), where the angles to the mean reach "
+        "0.06; holds at 1024, 4096, 64x4096 and 4096x4096 entries (SFT 1e-3 and 2e-3, CPT 3e-2, 2-3 "
+        "models: every dot rounds to 1.0, no iteration, and the normalised mean is the answer)",
+        "7-12 of 256 entries more than 8 eps off the float32 Karcher mean"),
     RootCause(
         "model_stock absolute clamp", "degenerate",
         "the norm product is clamped at an absolute 1e-6", "offset norms under 1e-3 (delta * sqrt(n) < 1e-3)",
