@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/operator_table.py                       # findings table, realistic first
     .venv/bin/python bench/operator_table.py --reproductions       # ... plus pasteable mergekit code
-    .venv/bin/python bench/operator_table.py --full-size           # the two heavy fp16 failures, searched
+    .venv/bin/python bench/operator_table.py --full-size           # the size-sensitive triggers at size, searched
     .venv/bin/python bench/operator_table.py --stability           # DARE/DELLA bias on 10 seed windows
     .venv/bin/python bench/operator_table.py --search --profile mergeqa-thorough --methods ties,slerp
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reproductions", action="store_true", help="print each finding's mergekit reproduction")
     parser.add_argument("--full-size", action="store_true",
-                        help="search and replay the million-entry fp16 failures (ties L1, model_stock norms)")
+                        help="replay the size-sensitive realistic triggers at real size, then search")
     parser.add_argument("--stability", action="store_true", help="DARE/DELLA unbiasedness on 10 disjoint seed windows")
     parser.add_argument("--variants", type=int, default=10, metavar="N",
                         help="reseeded variants replayed per random finding (default: %(default)s)")
@@ -108,40 +108,35 @@ def findings_table(reproductions: bool, variants: int) -> None:
 
 
 def full_size(shrink: float) -> None:
-    """The two heavy realistic fp16 failures: replayed at the issue's sizes, then searched for by
-    the kit's realistic regime under the thorough profile (2**21 entries) and shrunk."""
+    """The size-sensitive realistic findings (fp16_finite, low_precision_agrees) replayed on their
+    triggers at real size (``ROOT_CAUSES[...].at_scale``: SFT/CPT deltas on real shapes, the same
+    cases bench/operator_findings.py verifies), then searched for by the kit's realistic regime
+    under the thorough profile (2**21 entries) and shrunk."""
     import torch
     from hypothesis import settings
 
-    from mergeqa.operators.catalogue import get_property
-    from mergeqa.operators.description import PropertyViolation
-    from mergeqa.operators.inputs import RealisticInputs
+    from mergeqa.operators.findings import ROOT_CAUSES, UnrelatedFailure
     from mergeqa.operators.mergekit_adapter import mergekit_operator
     from mergeqa.operators.runner import run_property
 
-    cases = [
-        ("ties", "fp16_finite", RealisticInputs(shape=(1024, 1024), delta=0.1, dtype="float16",
-                                                params={"rescale": True, "density": [0.5], "weight": [1.0]})),
-        ("model_stock", "low_precision_agrees", RealisticInputs(shape=(2048, 2048), models=2, kind="correlated",
-                                                                delta=0.12, dtype="float16")),
-        ("model_stock", "fp16_finite", RealisticInputs(shape=(2048, 2048), models=2, kind="correlated",
-                                                       delta=0.2, dtype="float16")),
-        ("model_stock", "low_precision_agrees", RealisticInputs(shape=(2048, 2048), models=2, kind="correlated",
-                                                                delta=2e-5, dtype="float16")),
-    ]
-    print("### Replayed at full size\n")
-    for method, prop, recipe in cases:
-        inputs = recipe.build()
-        offsets = [float((m.float() - inputs.base.float()).norm()) for m in inputs.models]
-        l1 = float((inputs.models[0].double() - inputs.base.double()).abs().sum())
+    heavy = [r for r in ROOT_CAUSES if r.at_scale is not None
+             and r.at_scale.property in ("fp16_finite", "low_precision_agrees")]
+    print("### Replayed at full size (the realistic triggers)\n")
+    for root in heavy:
+        at = root.at_scale
+        inputs = at.example()["inputs"]
+        anchor = inputs.base.float() if inputs.base is not None else 0
+        offsets = [float((m.float() - anchor).norm()) for m in inputs.models]
+        l1 = float((inputs.models[0].double() - (inputs.base.double() if inputs.base is not None else 0)).abs().sum())
+        del inputs
         began = time.perf_counter()
         try:
-            get_property(prop).check(mergekit_operator(method), inputs=inputs)
-            verdict = "holds"
-        except PropertyViolation as violation:
-            verdict = f"violated: {violation}"
-        print(f"- **{method} / {prop}** on `{recipe!r}` ({recipe.entries} entries; offset norms "
-              f"{', '.join(f'{o:.3g}' for o in offsets)}; |delta|_1 {l1:.3g}): {verdict} "
+            violation = at.replay(mergekit_operator(at.method))
+            verdict = "STALE: holds" if violation is None else f"violated: {violation}"
+        except UnrelatedFailure as error:
+            verdict = f"WRONG FAILURE: {error}"
+        print(f"- **{root.key}: {at.method} / {at.property}** on `{at.recipe!r}` ({at.recipe.entries} entries; "
+              f"offset norms {', '.join(f'{o:.3g}' for o in offsets)}; |delta|_1 {l1:.3g}): {verdict} "
               f"({time.perf_counter() - began:.1f} s)")
     print("\n### Found by search (realistic regime, profile mergeqa-thorough, shrunk)\n")
     register_profiles(load="mergeqa-thorough")

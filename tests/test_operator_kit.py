@@ -397,6 +397,24 @@ def test_reproduction_shows_the_finding_with_mergekit_alone(finding: str, shows:
     assert shows in _run_reproduction(code)
 
 
+def test_the_docs_findings_table_is_the_registry_s() -> None:
+    """docs/operators.md's generated block ``operator-findings`` is ``findings.table()`` (the
+    registry, no mergekit run): a changed finding without the docs is a red build. The fix:
+    ``.venv/bin/python bench/operator_findings.py --write``."""
+    import importlib.util
+
+    from mergeqa.operators.findings import table
+
+    spec = importlib.util.spec_from_file_location("operator_findings", REPO / "bench" / "operator_findings.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    figures = bench.blocks()
+    names = [m.group("name") for m in figures.BLOCK.finditer(bench.DOC.read_text())]
+    assert bench.BLOCK_NAME in names, f"docs/operators.md has no block {bench.BLOCK_NAME!r}"
+    diffs = figures.differences({bench.BLOCK_NAME: table()}, files=(bench.DOC,))
+    assert not diffs, "\n".join(diffs) + "\nthe findings table drifted: .venv/bin/python bench/operator_findings.py --write"
+
+
 def test_layers_import_without_a_circle() -> None:
     import subprocess
     import sys

@@ -30,9 +30,30 @@ class AtScale:
     property: str
     recipe: RealisticInputs
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    raises: str = ""  # the exception the operator raises when raising *is* the finding
 
     def example(self) -> dict[str, Any]:
         return {"inputs": self.recipe.build(), **self.extra}
+
+    def replay(self, operator: Any) -> PropertyViolation | None:
+        """Check ``property`` on the example: the violation, or None when it holds. A violation
+        that is not this finding's own (a raise when the finding is a wrong value, another
+        exception than ``raises``, or a wrong value when the finding is a raise) is
+        ``UnrelatedFailure``: an at-size replay must not pass on some other failure."""
+        from mergeqa.operators.catalogue import get_property
+
+        try:
+            get_property(self.property).check(operator, **self.example())
+        except PropertyViolation as violation:
+            raised = _raised(violation)
+            cause = None if raised is None else type(raised.__cause__).__name__
+            if cause != (self.raises or None):
+                want = f"a raise of {self.raises}" if self.raises else "a wrong value"
+                got = "a wrong value" if cause is None else f"a raise of {cause}"
+                raise UnrelatedFailure(f"{self.method}/{self.property} on {self.recipe!r}: the finding is "
+                                       f"{want}, the replay gave {got}: {violation}") from violation
+            return violation
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,28 +161,30 @@ KNOWN: tuple[KnownViolation, ...] = (
     KnownViolation(
         "karcher", "low_precision_agrees", "realistic",
         _realistic(shape=(256,), models=2, with_base=False, delta=1e-3, dtype="bfloat16"),
-        "karcher_merge_tensors rounds the unit vectors and the iterate to the input dtype after every step "
-        "(.to(mean.dtype), up to 10 iterations): in bf16, 12 of 256 entries end up more than 8 eps off",
-        root="karcher low-precision iterate",
-        stream_dependent="on the recorded data seed; other seeds not measured",
+        "torch.dot(mean, unit) of bf16 vectors is a bf16 scalar (0.99609 or 1.0 near 1): theta is 0.088 "
+        "for one model and 0 (skipped) for the other where the true angles are 0.063 and 0.046, so the "
+        "iterate is pulled towards one model: 12 of 256 entries more than 8 eps off",
+        root="karcher bf16 dot",
+        stream_dependent="on 3 of 5 data seeds at 256 entries; holds at 1024 entries and up",
     ),
     KnownViolation(
         "ties", "low_precision_agrees", "realistic",
         _realistic(shape=(16, 1024), delta=5e-4, dtype="bfloat16",
                    params={"rescale": True, "density": [0.5], "weight": [0.1]}),
-        "the bf16 merged task vector is 0.9835x the float32 one (2.0% of the input task vectors' norm, "
-        "z 25) at SFT deltas of 5e-4; the mechanism is not traced yet",
-        root="magnitude pruning bf16 task-vector loss (untraced)",
-        stream_dependent="found by the derandomized search at the 2% bound; other seeds not measured",
+        "0.9835x along the bf16-rounded float32 merge (2.0% of the input task vectors' norm, z 25) but "
+        "0.9995x along the unrounded one: the bf16 task vector moves 0.7% of the kept entries among equal "
+        "magnitudes at the top-k threshold; the property's projection on the rounded merge reads it as loss",
+        root="magnitude top-k ties in bf16",
+        stream_dependent="1.011x on data seed 1 (passes); holds at 4096x4096",
     ),
     KnownViolation(
         "breadcrumbs", "low_precision_agrees", "realistic",
         _realistic(shape=(16, 1024), delta=1e-3, dtype="bfloat16",
                    params={"rescale": True, "density": [0.125], "weight": [1.0]}),
-        "the bf16 merged task vector is 0.967x the float32 one (7.5% of the input task vectors' norm, z 18) "
-        "at SFT deltas of 1e-3; same untraced loss as ties/low_precision_agrees[realistic]",
-        root="magnitude pruning bf16 task-vector loss (untraced)",
-        stream_dependent="found by the derandomized search; other seeds not measured",
+        "0.967x along the float32 merge (7.5% of the input task vectors' norm, z 18): the bf16 task vector "
+        "keeps another 1% of equal-magnitude entries at the top-k threshold (L1 and L2 within 0.4%)",
+        root="magnitude top-k ties in bf16",
+        stream_dependent="0.967x and 0.987x on data seeds 0 and 1 at 16x1024; 0.979x at 4096x4096",
     ),
     KnownViolation(
         "sce", "low_precision_agrees", "realistic",
@@ -239,6 +262,13 @@ KNOWN: tuple[KnownViolation, ...] = (
         "3+ models that leave a tensor untouched (frozen layers) raise 'weighted sum of the input tensors "
         "is zero' instead of returning the base", root="multislerp zero sum", raises="ValueError",
         upstream="frozen layers abort a 3-model multislerp merge",
+    ),
+    KnownViolation(
+        "multislerp", "zero_task_vectors", "realistic",
+        _realistic(shape=(256,), models=2, kind="untouched", dtype="float16", params={"weight": [1.0, 1.0]}),
+        "an untouched fp16 tensor: the task-vector norms are 0, norms + eps is 0 (eps=1e-8 is 0 in fp16), "
+        "0 / 0 = NaN in every entry; the same at 4096x4096", root="multislerp fp16 eps", variant="fp16",
+        upstream="fp16 multislerp of models with frozen layers gives all-NaN tensors",
     ),
     KnownViolation(
         "multislerp", "dtype_preserved", "realistic",
@@ -515,7 +545,10 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         "torch fp16 CPU norm", "realistic",
         "model_stock takes torch.norm of fp16 offsets; on CPU torch's fp16 norm under-counts long tensors "
         "(7.93 vs 8.57 at 58.7M entries, 4.50 vs 4.58 at 16.8M) while the fp16 dot product (float "
-        "accumulation) is right, so cos and t come out too large",
+        "accumulation) is right, so cos and t come out too large. multislerp's fp16 norms under-count the "
+        "same way (80.69 vs 81.93 on a 4096x4096 matrix): under mergeqa-large its fp16 merge of two "
+        "4096x4096 matrices has 2.3% of its entries past the 8-eps bound, e.g. -0.05533 for -0.05441 "
+        "(no CI cell: it needs the size)",
         "SFT deltas (1e-3, correlated fine-tunes) on 4096x4096 (t 1.02x) to 14336x4096 (t 1.08x)",
         "documented: the Model Stock interpolation t = k cos / (1 + (k - 1) cos); fp16 on CPU moves the "
         "merge 2-8% further from the base than that t",
@@ -579,29 +612,49 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
     ),
     RootCause(
         "multislerp zero sum", "realistic",
-        "multislerp raises 'weighted sum of the input tensors is zero' for 3+ models whose task vectors "
-        "are all zero", "frozen layers (untouched tensors) in a 3-model merge, any size",
-        "a ValueError aborts the merge instead of returning the base",
-        AtScale("multislerp", "zero_task_vectors", _sft((4096, 4096), models=3, params={"weight": [0.0, 0.0, 1.0]})),
+        "multislerp normalises each task vector as x / (|x| + eps): zero task vectors give zero unit "
+        "vectors, their weighted mean has norm 0 < eps, and with 3+ models (2 fall back to linear "
+        "interpolation) it raises 'weighted sum of the input tensors is zero'; float32 and bf16 (eps "
+        "1e-8 is representable in bf16; in fp16 the same inputs give NaN: multislerp fp16 eps)",
+        "a frozen (untouched) tensor in a 3+-model merge with a base, float32 or bf16, any weights, "
+        "any size (raises at 4096x4096 as at 2 entries)",
+        "a ValueError aborts the merge instead of returning the base (2 models return the base)",
+        AtScale("multislerp", "zero_task_vectors",
+                _sft((4096, 4096), models=3, kind="untouched", params={"weight": [1.0, 1.0, 1.0]}),
+                raises="ValueError"),
         upstream="frozen layers abort a 3-model multislerp merge",
     ),
     RootCause(
-        "karcher low-precision iterate", "realistic",
-        "karcher_merge_tensors casts the units and the iterate back to the input dtype after each "
-        "normalisation and each of up to 10 iterations, so bf16 rounding accumulates",
-        "bf16 SFT deltas (1e-3), 2 models, a 256-entry tensor (measured at that size only)",
-        "12 of 256 entries more than 8 eps off the float32 Karcher mean",
-        AtScale("karcher", "low_precision_agrees",
-                _sft((256,), models=2, with_base=False, dtype="bfloat16")),
+        "multislerp fp16 eps", "realistic",
+        "eps = 1e-8 is 0 in fp16, so both of multislerp's guards vanish: a zero task vector gives "
+        "norms + eps = 0 and x / 0 = NaN (the zero-sum check then compares NaN < eps, False, and "
+        "goes on); a zero tangent gives sin(0) / 0 = NaN",
+        "a frozen (untouched) tensor in an fp16 merge with a base, 2 or more models, any weights, any "
+        "size (all NaN at 4096x4096); the zero tangent (a zero weight, no base) only on small tensors "
+        "(256 entries: 6-7 of 10 draws; finite at 4096x4096)",
+        "an all-NaN tensor instead of the base",
+        AtScale("multislerp", "zero_task_vectors",
+                _sft((4096, 4096), models=2, kind="untouched", dtype="float16", params={"weight": [1.0, 1.0]})),
+        upstream="fp16 multislerp of models with frozen layers gives all-NaN tensors",
     ),
     RootCause(
-        "magnitude pruning bf16 task-vector loss (untraced)", "realistic",
-        "not traced: found by the CI search (ties and breadcrumbs, both magnitude pruning with rescale: "
-        "true) once the realistic regime drew SFT deltas",
-        "bf16 SFT delta 5e-4, rescale: true, density 0.5, a 16x1024 tensor (measured at that size only)",
-        "merged task vector 0.98x the float32 one (bound 2%)",
-        AtScale("ties", "low_precision_agrees", _sft((16, 1024), delta=5e-4, dtype="bfloat16",
-                                                      params={"rescale": True, "density": [0.5], "weight": [0.1]})),
+        "magnitude top-k ties in bf16", "realistic",
+        "generalized_task_arithmetic takes the task vector model - base in bf16, which rounds 1.3-3% of "
+        "the entries (those where |base| < |delta|), and a bf16 task vector has only ~400-500 distinct "
+        "magnitudes: the top-k threshold of sparsify.magnitude / magnitude_outliers falls in a class of "
+        "hundreds (thousands at size) of equal magnitudes, and argsort keeps another subset of it than "
+        "the float32 merge does (0.3-1% of the entries move). Exact float32 deltas sparsified in float32 "
+        "give the float32 merge; bf16 deltas sparsified in float32 still move them. Apart from that, the "
+        "L1 sums and their ratio in bf16 scale the kept entries by up to 0.4%",
+        "bf16 breadcrumbs (density 0.125, rescale: true) at SFT delta 1e-3: 0.979x on 4096x4096, 0.967x "
+        "and 0.987x on 16x1024 (2 seeds). ties (density 0.5, 5e-4) holds at 4096x4096; its 0.98x on "
+        "16x1024 is the property's projection on the rounded float32 merge (0.9995x on the unrounded one)",
+        "meets the documented contract (keep the top density fraction by magnitude, rescale to match "
+        "L1): L1 and L2 of the merged task vector within 0.4% of float32; the moved entries are equal "
+        "magnitudes at the threshold, which low_precision_agrees (direction within 2%) counts as loss",
+        AtScale("breadcrumbs", "low_precision_agrees", _sft((4096, 4096), dtype="bfloat16",
+                                                             params={"rescale": True, "density": [0.125],
+                                                                     "weight": [1.0]})),
     ),
     RootCause(
         "DELLA L1 rescale", "realistic",
@@ -613,11 +666,6 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         AtScale("della", "rescale_unbiased", _sft((64, 4096), params={"density": [0.5], "weight": [1.0]}),),
         upstream="a documentation gap: say that DELLA's rescaling matches L1, not the paper's 1/p_i",
     ),
-    RootCause(
-        "multislerp fp16 eps", "degenerate",
-        "eps = 1e-8 is 0 in fp16: a tangent that rounds to exactly 0 gives sin(0) / 0 = NaN",
-        "a zero weight in fp16 on tensors small enough for the tangent to round to 0 (256 entries: 6-7 "
-        "of 10 draws); not on a 4096x4096 matrix (finite there)", "all-NaN tensor"),
     RootCause(
         "nearswap fp16 reciprocal", "degenerate",
         "t / |a-b| runs as reciprocal(|a-b|.clamp(1e-6)) * t: the reciprocal overflows fp16 for "
@@ -636,6 +684,16 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         "bf16 SFT deltas (1e-3) on a 256-entry tensor whose 4 outlier entries (50x) carry the task "
         "vector; holds at 4096 and 1024x4096 entries, with or without outliers (5 of 5 seeds)",
         "the merged task vector 0.14x the float32 one on that tensor"),
+    RootCause(
+        "karcher bf16 dot", "degenerate",
+        "karcher_merge_tensors takes torch.dot(mean, unit) of bf16 vectors, a bf16 scalar: below 1 it "
+        "can only be 0.99609 or 1.0, so theta = arccos(dot) is 0 (that model is skipped) or 0.088 for "
+        "true angles of 0.03-0.07; one model skipped and the other over-weighted pull the iterate off "
+        "(a float32 dot alone fixes it on 5 of 5 seeds)",
+        "bf16 tensors of ~256 entries at SFT deltas (3 of 5 seeds), where the angles to the mean reach "
+        "0.06; holds at 1024, 4096, 64x4096 and 4096x4096 entries (SFT 1e-3 and 2e-3, CPT 3e-2, 2-3 "
+        "models: every dot rounds to 1.0, no iteration, and the normalised mean is the answer)",
+        "7-12 of 256 entries more than 8 eps off the float32 Karcher mean"),
     RootCause(
         "model_stock absolute clamp", "degenerate",
         "the norm product is clamped at an absolute 1e-6", "offset norms under 1e-3 (delta * sqrt(n) < 1e-3)",
@@ -665,6 +723,32 @@ ROOTS: dict[str, RootCause] = {r.key: r for r in ROOT_CAUSES}
 def cells(root: str) -> list[KnownViolation]:
     """The cells of KNOWN where the root cause ``root`` shows."""
     return [k for k in KNOWN if k.root == root]
+
+
+#: The findings table's columns (``table``); bench/operator_findings.py adds "verified at size".
+TABLE_COLUMNS = ("#", "finding (label)", "root cause", "realistic trigger (delta scale, size)",
+                 "mergekit vs documented contract", "cells")
+
+
+def table_rows() -> list[list[str]]:
+    """One row per root cause, from the registry alone (no mergekit run): TABLE_COLUMNS."""
+    return [[str(number), f"{root.key} ({root.label})", root.cause, root.trigger, root.behaviour,
+             str(len(cells(root.key)))] for number, root in enumerate(ROOT_CAUSES, 1)]
+
+
+def table(rows: list[list[str]] | None = None, columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
+    """The findings table in Markdown: what docs/operators.md's generated block
+    ``operator-findings`` holds (tests/test_operator_kit.py checks it; bench/operator_findings.py
+    --write rewrites it)."""
+    def line(cells_: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells_) + " |"
+
+    rows = table_rows() if rows is None else rows
+    labels = [r.label for r in ROOT_CAUSES]
+    aligned = ["---:" if c in ("#", "cells") else "---" for c in columns]
+    return "\n".join([line(list(columns)), "|" + "|".join(aligned) + "|", *map(line, rows), "",
+                      f"{len(ROOT_CAUSES)} findings (root causes): {labels.count('realistic')} realistic, "
+                      f"{labels.count('degenerate')} degenerate."]) + "\n"
 
 
 class UnrelatedFailure(Exception):
