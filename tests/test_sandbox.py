@@ -671,7 +671,8 @@ def test_memory_limit_is_what_the_cgroups_memory_events_counted(tmp_path, progra
 def test_the_sandbox_cgroup_is_removed_on_every_path(tmp_path, case, status, detail):
     host, tree = sandbox_with_fake_cgroups(tmp_path)
     program = {"raises while starting": "raise ValueError\n", "times out": "def f():\n    while True:\n        pass\n"}
-    tree.refuse = {"limit refused": {"pids.max": errno.EACCES}, "move refused": {"cgroup.procs": errno.EACCES}}.get(case, {})
+    refused = {"limit refused": {"pids.max": errno.EACCES}, "move refused": {"cgroup.procs": errno.EACCES}}
+    tree.refuse = refused.get(case, {})
     if case == "bwrap cannot start":
         host = dataclasses.replace(host, bwrap="/bin/false")
     with sb.CandidateProcess(program.get(case, "def f():\n    return 1\n"), "f", timeout_s=1, host=host) as run:

@@ -160,7 +160,8 @@ def _directory(mounts: list, own: str | None, chosen: str | None) -> tuple[str, 
         path = os.path.normpath(chosen)
         mount = next((m for m in mounts if path == m[2] or path.startswith(m[2].rstrip("/") + "/")), None)
         if not os.path.isabs(chosen) or mount is None:
-            return f"{CGROUP_ENV}={chosen} is not a directory under a cgroup v2 mount ({', '.join(m[2] for m in mounts)})"
+            where = ", ".join(m[2] for m in mounts)
+            return f"{CGROUP_ENV}={chosen} is not a directory under a cgroup v2 mount ({where})"
         return path, mount[3] | mount[4]
     if own is None:
         return "this process is in no cgroup v2 hierarchy (/proc/self/cgroup has no 0:: line)"
