@@ -1,15 +1,20 @@
 """mergeqa.humaneval.sandbox: the data channel, the seccomp filter, what a sandboxed program can see and do,
-the refusal without bubblewrap and the unsandboxed opt-in.
+the refusal without bubblewrap and the unsandboxed opt-in, the per-sandbox cgroup v2 (against a fake cgroup tree,
+and what the probe finds on this host).
 
-Runs for real: CI installs bubblewrap in .ci/setup; without it these tests fail (no skips).
-Cost: ~10 s on 2 cores (a few dozen sandbox starts, one venv, three fresh interpreters).
+Runs for real: CI installs bubblewrap in .ci/setup; without it these tests fail (no skips). The one test that needs a
+delegated cgroup v2 skips elsewhere with the probe's reason; the fake-tree tests cover its logic everywhere.
+Cost: ~14 s on 2 cores (a few dozen sandbox starts, one venv, four fresh interpreters).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import fcntl
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mergeqa.humaneval import cgroup as cg
 from mergeqa.humaneval import sandbox as sb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -430,8 +436,6 @@ def test_a_bwrap_in_the_working_directory_is_never_run(tmp_path, path):
 
 
 def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_completion():
-    import dataclasses
-
     broken = dataclasses.replace(sb.probe_host(), bwrap="/bin/false")
     with sb.CandidateProcess("def f():\n    return 1\n", "f", host=broken) as run:
         with pytest.raises(sb.CandidateError, match="error: bubblewrap could not start the sandbox"):
@@ -475,3 +479,281 @@ def test_a_root_caller_runs_the_sandbox_as_host_nobody_without_capabilities():
     assert fields["Uid"] == ["65534"] * 4 and fields["Gid"] == ["65534"] * 4, fields["Uid"]
     assert fields["CapEff"] == ["0000000000000000"] and fields["CapPrm"] == ["0000000000000000"]
     assert owner == 65534 and tuple(uids) == (65534, 65534, 65534) and regained is False
+
+
+# --------------------------------------------------------------------------- cgroup v2 limits
+
+INTERFACE = {"cgroup.procs": "", "cgroup.subtree_control": "", "cgroup.kill": "", "memory.max": "max\n",
+             "memory.swap.max": "max\n", "pids.max": "max\n",
+             "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"}
+
+
+def live_pids(directory) -> list[int]:
+    """The pids a (fake) cgroup.procs lists whose process still runs (a zombie has left its cgroup)."""
+    pids = []
+    for pid in Path(directory, "cgroup.procs").read_text().split():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+class FakeCgroupTree(cg.CgroupFiles):
+    """A temporary directory that behaves like cgroupfs where mergeqa looks. mkdir makes a cgroup's interface files
+    (its cgroup.controllers: the parent's subtree_control); "+name" to cgroup.subtree_control enables what
+    cgroup.controllers lists, EBUSY while cgroup.procs lists a live process (cgroup v2's no-internal-processes rule);
+    a pid written to cgroup.procs joins it; "1" to cgroup.kill kills its processes; a file mkdir did not make cannot
+    be written (ENOENT); rmdir is EBUSY while a listed process lives. `log`: every write (path below the root, text);
+    `refuse`: file name -> the errno its writes fail with."""
+
+    def __init__(self, root, controllers="memory pids io", enabled="", procs=""):
+        self.root, self.log, self.refuse = str(root), [], {}
+        for name, text in (("cgroup.controllers", controllers), ("cgroup.subtree_control", enabled),
+                           ("cgroup.procs", procs)):
+            Path(root, name).write_text(text)
+
+    def mkdir(self, path):
+        os.mkdir(path)
+        for name, text in INTERFACE.items():
+            Path(path, name).write_text(text)
+        Path(path, "cgroup.controllers").write_text(Path(path).parent.joinpath("cgroup.subtree_control").read_text())
+
+    def write(self, path, text):
+        self.log.append((os.path.relpath(path, self.root), text))
+        name, directory = os.path.basename(path), os.path.dirname(path)
+        if name in self.refuse:
+            raise OSError(self.refuse[name], os.strerror(self.refuse[name]), path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        if name == "cgroup.subtree_control":
+            if live_pids(directory):
+                raise OSError(errno.EBUSY, "Device or resource busy", path)
+            enabled = set(Path(path).read_text().split()) | {word[1:] for word in text.split()}
+            Path(path).write_text(" ".join(sorted(enabled)))
+        elif name == "cgroup.procs":
+            Path(path).write_text(Path(path).read_text() + text + "\n")
+        elif name == "cgroup.kill":
+            for pid in live_pids(directory):
+                os.kill(pid, signal.SIGKILL)
+        else:
+            Path(path).write_text(text)
+
+    def rmdir(self, path):
+        if live_pids(path):
+            raise OSError(errno.EBUSY, "Device or resource busy", path)
+        shutil.rmtree(path)
+
+    def sandbox_cgroups(self) -> list[str]:
+        return sorted(str(p.relative_to(self.root)) for p in Path(self.root).rglob(f"{cg.NAME_PREFIX}*"))
+
+
+def cgroup2_mount(mountpoint, options="rw,nosuid,nodev,noexec,relatime") -> str:
+    return f"30 23 0:26 / {mountpoint} {options} shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+V1_MOUNTS = ("35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+             "39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n")
+
+
+def test_the_cgroup_probe_says_why_there_are_no_limits(tmp_path):
+    root = str(tmp_path)
+
+    def probe(mountinfo, membership="0::/\n", chosen=None, **tree):
+        return cg.probe_cgroups(mountinfo, membership, chosen, FakeCgroupTree(tmp_path, **tree)).reason
+
+    assert probe(V1_MOUNTS, "4:memory:/x\n") == "cgroup v2 is not mounted (cgroup v1 only)"
+    assert probe(V1_MOUNTS + cgroup2_mount(root), controllers="hugetlb") == (
+        f"memory, pids are not available to {root} (cgroup v1 holds them; its cgroup.controllers: hugetlb)")
+    assert probe(cgroup2_mount(root), controllers="cpu io") == (
+        f"memory, pids are not available to {root} (its parent cgroup does not delegate them; its "
+        "cgroup.controllers: cpu io)")
+    assert probe(cgroup2_mount(root, "ro,nosuid,nodev,noexec,relatime")) == (
+        f"cgroup v2 is mounted read-only at {root} (a container's usual view)")
+    assert probe(cgroup2_mount(root), "1:name=systemd:/\n") == (
+        "this process is in no cgroup v2 hierarchy (/proc/self/cgroup has no 0:: line)")
+    assert probe(cgroup2_mount(root), chosen="/elsewhere") == (
+        f"MERGEQA_CGROUP=/elsewhere is not a directory under a cgroup v2 mount ({root})")
+    # the caller's own cgroup holds the caller: it cannot enable controllers for children, and is not moved
+    assert probe(cgroup2_mount(root), procs=f"{os.getpid()}\n") == (
+        f"{root} holds processes, this one among them, so it cannot hand memory, pids to child cgroups (cgroup "
+        "v2's no-internal-processes rule); set MERGEQA_CGROUP to a cgroup that can, with this process in a leaf "
+        "below it (docs/sandbox.md)")
+    assert Path(root, "cgroup.procs").read_text() == f"{os.getpid()}\n"
+    tree = FakeCgroupTree(tmp_path, enabled="memory pids")
+    tree.writable = lambda path: False
+    assert cg.probe_cgroups(cgroup2_mount(root), "0::/\n", None, tree).reason == (
+        f"{root} is not writable by uid {os.geteuid()} (no delegated cgroup)")
+    tree = FakeCgroupTree(tmp_path, enabled="memory pids")
+    tree.refuse["cgroup.procs"] = errno.EACCES
+    reason = cg.probe_cgroups(cgroup2_mount(root), "0::/\n", None, tree).reason
+    assert reason.startswith(f"a trial cgroup under {root} failed: [Errno 13] Permission denied: '{root}/"), reason
+    assert tree.sandbox_cgroups() == []
+
+
+def test_the_cgroup_probe_enables_what_an_empty_cgroup_can_hand_on_and_tries_it(tmp_path):
+    tree = FakeCgroupTree(tmp_path, procs="")
+    tree.mkdir(str(tmp_path / "ci"))  # where MERGEQA_CGROUP points: no process of its own
+    Path(tmp_path, "ci", "cgroup.controllers").write_text("cpu io memory pids")
+    stale = subprocess.Popen(["true"])  # a caller that is gone, its sandbox cgroup left behind
+    stale.wait()
+    tree.mkdir(str(tmp_path / "ci" / f"{cg.NAME_PREFIX}{stale.pid}-3"))
+    support = cg.probe_cgroups(cgroup2_mount(tmp_path), "0::/ci/leaf\n", str(tmp_path / "ci"), tree)
+    assert (support.parent, support.reason, support.describe()) == (str(tmp_path / "ci"), "", "cgroup v2 limits")
+    assert tree.log[0] == ("ci/cgroup.subtree_control", "+memory +pids")
+    trial = f"ci/{cg.NAME_PREFIX}{os.getpid()}-"
+    assert [(path.replace(path.split("/")[1], "T") if path.startswith(trial) else path, text)
+            for path, text in tree.log[1:4]] == [("ci/T/memory.max", str(64 << 20)), ("ci/T/memory.swap.max", "0"),
+                                                 ("ci/T/pids.max", "16")]
+    assert tree.log[4][0].endswith("/cgroup.procs") and tree.log[4][1].isdigit()  # a waiting child, moved in
+    assert tree.sandbox_cgroups() == []  # the trial's cgroup and the stale one are gone
+    # the caller's own cgroup, where it is the hierarchy's root (exempt from the rule) and has them already
+    own = cg.probe_cgroups(cgroup2_mount(tmp_path), "0::/\n", None, FakeCgroupTree(tmp_path, enabled="memory pids"))
+    assert own.parent == str(tmp_path)
+
+
+def sandbox_with_fake_cgroups(tmp_path, **tree):
+    """The real sandbox (bubblewrap) told to make its cgroups in a fake tree, and the tree."""
+    tree = FakeCgroupTree(tmp_path, enabled="memory pids", **tree)
+    return dataclasses.replace(sb.probe_host(), cgroups=cg.CgroupSupport(str(tmp_path), "", tree)), tree
+
+
+def test_a_sandbox_gets_its_limits_and_is_in_its_cgroup_before_it_gets_the_program(tmp_path, monkeypatch):
+    host, tree = sandbox_with_fake_cgroups(tmp_path)
+    send = sb.CandidateProcess._send
+    monkeypatch.setattr(sb.CandidateProcess, "_send",
+                        lambda self, message: (tree.log.append(("sent", message["id"])), send(self, message)))
+    with sb.CandidateProcess("def f(x):\n    return 2 * x\n", "f", timeout_s=10, memory_mb=256, host=host) as run:
+        assert run.call(21) == 42
+        name = os.path.basename(run._cgroup.path)
+        bwrap, interpreter = run._proc.pid, run._worker_pid
+    assert tree.log == [
+        (f"{name}/memory.max", str((256 << 20) + sb.TMPFS_BYTES)), (f"{name}/memory.swap.max", "0"),
+        (f"{name}/pids.max", str(cg.PIDS_MAX)), (f"{name}/cgroup.procs", str(bwrap)),
+        (f"{name}/cgroup.procs", str(interpreter)), ("sent", 0), ("sent", 1)]
+    assert run.status == "ok" and tree.sandbox_cgroups() == []
+
+
+@pytest.mark.parametrize(
+    "program, events, status, detail",
+    [
+        ("import os\ndef f():\n    os._exit(137)\n", "oom_kill 1", "memory_limit",
+         "killed by the out-of-memory killer in its cgroup (memory.events: oom_kill 1; memory.max 256 MB + 64 MB"),
+        ("import os\ndef f():\n    os._exit(137)\n", "oom_kill 0", "exited", "the interpreter ended with status 137"),
+        ("def f():\n    raise MemoryError\n", "oom 1", "memory_limit",
+         "MemoryError:  (its cgroup's memory.events counted oom 1: memory.max 256 MB"),
+        ("def f():\n    raise MemoryError\n", "oom 0", "ok", ""),  # its own MemoryError: the call raised, no more
+    ],
+    ids=["oom_kill", "exit 137 alone", "oom", "MemoryError alone"],
+)
+def test_memory_limit_is_what_the_cgroups_memory_events_counted(tmp_path, program, events, status, detail):
+    host, tree = sandbox_with_fake_cgroups(tmp_path)
+    with sb.CandidateProcess(program, "f", timeout_s=10, memory_mb=256, host=host) as run:
+        Path(run._cgroup.path, "memory.events").write_text(f"low 0\nhigh 0\nmax 3\n{events}\n")
+        with pytest.raises(sb.CandidateError):
+            run.call()
+    assert (run.status, run.detail[:len(detail)]) == (status, detail), run.detail
+    assert tree.sandbox_cgroups() == []
+
+
+@pytest.mark.parametrize(
+    "case, status, detail",
+    [
+        ("answers", "ok", ""),
+        ("raises while starting", "raised", "ValueError"),
+        ("times out", "timeout", "no answer within the 1 s limit"),
+        ("bwrap cannot start", "error", "bubblewrap could not start the sandbox"),
+        ("limit refused", "error", "could not make the sandbox's cgroup under "),
+        ("move refused", "error", "could not put the sandbox into its cgroup "),
+    ],
+)
+def test_the_sandbox_cgroup_is_removed_on_every_path(tmp_path, case, status, detail):
+    host, tree = sandbox_with_fake_cgroups(tmp_path)
+    program = {"raises while starting": "raise ValueError\n", "times out": "def f():\n    while True:\n        pass\n"}
+    refused = {"limit refused": {"pids.max": errno.EACCES}, "move refused": {"cgroup.procs": errno.EACCES}}
+    tree.refuse = refused.get(case, {})
+    if case == "bwrap cannot start":
+        host = dataclasses.replace(host, bwrap="/bin/false")
+    with sb.CandidateProcess(program.get(case, "def f():\n    return 1\n"), "f", timeout_s=1, host=host) as run:
+        try:
+            run.call()
+        except sb.CandidateError:
+            pass
+    assert (run.status, run.detail[:len(detail)]) == (status, detail), run.detail
+    assert tree.sandbox_cgroups() == []
+    assert run._proc is None or run._proc.returncode is not None  # reaped before its cgroup went
+    assert not [path for path, _ in tree.log if path.endswith("cgroup.kill")]  # empty by then: nothing left to kill
+    if case == "move refused":  # stopped before the program was sent: only bwrap's move was tried
+        assert [text for path, text in tree.log if path.endswith("cgroup.procs")] == [str(run._proc.pid)]
+
+
+@pytest.mark.parametrize("kill_file", [True, False], ids=["cgroup.kill", "by pid (no cgroup.kill)"])
+def test_removing_a_cgroup_kills_what_is_left_in_it_first(tmp_path, kill_file):
+    tree = FakeCgroupTree(tmp_path, enabled="memory pids")
+    group = cg.SandboxCgroup(str(tmp_path), 1 << 30, tree)
+    if not kill_file:
+        os.unlink(os.path.join(group.path, "cgroup.kill"))
+    left = subprocess.Popen(["sleep", "60"])
+    group.add(left.pid)
+    group.remove()
+    assert left.wait(timeout=5) == -signal.SIGKILL and tree.sandbox_cgroups() == [] and group.removed
+    assert (("cgroup.kill", "1") in [(os.path.basename(p), t) for p, t in tree.log]) == kill_file
+
+
+def test_a_cgroup_asked_for_but_unusable_refuses_model_code_with_the_fix():
+    result = run_in_fresh_python(CHECK_ONE, {cg.CGROUP_ENV: "/nonexistent"})
+    assert "; no cgroup v2 limits: " in result.stdout.splitlines()[0] and result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("mergeqa.humaneval.sandbox.SandboxUnavailable: refusing to run model-written code: "
+                           "MERGEQA_CGROUP is set, but "), last
+    assert last.endswith("point it at a cgroup v2 directory whose cgroup.subtree_control has memory and pids, "
+                         "or unset it"), last
+
+
+def test_this_hosts_cgroup_outcome_is_named_and_the_sandbox_works_either_way():
+    """No fake here: what the probe finds on this host, in the line junit records, and a canonical solution
+    passing under it. On a hybrid host (cgroup v1 memory and pids, as where this was written) the reason says so."""
+    from mergeqa.humaneval import problems as he
+
+    support = cg.cgroup_support()
+    assert sb.probe_host().cgroups == support
+    assert sb.code_execution() == f"sandboxed (bubblewrap {sb.probe_host().version}; {support.describe()})"
+    v1 = {fields[-1] for fields in (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines())
+          if " - cgroup cgroup " in " ".join(fields)}
+    if any("memory" in options.split(",") for options in v1):
+        assert not support.available and "cgroup v1 holds them" in support.reason, support.reason
+    assert support.available or support.reason
+    problem = he.load_problems()[0]
+    assert he.check_completion(problem, problem.canonical_solution).status == "passed"
+    if support.available:
+        assert not [n for n in os.listdir(support.parent) if n.startswith(f"{cg.NAME_PREFIX}{os.getpid()}-")]
+
+
+def test_on_a_cgroup_v2_host_tmp_is_charged_to_the_sandbox_and_threads_stop_at_pids_max():
+    support = cg.cgroup_support()
+    if not support.available:
+        pytest.skip(f"this host gives sandboxes no cgroup v2 (the fake-tree tests above cover the logic): "
+                    f"{support.reason}")
+    source = (
+        "import threading, time\n"
+        "def probe(kind, n):\n"
+        "    if kind == 'fill':\n"
+        "        open('/tmp/fill', 'wb').write(b'x' * (n << 20))\n"
+        "        return n\n"
+        "    started = 0\n"
+        "    try:\n"
+        "        for _ in range(n):\n"
+        "            threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "            started += 1\n"
+        "    except RuntimeError:\n"
+        "        pass\n"
+        "    return started\n"
+    )
+    with sb.CandidateProcess(source, "probe", timeout_s=10, memory_mb=256) as run:
+        assert run.call("fill", 40) == 40
+        charged = int(Path(run._cgroup.path, "memory.current").read_text()) >> 20
+        threads = run.call("threads", 40)
+    assert charged >= 40, f"{charged} MB charged after 40 MB written to /tmp"
+    assert threads < cg.PIDS_MAX, threads
+    assert run._cgroup.removed and not os.path.exists(run._cgroup.path)

@@ -36,7 +36,8 @@ STATUSES = {
     "timeout": "the wall clock mergeqa keeps ran out, or the CPU time it measured reached the limit; the sandbox "
                "was killed",
     "memory_limit": "the completion ran out of memory, as mergeqa saw it: a MemoryError with its address space "
-                    "read at half the limit or more, or a kill while the kernel's out-of-memory killer ran",
+                    "read at half the limit or more; in a cgroup v2, a kill or MemoryError its memory.events "
+                    "counted (oom_kill, oom); without one, a kill while the kernel's out-of-memory killer ran",
     "crashed": "the completion's interpreter died from a signal mergeqa saw (unsandboxed only: through bubblewrap "
                "a signal and an exit code look alike, so that is `failed`)",
     "error": "the channel carried a malformed or oversized reply, the sandbox could not start, or mergeqa's "

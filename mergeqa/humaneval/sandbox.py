@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergeqa.core.errors import MergeQAUsageError
+from mergeqa.humaneval.cgroup import CGROUP_ENV, NOT_ASKED, CgroupSupport, SandboxCgroup, cgroup_support
 
 #: Set to "1" (by `pytest --unsafe-exec`) to run model code without the sandbox where it is unavailable.
 UNSAFE_EXEC_ENV = "MERGEQA_UNSAFE_EXEC"
@@ -229,12 +230,14 @@ def _untag(raw, depth: int, limits=None):
 
 @dataclass(frozen=True)
 class Host:
-    """How this host runs model code: `bwrap` and its version when the sandbox works, else `reason`."""
+    """How this host runs model code: `bwrap` and its version when the sandbox works, else `reason`; and
+    whether each sandbox gets a cgroup v2 of its own (`cgroups`)."""
 
     bwrap: str | None
     version: str
     reason: str  # why there is no sandbox ("" when there is one)
     fix: str = FIX  # what to do about it
+    cgroups: CgroupSupport = NOT_ASKED
 
     @property
     def sandboxed(self) -> bool:
@@ -247,25 +250,31 @@ def unsafe_exec_allowed() -> bool:
 
 
 def code_execution() -> str:
-    """How model-written code runs here, for run metadata and reports:
-    'sandboxed (bubblewrap 0.8.0)', 'unsandboxed (...)' or 'refused (...)'."""
+    """How model-written code runs here, for run metadata and reports: 'sandboxed (bubblewrap 0.8.0; cgroup v2
+    limits)', 'sandboxed (bubblewrap 0.8.0; no cgroup v2 limits: <why>)', 'unsandboxed (...)' or 'refused (...)'."""
     host = probe_host()
     if host.sandboxed:
-        return f"sandboxed (bubblewrap {host.version})"
+        return f"sandboxed (bubblewrap {host.version}; {host.cgroups.describe()})"
     return f"unsandboxed ({host.reason})" if unsafe_exec_allowed() else f"refused ({host.reason})"
 
 
 def require_execution() -> Host:
-    """The host, if model code may run on it; else `SandboxUnavailable` with one line: why, and the fix."""
+    """The host, if model code may run on it; else `SandboxUnavailable` with one line: why, and the fix. A
+    MERGEQA_CGROUP the sandboxes cannot use is refused too: it was asked for, so it is not skipped quietly."""
     host = probe_host()
     if not host.sandboxed and not unsafe_exec_allowed():
         raise SandboxUnavailable(f"refusing to run model-written code: {host.reason}; {host.fix}")
+    if host.sandboxed and os.environ.get(CGROUP_ENV) and not host.cgroups.available:
+        raise SandboxUnavailable(f"refusing to run model-written code: {CGROUP_ENV} is set, but {host.cgroups.reason}; "
+                                 f"point it at a cgroup v2 directory whose cgroup.subtree_control has memory and pids, "
+                                 f"or unset it")
     return host
 
 
 @functools.cache
 def probe_host() -> Host:
-    """Find bwrap (`find_bwrap`) and run one sandboxed interpreter with it (once per process: ~0.3 s, mostly `ldd`)."""
+    """Find bwrap (`find_bwrap`), ask whether sandboxes get cgroups (`cgroup_support`), and run one sandboxed
+    interpreter so (once per process: ~0.3 s, mostly `ldd`)."""
     bwrap = find_bwrap()
     if bwrap is None:
         return Host(None, "", "bubblewrap (bwrap) is not installed")
@@ -273,7 +282,7 @@ def probe_host() -> Host:
         reason = f"mergeqa has no seccomp filter for this architecture ({platform.machine()})"
         return Host(None, "", reason, f"run it on x86_64 or aarch64, {OPT_IN}")
     version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.split()[-1:] or ["?"]
-    host = Host(bwrap, version[0], "")
+    host = Host(bwrap, version[0], "", cgroups=cgroup_support())
     try:
         with CandidateProcess("answer = lambda: 42\n", "answer", timeout_s=10, memory_mb=256, host=host) as run:
             if run.call() == 42:
@@ -487,7 +496,10 @@ class CandidateProcess:
     host files but the interpreter's, uid 65534 with no capabilities in its own user, pid, mount,
     ipc, uts and cgroup namespaces, and a seccomp filter that refuses new processes and the host
     state rlimits miss (SysV IPC, memfd, fallocate, inotify, locks and leases, sysinfo, page-cache queries
-    and eviction, socket families but unix/inet/inet6/netlink); its /tmp is a `PrivateTmp`.
+    and eviction, socket families but unix/inet/inet6/netlink); its /tmp is a `PrivateTmp`. Where the host
+    delegates cgroup v2 (`Host.cgroups`), the sandbox also runs in a cgroup of its own (`SandboxCgroup`:
+    memory.max of `memory_mb` + /tmp's size, counting /tmp, shared and kernel memory; pids.max), whose
+    memory.events decide `memory_limit`, removed with the sandbox.
     """
 
     #: status -> meaning. "ok": healthy so far; the others are final.
@@ -498,8 +510,9 @@ class CandidateProcess:
                   "and a death by signal N look alike through it)",
         "timeout": "this side's wall clock ran out, or the CPU time it measured reached the limit; the sandbox "
                    "was killed",
-        "memory_limit": "a MemoryError while this side read the address space at half the limit or more, or a "
-                        "SIGKILL while the kernel's out-of-memory killer ran",
+        "memory_limit": "a MemoryError while this side read the address space at half the limit or more; with a "
+                        "cgroup, a kill its memory.events count as oom_kill, or a MemoryError where it counts an "
+                        "oom; without one, a SIGKILL while the kernel's out-of-memory killer ran (host-wide)",
         "crashed": "the bare interpreter (unsandboxed) died from a signal this side saw",
         "error": "the channel carried a malformed or oversized message (see `DecodeLimits`), or the sandbox "
                  "could not start",
@@ -521,6 +534,7 @@ class CandidateProcess:
         self._tail, self._output_bytes = bytearray(), 0
         self._memory_mb, self._oom_kills = memory_mb, _oom_kills()
         self._worker_pid = self._worker_pidfd = None  # the interpreter: bwrap's child (--as-pid-1), or bare
+        self._cgroup: SandboxCgroup | None = None  # the sandbox's own cgroup v2, where the host delegates one
         try:
             self._spawn(memory_mb)
             self._send({"id": 0, "program": program[:MAX_PROGRAM_BYTES], "entry_point": entry_point})
@@ -572,6 +586,8 @@ class CandidateProcess:
             if self._workdir:
                 shutil.rmtree(self._workdir, ignore_errors=True)
             self.output = safe_text(bytes(self._tail).decode("utf-8", "replace"), OUTPUT_TAIL_BYTES)
+            if self._cgroup is not None:
+                self._cgroup.remove()  # last: bwrap is reaped, so its cgroup is empty (OSError if it stays busy)
 
     def _stop(self) -> None:
         """SIGKILL the interpreter, pid 1 of the sandbox's namespace (`--as-pid-1`: the kernel kills the rest of
@@ -674,6 +690,12 @@ class CandidateProcess:
                    "TMPDIR": workdir or "/tmp"}
             if "lifeline" in config:  # its thread would reserve a 64 MB malloc arena: address space the
                 env["MALLOC_ARENA_MAX"] = "1"  # memory_limit reading counts against the program
+            if self.host.sandboxed and self.host.cgroups.available:
+                try:
+                    self._cgroup = SandboxCgroup(self.host.cgroups.parent, (memory_mb << 20) + TMPFS_BYTES,
+                                                 self.host.cgroups.files)
+                except OSError as exc:
+                    self._fail("error", f"could not make the sandbox's cgroup under {self.host.cgroups.parent}: {exc}")
             try:
                 self._proc = subprocess.Popen(
                     command, cwd=workdir or "/", env=env, stdin=stdin, stdout=output_write, stderr=output_write,
@@ -682,14 +704,35 @@ class CandidateProcess:
             except OSError as exc:
                 self._fail("error", f"could not start the sandbox: {exc}")
             self._proc_pidfd = os.pidfd_open(self._proc.pid)
+            self._enter_cgroup(self._proc.pid)  # bwrap: what it forks from now on starts in the cgroup
         finally:
             for fd in child_fds:
                 os.close(fd)
         if self._info is not None:
             self._init_pidfd = self._sandbox_init()
             self._worker_pidfd = self._init_pidfd
+            if self._init_pidfd is not None:
+                self._enter_cgroup(self._worker_pid)  # the interpreter, which bwrap may have cloned before
         else:
             self._worker_pid, self._worker_pidfd = self._proc.pid, self._proc_pidfd
+
+    def _enter_cgroup(self, pid: int) -> None:
+        """Move `pid` (all its threads) into the sandbox's cgroup, if it has one.
+
+        Before any model code runs: the interpreter's first act is to read the program from the request pipe,
+        and `__init__` sends it only once `_spawn` has returned, that is after bwrap (moved as soon as it exists)
+        and the interpreter (moved by the pid --info-fd gives, as bwrap may have cloned it before its own move)
+        are both in. What was charged before a move (their start-up) stays with the caller's cgroup; what the
+        program allocates, writes to /tmp or costs the kernel is charged here. A process already gone is left
+        to the channel to report; any other failure stops the sandbox before it gets the program."""
+        if self._cgroup is None:
+            return
+        try:
+            self._cgroup.add(pid)
+        except ProcessLookupError:
+            pass
+        except OSError as exc:
+            self._fail("error", f"could not put the sandbox into its cgroup {self._cgroup.path}: {exc}")
 
     def _sandbox_init(self) -> int | None:
         """A pidfd on the sandboxed interpreter (pid 1 of its namespace), from --info-fd."""
@@ -749,6 +792,9 @@ class CandidateProcess:
             if raised.startswith("MemoryError") and (peak := self._address_space_mb()) >= self._memory_mb / 2:
                 self._fail("memory_limit", f"{raised} (its address space reached {peak:.0f} MB of its "
                                            f"{self._memory_mb} MB limit)")
+            if raised.startswith("MemoryError") and (ooms := self._memory_events().get("oom", 0)):
+                self._fail("memory_limit", f"{raised} (its cgroup's memory.events counted oom {ooms}: "
+                                           f"{self._cgroup_limit_text()})")
             if request_id == 0:
                 self._fail("raised", raised)
             raise CandidateError(raised)
@@ -815,10 +861,13 @@ class CandidateProcess:
         # what this side saw, not the code the program chose: bwrap exits 128 + N both when its command died from
         # signal N and when it exited with that status; only a bare interpreter's -N is a signal for sure
         seen_signal = -code if code < 0 else 0
+        if kills := self._memory_events().get("oom_kill", 0):  # the kernel's own count, for this sandbox only
+            self._fail("memory_limit", f"killed by the out-of-memory killer in its cgroup (memory.events: oom_kill "
+                                       f"{kills}; {self._cgroup_limit_text()})")
         cpu_s, cpu_limit = self._cpu_s(), _rlimits(self._timeout_s, self._memory_mb)["RLIMIT_CPU"][0]
         if cpu_s >= cpu_limit - 0.1:
             self._fail("timeout", f"killed at the CPU-time limit ({cpu_s:.1f} s of CPU, {cpu_limit} s allowed)")
-        if code in (-signal.SIGKILL, 128 + signal.SIGKILL) and _oom_kills() > self._oom_kills:
+        if self._cgroup is None and code in (-signal.SIGKILL, 128 + signal.SIGKILL) and _oom_kills() > self._oom_kills:
             self._fail("memory_limit", "killed by SIGKILL while the kernel's out-of-memory killer ran "
                                        "(oom_kill in /proc/vmstat went up)")
         if seen_signal in signal.valid_signals():
@@ -830,6 +879,14 @@ class CandidateProcess:
                                  f"death by {name} (bubblewrap reports both alike); no limit was reached "
                                  f"({cpu_s:.1f} s of CPU, no out-of-memory kill): {self._output_line()[:200]}")
         self._fail("exited", f"the interpreter exited (status {code}) before answering: {self._output_line()[:200]}")
+
+    def _memory_events(self) -> dict[str, int]:
+        """What the kernel counted in the sandbox's cgroup (memory.events); {} without one."""
+        return self._cgroup.memory_events() if self._cgroup is not None else {}
+
+    def _cgroup_limit_text(self) -> str:
+        return (f"memory.max {self._memory_mb} MB + {TMPFS_BYTES >> 20} MB for /tmp, counting /tmp, shared and "
+                f"kernel memory")
 
     def _cpu_s(self) -> float:
         """CPU seconds the sandbox used, as the kernel counted them for bwrap and every process it reaped."""

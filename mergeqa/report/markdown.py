@@ -31,7 +31,7 @@ def run_metadata(gate) -> dict[str, str]:
     meta["mergeqa.run.dtype"] = gate.dtype
     from mergeqa.humaneval.sandbox import code_execution
 
-    meta["mergeqa.run.code_execution"] = code_execution()  # "sandboxed (bubblewrap X.Y)" / "unsandboxed (...)"
+    meta["mergeqa.run.code_execution"] = code_execution()  # "sandboxed (bubblewrap X.Y; cgroup v2 limits)" / ...
     for ref in gate.resolved_refs():
         meta[f"mergeqa.run.{ref.role}.{ref.name}.path"] = str(ref.path)
         meta[f"mergeqa.run.{ref.role}.{ref.name}.content_hash"] = ref.content_hash
