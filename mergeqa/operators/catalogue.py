@@ -180,7 +180,15 @@ def _inputs(inputs: st.SearchStrategy[MergeInputs]) -> st.SearchStrategy[dict[st
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Idempotent(MergeProperty):
-    """merge(A, A, ..., A) == A, without a base (see ``ZeroTaskVectors`` for methods that take one)."""
+    """merge(A, A, ..., A) == A, without a base (see ``ZeroTaskVectors`` for methods that take one).
+
+    Within ``factor`` (8) x eps x input scale, plus, for an operator that reduces over the whole
+    tensor (``locality`` other than "entry": norms, as in karcher), sqrt(n) / 2 x eps x input
+    scale: the probabilistic bound on the relative error of a float32 reduction over n entries
+    (Higham and Mary 2019, lambda sqrt(n) u). torch's float32 ``vector_norm`` on CPU under-counts
+    a 16x131072 tensor by ~250 eps (float64 as the truth), and karcher, which divides by one such
+    norm and multiplies by another, returns A x (1 - 26..43 eps) there; at 4096 entries 0.4 eps.
+    """
 
     name: ClassVar[str] = "idempotent"
     summary: ClassVar[str] = "merging copies of one tensor returns it"
@@ -196,8 +204,9 @@ class Idempotent(MergeProperty):
 
     def check(self, operator: MergeOperator, inputs: MergeInputs) -> None:
         got = call(operator, inputs)
+        reduction = 0.0 if operator.locality == "entry" else math.sqrt(got.numel()) / 2
         assert_close(got, inputs.models[0], dtype=inputs.dtype, scale=inputs.scale(),
-                     factor=self.factor, what="merge(A, ..., A) != A")
+                     factor=self.factor + reduction, what="merge(A, ..., A) != A")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
