@@ -149,16 +149,6 @@ KNOWN: tuple[KnownViolation, ...] = (
         upstream="small tensors (norm vectors) of ordinary fine-tunes merge towards the base",
     ),
     KnownViolation(
-        "model_stock", "low_precision_agrees", "realistic",
-        _realistic(shape=(256,), models=2, delta=1e-3, outliers=4, dtype="bfloat16"),
-        "the interpolation is computed as t * average + (1 - t) * base in bf16: each product rounds at "
-        "the weights' scale (the outlier entries ~1.0), which is the size of t x the task vector when 4 "
-        "outlier entries carry it (t = -0.29 here, right in bf16); the merged task vector is 0.14x",
-        root="model_stock low-precision interpolation",
-        stream_dependent="on some data seeds only: 256 entries whose 4 outliers carry the task vector "
-                         "(holds on 5 of 5 seeds at 4096 and 1024x4096 entries)",
-    ),
-    KnownViolation(
         "karcher", "low_precision_agrees", "realistic",
         _realistic(shape=(256,), models=2, with_base=False, delta=1e-3, dtype="bfloat16"),
         "torch.dot(mean, unit) of bf16 vectors is a bf16 scalar (0.99609 or 1.0 near 1): theta is 0.088 "
@@ -166,25 +156,6 @@ KNOWN: tuple[KnownViolation, ...] = (
         "iterate is pulled towards one model: 12 of 256 entries more than 8 eps off",
         root="karcher bf16 dot",
         stream_dependent="on 3 of 5 data seeds at 256 entries; holds at 1024 entries and up",
-    ),
-    KnownViolation(
-        "ties", "low_precision_agrees", "realistic",
-        _realistic(shape=(16, 1024), delta=5e-4, dtype="bfloat16",
-                   params={"rescale": True, "density": [0.5], "weight": [0.1]}),
-        "0.9835x along the bf16-rounded float32 merge (2.0% of the input task vectors' norm, z 25) but "
-        "0.9995x along the unrounded one: the bf16 task vector moves 0.7% of the kept entries among equal "
-        "magnitudes at the top-k threshold; the property's projection on the rounded merge reads it as loss",
-        root="magnitude top-k ties in bf16",
-        stream_dependent="1.011x on data seed 1 (passes); holds at 4096x4096",
-    ),
-    KnownViolation(
-        "breadcrumbs", "low_precision_agrees", "realistic",
-        _realistic(shape=(16, 1024), delta=1e-3, dtype="bfloat16",
-                   params={"rescale": True, "density": [0.125], "weight": [1.0]}),
-        "0.967x along the float32 merge (7.5% of the input task vectors' norm, z 18): the bf16 task vector "
-        "keeps another 1% of equal-magnitude entries at the top-k threshold (L1 and L2 within 0.4%)",
-        root="magnitude top-k ties in bf16",
-        stream_dependent="0.967x and 0.987x on data seeds 0 and 1 at 16x1024; 0.979x at 4096x4096",
     ),
     KnownViolation(
         "sce", "low_precision_agrees", "realistic",
@@ -571,9 +542,10 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         "sce_mask fp16 variance underflow", "realistic",
         "sce_mask: torch.var of fp16 task vectors underflows (a third of the variances are 0 at 5e-4), "
         "count_nonzero(var) shrinks k; sce_weight is not the cause (fp32 weights change nothing)",
-        "SFT delta std 5e-4, select_topk 0.5, any size (0.81x at 4096 entries and at 4096x4096)",
+        "SFT delta std 5e-4, select_topk 0.5, any size (at 4096x4096: 15% of the entries moved, task-vector "
+        "norm 0.90x the float32 one; 0.80x along it at 64x64)",
         "documented: select_topk keeps that fraction of the highest-variance entries; fp16 keeps ~31% of "
-        "the entries for 50% and the merged task vector is 0.82x",
+        "the entries for 50% and the merged task vector is 0.8-0.9x",
         AtScale("sce", "low_precision_agrees",
                 _sft((4096, 4096), models=2, delta=5e-4, dtype="float16", params={"select_topk": 0.5})),
         upstream="fp16 SCE with select_topk < 1 drops a fifth of the merge",
@@ -593,8 +565,9 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         "arcee_fusion low-precision KL", "realistic",
         "the KL importance of softmaxes is computed in bf16/fp16, where p / q rounds to 1 for fine-tuning "
         "deltas: most importances are 0 and the fusion mask keeps too little",
-        "SFT delta 1e-3 on a 4096x4096 bf16 matrix: merged task vector 0.71x (3 of 3 data seeds)",
-        "documented: fuse the entries whose importance passes the threshold; bf16 fuses ~70% of it",
+        "SFT delta 1e-3 on a 4096x4096 bf16 matrix: 2.7% of the entries moved, the rest 0.84x the float32 "
+        "merged task vector along it (8% of the input task vectors' norm)",
+        "documented: fuse the entries whose importance passes the threshold; bf16 fuses too little of it",
         AtScale("arcee_fusion", "low_precision_agrees", _sft((4096, 4096), dtype="bfloat16")),
         upstream="bf16 arcee_fusion of fine-tunes keeps too little of the fine-tune",
     ),
@@ -638,25 +611,6 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         upstream="fp16 multislerp of models with frozen layers gives all-NaN tensors",
     ),
     RootCause(
-        "magnitude top-k ties in bf16", "realistic",
-        "generalized_task_arithmetic takes the task vector model - base in bf16, which rounds 1.3-3% of "
-        "the entries (those where |base| < |delta|), and a bf16 task vector has only ~400-500 distinct "
-        "magnitudes: the top-k threshold of sparsify.magnitude / magnitude_outliers falls in a class of "
-        "hundreds (thousands at size) of equal magnitudes, and argsort keeps another subset of it than "
-        "the float32 merge does (0.3-1% of the entries move). Exact float32 deltas sparsified in float32 "
-        "give the float32 merge; bf16 deltas sparsified in float32 still move them. Apart from that, the "
-        "L1 sums and their ratio in bf16 scale the kept entries by up to 0.4%",
-        "bf16 breadcrumbs (density 0.125, rescale: true) at SFT delta 1e-3: 0.979x on 4096x4096, 0.967x "
-        "and 0.987x on 16x1024 (2 seeds). ties (density 0.5, 5e-4) holds at 4096x4096; its 0.98x on "
-        "16x1024 is the property's projection on the rounded float32 merge (0.9995x on the unrounded one)",
-        "meets the documented contract (keep the top density fraction by magnitude, rescale to match "
-        "L1): L1 and L2 of the merged task vector within 0.4% of float32; the moved entries are equal "
-        "magnitudes at the threshold, which low_precision_agrees (direction within 2%) counts as loss",
-        AtScale("breadcrumbs", "low_precision_agrees", _sft((4096, 4096), dtype="bfloat16",
-                                                             params={"rescale": True, "density": [0.125],
-                                                                     "weight": [1.0]})),
-    ),
-    RootCause(
         "DELLA L1 rescale", "realistic",
         "della_magprune keeps entry i with probability p_i (density +- epsilon by magnitude rank) and "
         "rescales all kept entries by one L1 ratio, not by 1/p_i",
@@ -677,13 +631,6 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
         "model_stock multiplies fp16 offsets entry by entry: products under 6e-8 are 0",
         "delta std <= 2e-5 (25x below SFT): cos = 0 and the merge is the base; at SFT deltas the fp16 dot "
         "is right to 1e-4", "the base instead of the Model Stock interpolation"),
-    RootCause(
-        "model_stock low-precision interpolation", "degenerate",
-        "model_stock returns t * average + (1 - t) * w_0 computed in the input dtype, not w_0 + t * "
-        "(average - w_0): both products round at the weights' scale",
-        "bf16 SFT deltas (1e-3) on a 256-entry tensor whose 4 outlier entries (50x) carry the task "
-        "vector; holds at 4096 and 1024x4096 entries, with or without outliers (5 of 5 seeds)",
-        "the merged task vector 0.14x the float32 one on that tensor"),
     RootCause(
         "karcher bf16 dot", "degenerate",
         "karcher_merge_tensors takes torch.dot(mean, unit) of bf16 vectors, a bf16 scalar: below 1 it "
