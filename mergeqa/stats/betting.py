@@ -37,7 +37,9 @@ def betting_pvalue(d, margin: float, *, low: float, high: float) -> np.ndarray:
     """p-value of H0: mean(d) <= -margin for per-item differences `d` known to lie in [low, high].
 
     `d`: (..., n) array, the last axis the items (vectorised over leading axes, e.g. simulated
-    runs). The items' order does not matter to the final e-value. Needs low < -margin <= 0 < high.
+    runs). The e-value depends on the order given (its 16 orders are seeded permutations of it,
+    fixed before the data, which keeps them valid for independent items; sorting first would not):
+    the gate passes items in document order, so a run repeats. Needs low < -margin <= 0 < high.
     """
     margin = check_margin(margin)
     if not low < -margin < high:
