@@ -23,7 +23,7 @@ from mergeqa.core.errors import MergeQAUsageError
 from mergeqa.operators import register_profiles
 from mergeqa.operators.catalogue import CATALOGUE, get_property
 from mergeqa.operators.description import MergeOperator, PropertyViolation
-from mergeqa.operators.findings import KNOWN, KnownViolation, UnrelatedFailure, only_its_own
+from mergeqa.operators.findings import KNOWN, SIZE_ONLY, KnownViolation, UnrelatedFailure, only_its_own
 from mergeqa.operators.inputs import REGIMES
 from mergeqa.operators.mergekit_adapter import SKIPPED_METHODS, mergekit_operator, registered_method_names
 from mergeqa.operators.runner import run_property
@@ -61,9 +61,11 @@ def operator_settings() -> settings:
 
 
 def _known_cells() -> dict[tuple[str, str, str], KnownViolation]:
-    """Cells with a finding; a robust one wins over a stream-dependent one."""
+    """Cells with a finding; a robust one wins over a stream-dependent one. Under mergeqa-large
+    the findings only its real sizes show (SIZE_ONLY) count too."""
     cells: dict[tuple[str, str, str], KnownViolation] = {}
-    for known in KNOWN:
+    large = settings.get_current_profile_name() == "mergeqa-large"
+    for known in KNOWN + (SIZE_ONLY if large else ()):
         cell = (known.method, known.property, known.regime)
         if cell not in cells or not known.stream_dependent:
             cells[cell] = known

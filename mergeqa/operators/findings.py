@@ -109,6 +109,21 @@ class KnownViolation:
         return "-".join(filter(None, (self.method, self.property, self.regime, self.variant)))
 
 
+#: Cells only the mergeqa-large profile's real sizes show (the CI profile's tensors are too small to):
+#: under that profile their search is a non-strict xfail that takes only its own violation; there is no
+#: CI replay (the example would merge a real matrix: ~50 s and 6 GB), `example` stays empty.
+SIZE_ONLY: tuple[KnownViolation, ...] = (
+    KnownViolation(
+        "multislerp", "low_precision_agrees", "realistic", {},
+        "multislerp's fp16 norms under-count on CPU like model_stock's (80.69 vs 81.93 on a 4096x4096 "
+        "matrix): its fp16 merge of two 4096x4096 matrices at SFT deltas has 2.4% of its entries past "
+        "the 8-eps bound (396529 of 16.8M; e.g. -0.05533 for -0.05441)",
+        root="torch fp16 CPU norm",
+        stream_dependent="under mergeqa-large only: it needs a 4096x4096 fp16 tensor",
+    ),
+)
+
+
 def _fp16_task_vector_overflow(**params: Any) -> dict[str, Any]:
     """base 32768, model -32768: the task vector (-65536) overflows fp16, the merge (~26214) does not."""
     return dict(inputs=MergeInputs.of(models=[[-32768.0, 0.0]], base=[32768.0, 0.0], dtype="float16",
