@@ -9,6 +9,7 @@ import contextlib
 import io
 import math
 import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -479,3 +480,30 @@ def test_realistic_bands_are_the_measured_delta_scales() -> None:
     assert measured == pytest.approx([5e-4, 1e-4], rel=0.05)
     with pytest.raises(Exception, match="one per model"):
         RealisticInputs(shape=(4,), models=3, deltas=(1e-3,))
+
+
+def test_a_real_size_violation_lets_go_of_its_tensors():
+    """pytest keeps a failure's exception for the session: under mergeqa-large the example's
+    tensors and the frames' locals went with it (19.6 GB held after one model_stock cell).
+    `runner._release` drops both; `_entries` decides which examples keep their tensors."""
+    import torch
+
+    from mergeqa.operators.description import PropertyViolation
+    from mergeqa.operators.runner import KEPT_ENTRIES, _entries, _release
+
+    def operator_raises():
+        held = torch.zeros(1000)  # a local the traceback's frame keeps alive
+        raise ValueError(f"inside the operator ({held.numel()})")
+
+    try:
+        operator_raises()
+    except ValueError as exc:
+        cause = exc
+    inputs = types.SimpleNamespace(models=[torch.zeros(KEPT_ENTRIES)], base=torch.zeros(8))
+    violation = PropertyViolation("broke", example={"inputs": inputs})
+    violation.__cause__ = cause
+    assert _entries(violation.example) == KEPT_ENTRIES + 8 > KEPT_ENTRIES
+    assert "held" in cause.__traceback__.tb_next.tb_frame.f_locals
+    _release(violation)
+    assert violation.example is None and violation.__cause__ is cause  # the chain stays: it says who raised
+    assert "held" not in cause.__traceback__.tb_next.tb_frame.f_locals

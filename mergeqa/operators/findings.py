@@ -121,6 +121,14 @@ SIZE_ONLY: tuple[KnownViolation, ...] = (
         root="torch fp16 CPU norm",
         stream_dependent="under mergeqa-large only: it needs a 4096x4096 fp16 tensor",
     ),
+    KnownViolation(
+        "model_stock", "low_precision_agrees", "realistic", {},
+        "the cell the at-size trigger of this root replays, found by the search too: 4 correlated "
+        "fine-tunes at SFT delta 2e-3 on an 11008x4096 fp16 matrix give a merged task vector 1.035x the "
+        "float32 one along it (torch's fp16 norm under-counts, t comes out too large)",
+        root="torch fp16 CPU norm",
+        stream_dependent="under mergeqa-large only: it needs matrices of ~1e7 entries or more",
+    ),
 )
 
 
