@@ -115,6 +115,7 @@ def full_size(shrink: float) -> None:
     import torch
     from hypothesis import settings
 
+    from mergeqa.operators.description import PropertyViolation
     from mergeqa.operators.findings import ROOT_CAUSES, UnrelatedFailure
     from mergeqa.operators.mergekit_adapter import mergekit_operator
     from mergeqa.operators.runner import run_property

@@ -73,8 +73,8 @@ def _binary_models(rng, runs, n, scenario, drop_of, parents: int):
     return merged.astype(float), [noisy().astype(float) for _ in range(parents)]
 
 
-def _mcnemar_verdicts(merged, ref, margin, alpha):
-    """compare_paired's 'mcnemar' evidence and decision, vectorised over runs."""
+def _mcnemar_pvalues(merged, ref, margin, alpha):
+    """compare_paired's 'mcnemar' p-values (regression, non-inferiority), vectorised over runs."""
     wins = ((merged == 1) & (ref == 0)).sum(-1)
     losses = ((merged == 0) & (ref == 1)).sum(-1)
     n = merged.shape[-1]
@@ -114,10 +114,10 @@ def simulate(check: str, scenario: str, n: int, runs: int, alpha: float, rng) ->
     if check == "retention":
         merged, (owner,) = _binary_models(rng, runs, n, scenario, lambda acc: (1 - MIN_RETENTION) * acc, 1)
         margin = (1 - MIN_RETENTION) * owner.mean(-1)  # the gate's plug-in: 5 % of the owner's score here
-        return decide(*_mcnemar_verdicts(merged, owner, margin, alpha), alpha)
+        return decide(*_mcnemar_pvalues(merged, owner, margin, alpha), alpha)
     if check == "regression":
         merged, parents = _binary_models(rng, runs, n, scenario, lambda acc: TOLERANCE * acc, 2)
-        pairs = [_mcnemar_verdicts(merged, p, TOLERANCE * p.mean(-1), alpha / 2) for p in parents]
+        pairs = [_mcnemar_pvalues(merged, p, TOLERANCE * p.mean(-1), alpha / 2) for p in parents]
         return _each([(pr, pn) for pr, pn in pairs], alpha)
     if check == "no-owner":
         merged, parents = _binary_models(rng, runs, n, scenario, lambda acc: (1 - MIN_RETENTION) * acc, 2)
@@ -171,8 +171,7 @@ def simulate(check: str, scenario: str, n: int, runs: int, alpha: float, rng) ->
             conflicts = ((rng.random((runs, n)) < s) & (rng.random((runs, n)) < 0.05 / s)).sum(-1)
         else:
             conflicts = rng.binomial(n, rate if at_margin else 0.01, runs)
-        high = clopper_pearson_interval(conflicts, np.full(runs, n), confidence=1 - 2 * alpha)[1]
-        low = clopper_pearson_interval(conflicts, np.full(runs, n), confidence=1 - 2 * alpha)[0]
+        low, high = clopper_pearson_interval(conflicts, np.full(runs, n), confidence=1 - 2 * alpha)
         return np.where(high < 0.05, "pass", np.where(low >= 0.05, "fail", "inconclusive"))
     if check == "ab":
         probs = {"1/18": (0.0, 0.1), "1/5": (0.1, 0.2), "spread": (0.3, 0.4), "none": (0.25, 0.25)}[scenario]

@@ -121,27 +121,33 @@ def _mde(n: int, alpha: float, power: float) -> str:
     return f"{100 * typical:.1f} points ({100 * best:.1f} if only the dropped items differ)"
 
 
+def _policy_margin(thresholds) -> tuple[str, float]:
+    """The blocking policy ("fail", "warn" or "significant_drop") and the retention margin at
+    ASSUMED_SCORE."""
+    stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
+    policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
+    return policy, (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
+
+
 def _blocking_rate(n: int, thresholds) -> float:
     """The blocking rate of one retention comparison at n items, under the configured policy."""
     from mergeqa.decision.blocking import blocking_rate
 
-    stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
-    policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
-    margin = (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
-    return blocking_rate(n, margin, discordance=ASSUMED_DISCORDANCE, alpha=stat("alpha"), policy=policy)
+    policy, margin = _policy_margin(thresholds)
+    return blocking_rate(n, margin, discordance=ASSUMED_DISCORDANCE, alpha=thresholds.get("statistics", "alpha"),
+                         policy=policy)
 
 
 def _blocking(n: int, thresholds) -> str:
     """`_blocking_rate` in words."""
-    stat = lambda key: thresholds.get("statistics", key)  # noqa: E731
     if n <= 0:
         return "-"
-    policy = "significant_drop" if stat("decision") == "significant_drop" else stat("inconclusive")
-    margin = (1 - thresholds.get("retention", "min_retention")) * ASSUMED_SCORE
+    policy, margin = _policy_margin(thresholds)
     rate = _blocking_rate(n, thresholds)
     what = {"fail": "not shown non-inferior", "warn": "a significant regression",
             "significant_drop": "a significant drop beyond the margin"}[policy]
-    sequential = "; fixed-n figure, sequential mode blocks more often" if stat("sequential") else ""
+    sequential = ("; fixed-n figure, sequential mode blocks more often"
+                  if thresholds.get("statistics", "sequential") else "")
     return (f"{rate:.2f} (a merge exactly as good as its owner is blocked when {what}; "
             f"retention margin {100 * margin:.1f} pts at an owner score of {ASSUMED_SCORE:g}{sequential})")
 

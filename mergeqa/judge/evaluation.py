@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergeqa.core import progress
-from mergeqa.decision.verdict import Verdict, interval_outcome
+from mergeqa.decision.verdict import Verdict
 from mergeqa.evaluate.generation import Answers, GenerationSettings, generate
 
 from .judges import Judge, JudgeUnavailable, PairItem, PromptJudge, RateItem
